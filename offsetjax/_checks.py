@@ -1,0 +1,79 @@
+"""Argument validation shared by the public functions.
+
+Every check runs before any compute and raises ``ValueError`` naming the argument and what
+was expected. Value checks on arrays only run when the array is concrete (outside ``jit``);
+under tracing the shapes are still checked.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def concrete_value(x) -> np.ndarray | None:
+    """Return ``x`` as a NumPy array, or ``None`` when it is a tracer."""
+    if isinstance(x, jax.core.Tracer):
+        return None
+    return np.asarray(x)
+
+
+def check_int(name: str, value, *, minimum: int, maximum: int | None = None) -> int:
+    """Check that ``value`` is a Python/NumPy integer in ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return int(value)
+
+
+def check_steps(*, num_steps: int, presim_steps: int, iterations: int) -> None:
+    """Check a simulation schedule: T >= 1, 0 <= rho <= T, k >= 0, rho > 0 when k > 0."""
+    check_int("num_steps", num_steps, minimum=1)
+    check_int("presim_steps", presim_steps, minimum=0, maximum=num_steps)
+    check_int("iterations", iterations, minimum=0)
+    if iterations > 0 and presim_steps == 0:
+        raise ValueError(
+            f"presim_steps must be >= 1 when iterations > 0 (got iterations={iterations}): "
+            "the offset spike is judged from a pre-simulation"
+        )
+
+
+def check_positive(name: str, value) -> None:
+    """Check that every element of a concrete array is finite and > 0."""
+    array = concrete_value(value)
+    if array is None:
+        return
+    if not np.all(np.isfinite(array)) or np.any(array <= 0):
+        raise ValueError(f"{name} must be finite and > 0 everywhere, got min {np.min(array)}")
+
+
+def check_finite(name: str, value) -> None:
+    """Check that every element of a concrete array is finite (no NaN or Inf)."""
+    array = concrete_value(value)
+    if array is None:
+        return
+    if not np.all(np.isfinite(array)):
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise ValueError(f"{name} must be finite, found {bad} NaN or Inf values")
+
+
+def check_float(name: str, value) -> None:
+    """Check that an array has a floating dtype."""
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise ValueError(f"{name} must have a floating dtype, got {value.dtype}")
+
+
+def check_broadcastable(name: str, shape: tuple[int, ...], target: tuple[int, ...], target_name: str):
+    """Check that ``shape`` broadcasts to ``target`` (without growing it)."""
+    try:
+        result = np.broadcast_shapes(shape, target)
+    except ValueError:
+        result = None
+    if result != tuple(target):
+        raise ValueError(f"{name} of shape {shape} must broadcast to {target_name} {tuple(target)}")

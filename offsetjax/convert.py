@@ -1,0 +1,95 @@
+"""ANN -> SNN: swap each QCFS site for an IF site, and build the SNN variables.
+
+The network definition is shared; only its ``activation`` changes. The params tree is shared
+too (theta = lambda, both ``params[...]['threshold']``); batch norm stays in eval mode; the
+new collection ``initial_potential`` holds v(0) = theta/2 per neuron of every site.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from offsetjax._checks import check_positive, check_steps
+from offsetjax.simulate import INITIAL_POTENTIAL, IFActivation
+
+
+def spiking_model(
+    model: nn.Module,
+    *,
+    num_steps: int,
+    presim_steps: int = 0,
+    iterations: int = 0,
+    eps: float = 1e-3,
+    unroll: int | bool = 1,
+) -> nn.Module:
+    """The same network with every activation site an :class:`IFActivation`.
+
+    Args:
+      model: a Flax network with an ``activation`` field (every model in ``offsetjax.models``).
+      num_steps: T >= 1.
+      presim_steps: rho, 0 <= rho <= T.
+      iterations: k >= 0; ``presim_steps=0, iterations=0`` is the uncalibrated baseline.
+      eps: relative margin of Theorem 2.
+      unroll: scan unroll of each site's T-step simulation.
+    """
+    check_steps(num_steps=num_steps, presim_steps=presim_steps, iterations=iterations)
+    if not hasattr(model, "activation"):
+        raise ValueError(f"model must have an `activation` field to swap, got {type(model).__name__}")
+    site = functools.partial(
+        IFActivation, num_steps=num_steps, presim_steps=presim_steps, iterations=iterations, eps=eps, unroll=unroll
+    )
+    return model.clone(activation=site)
+
+
+def convert_variables(snn_model: nn.Module, ann_variables: Any, example_images: jax.Array) -> dict:
+    """SNN variables from trained ANN variables.
+
+    Args:
+      snn_model: the network from :func:`spiking_model`.
+      ann_variables: ``{"params": ..., "batch_stats": ...}`` of the trained QCFS ANN.
+      example_images: an input batch ``[B, ...]`` (only its shape is used) that fixes the
+        neuron shape of every site.
+
+    Returns:
+      ``{"params", "batch_stats" (if any), "initial_potential"}``: the ANN's params and batch
+      statistics unchanged, and v(0) = theta/2 per neuron ``[...]`` (no batch axis) per site.
+
+    Raises:
+      ValueError: when the ANN's params do not match the network's, or a threshold is <= 0.
+    """
+    ann_variables = dict(ann_variables)
+    if "params" not in ann_variables:
+        raise ValueError(f"ann_variables must hold 'params', got collections {sorted(ann_variables)}")
+    example = jax.ShapeDtypeStruct((1, *np.shape(example_images)), jnp.float32)
+    expected = jax.eval_shape(functools.partial(snn_model.init, jax.random.key(0)), example)
+    _check_same_tree("ann_variables['params']", ann_variables["params"], expected["params"])
+    params = traverse_util.flatten_dict(ann_variables["params"])
+    potentials = {}
+    for path, leaf in traverse_util.flatten_dict(expected[INITIAL_POTENTIAL]).items():
+        theta = params[(*path[:-1], "threshold")]
+        check_positive("threshold at " + "/".join(path[:-1]), theta)
+        potentials[path] = jnp.full(leaf.shape, 0.5 * theta, leaf.dtype)
+    variables = {key: value for key, value in ann_variables.items() if key in ("params", "batch_stats")}
+    variables[INITIAL_POTENTIAL] = traverse_util.unflatten_dict(potentials)
+    return variables
+
+
+def _check_same_tree(name: str, actual: Any, expected: Any) -> None:
+    actual_flat = {"/".join(k): np.shape(v) for k, v in traverse_util.flatten_dict(actual).items()}
+    expected_flat = {"/".join(k): tuple(v.shape) for k, v in traverse_util.flatten_dict(expected).items()}
+    missing = sorted(set(expected_flat) - set(actual_flat))
+    extra = sorted(set(actual_flat) - set(expected_flat))
+    misshaped = [
+        f"{k}: {actual_flat[k]} != {expected_flat[k]}"
+        for k in sorted(set(actual_flat) & set(expected_flat))
+        if actual_flat[k] != expected_flat[k]
+    ]
+    if missing or extra or misshaped:
+        raise ValueError(f"{name} does not match the network: missing {missing}, extra {extra}, misshaped {misshaped}")

@@ -1,0 +1,75 @@
+"""ResNets with a 3x3 stem, QCFS (or IF) sites wherever a ReLU would be (after each residual
+addition too), and global average pooling."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+from jaxtyping import Array, Float
+
+from offsetjax.models.layers import ActivationFactory, ConvBN, global_avg_pool, qcfs_l4
+
+
+class BasicBlock(nn.Module):
+    """conv-BN-act-conv-BN plus a (1x1 conv-BN when the shape changes) shortcut, then act."""
+
+    features: int
+    strides: int
+    activation: ActivationFactory
+
+    @nn.compact
+    def __call__(self, x: Float[Array, "*batch H W C"], train: bool) -> Float[Array, "*batch h w F"]:
+        residual = ConvBN(self.features, self.strides, name="conv_a")(x, train)
+        residual = self.activation(name="act_a")(residual)
+        residual = ConvBN(self.features, name="conv_b")(residual, train)
+        shortcut = x
+        if self.strides != 1 or x.shape[-1] != self.features:
+            shortcut = ConvBN(self.features, self.strides, kernel=1, name="shortcut")(x, train)
+        return self.activation(name="act_out")(residual + shortcut)
+
+
+class ResNet(nn.Module):
+    """3x3 stem, stages of :class:`BasicBlock`, global average pool, dense classifier.
+
+    Attributes:
+      stage_sizes: blocks per stage.
+      widths: channels per stage (the stem has ``widths[0]``); stages after the first stride 2.
+      num_classes: output classes.
+      activation: activation-site factory (QCFS for the ANN, IF for the SNN).
+    """
+
+    stage_sizes: tuple[int, ...]
+    widths: tuple[int, ...]
+    num_classes: int
+    activation: ActivationFactory = qcfs_l4
+
+    @nn.compact
+    def __call__(self, x: Float[Array, "*batch H W C"], train: bool = False) -> Float[Array, "*batch classes"]:
+        if len(self.stage_sizes) != len(self.widths):
+            raise ValueError(f"stage_sizes {self.stage_sizes} and widths {self.widths} must have equal length")
+        x = ConvBN(self.widths[0], name="stem")(x, train)
+        x = self.activation(name="stem_act")(x)
+        for stage, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
+            for block in range(blocks):
+                strides = 2 if stage > 0 and block == 0 else 1
+                x = BasicBlock(width, strides, self.activation, name=f"stage{stage}_block{block}")(x, train)
+        return nn.Dense(self.num_classes, name="classifier")(global_avg_pool(x))
+
+
+def resnet20(num_classes: int, *, activation: ActivationFactory = qcfs_l4) -> ResNet:
+    """ResNet-20 for 32x32 inputs: 3 stages of 3 blocks, 16-32-64 channels."""
+    return ResNet((3, 3, 3), (16, 32, 64), num_classes, activation)
+
+
+def resnet18(num_classes: int, *, activation: ActivationFactory = qcfs_l4) -> ResNet:
+    """ResNet-18 with a 3x3 stem: 2-2-2-2 blocks, 64-128-256-512 channels."""
+    return ResNet((2, 2, 2, 2), (64, 128, 256, 512), num_classes, activation)
+
+
+def resnet34(num_classes: int, *, activation: ActivationFactory = qcfs_l4) -> ResNet:
+    """ResNet-34 with a 3x3 stem: 3-4-6-3 blocks, 64-128-256-512 channels."""
+    return ResNet((3, 4, 6, 3), (64, 128, 256, 512), num_classes, activation)
+
+
+def small_resnet(num_classes: int, *, activation: ActivationFactory = qcfs_l4) -> ResNet:
+    """A CPU-sized ResNet-style network: 2 stages of 1 block, 32-64 channels."""
+    return ResNet((1, 1), (32, 64), num_classes, activation)

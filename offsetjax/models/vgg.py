@@ -1,0 +1,60 @@
+"""VGG networks with QCFS (or IF) activation sites and average pooling."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+from jaxtyping import Array, Float
+
+from offsetjax.models.layers import ActivationFactory, ConvBN, avg_pool, flatten, qcfs_l4
+
+#: VGG-16 feature layers: channel counts, ``"M"`` for a 2x2 average pool.
+VGG16_FEATURES = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class VGG(nn.Module):
+    """Conv-BN-activation stacks, average pools, then a dense classifier.
+
+    Attributes:
+      features: channel counts, with ``"M"`` for a 2x2 average pool.
+      hidden: widths of the hidden dense layers of the classifier.
+      num_classes: output classes.
+      activation: activation-site factory (QCFS for the ANN, IF for the SNN).
+      dropout_rate: dropout after each hidden dense layer, in training only.
+    """
+
+    features: tuple
+    hidden: tuple[int, ...]
+    num_classes: int
+    activation: ActivationFactory = qcfs_l4
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: Float[Array, "*batch H W C"], train: bool = False) -> Float[Array, "*batch classes"]:
+        conv_index = 0
+        for spec in self.features:
+            if spec == "M":
+                x = avg_pool(x)
+                continue
+            x = ConvBN(spec, name=f"conv{conv_index}")(x, train)
+            x = self.activation(name=f"conv{conv_index}_act")(x)
+            conv_index += 1
+        x = flatten(x)
+        for index, width in enumerate(self.hidden):
+            x = nn.Dense(width, name=f"fc{index}")(x)
+            x = self.activation(name=f"fc{index}_act")(x)
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return nn.Dense(self.num_classes, name="classifier")(x)
+
+
+def vgg16(num_classes: int, *, activation: ActivationFactory = qcfs_l4) -> VGG:
+    """VGG-16 with batch norm after every conv and a 4096-4096 classifier with dropout 0.5.
+
+    The classifier's input width follows the image size: 512 for 32x32 (CIFAR heads),
+    25088 = 7*7*512 for 224x224 (ImageNet heads).
+    """
+    return VGG(VGG16_FEATURES, (4096, 4096), num_classes, activation, dropout_rate=0.5)
+
+
+def small_vgg(num_classes: int, *, activation: ActivationFactory = qcfs_l4) -> VGG:
+    """A CPU-sized VGG-style network: 32-32-M-64-64-M-128-M, then 256 -> C."""
+    return VGG((32, 32, "M", 64, 64, "M", 128, "M"), (256,), num_classes, activation)

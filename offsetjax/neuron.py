@@ -1,0 +1,104 @@
+"""Integrate-and-fire neuron with reset by subtraction, simulated with ``jax.lax.scan``.
+
+Per time step t (SPEC section 1), elementwise:
+
+    m(t) = v(t-1) + I(t)          charge
+    s(t) = 1 if m(t) >= theta     fire (a value exactly at theta fires)
+    v(t) = m(t) - theta * s(t)    reset by subtraction
+
+Time is axis 0 of every sequence (time-major ``[T, ...]``); everything else is elementwise.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+from offsetjax._checks import check_broadcastable, check_float, check_positive
+
+
+class IFState(NamedTuple):
+    """Carries of an IF simulation, each of the neuron shape ``[...]``.
+
+    Attributes:
+      v: post-reset potential after the last step, v(T).
+      count: number of spikes fired, as a float.
+      min_fired_v: minimum post-reset potential over steps that fired (+inf if none).
+      max_silent_v: maximum potential over steps that stayed silent (-inf if none).
+    """
+
+    v: Array
+    count: Array
+    min_fired_v: Array
+    max_silent_v: Array
+
+
+def if_initial_state(v0: Float[Array, ...]) -> IFState:
+    """The state before step 1: potential ``v0``, no spikes, empty min/max."""
+    return IFState(
+        v=v0,
+        count=jnp.zeros_like(v0),
+        min_fired_v=jnp.full_like(v0, jnp.inf),
+        max_silent_v=jnp.full_like(v0, -jnp.inf),
+    )
+
+
+def if_step(state: IFState, current: Array, theta: Array) -> tuple[IFState, Array]:
+    """One IF time step: charge, fire, reset; returns the new state and the spike (0 or 1)."""
+    charged = state.v + current
+    fired = charged >= theta
+    spike = fired.astype(charged.dtype)
+    v = charged - theta * spike
+    new_state = IFState(
+        v=v,
+        count=state.count + spike,
+        min_fired_v=jnp.where(fired, jnp.minimum(state.min_fired_v, v), state.min_fired_v),
+        max_silent_v=jnp.where(fired, state.max_silent_v, jnp.maximum(state.max_silent_v, charged)),
+    )
+    return new_state, spike
+
+
+def if_simulate(
+    currents: Float[ArrayLike, "T ..."],
+    theta: Float[ArrayLike, ...],
+    v0: Float[ArrayLike, ...],
+    *,
+    unroll: int | bool = 1,
+) -> tuple[Float[Array, "T ..."], IFState]:
+    """Simulate IF neurons over the time axis of ``currents``.
+
+    Args:
+      currents: input currents I(1..T), time-major ``[T, ...]``, floating dtype.
+      theta: firing threshold, broadcastable to ``currents.shape[1:]``, > 0.
+      v0: initial potential v(0), broadcastable to ``currents.shape[1:]``.
+      unroll: passed to ``jax.lax.scan``.
+
+    Returns:
+      ``(spikes, state)``: spikes ``[T, ...]`` in {0, 1} of ``currents``' dtype, and the
+      final :class:`IFState`, each field of shape ``currents.shape[1:]``.
+
+    >>> import jax.numpy as jnp
+    >>> spikes, state = if_simulate(jnp.array([0.75, 0.75, 0.75]), 1.0, 0.5)
+    >>> spikes.tolist(), float(state.v), float(state.count)
+    ([1.0, 1.0, 0.0], 0.75, 2.0)
+    """
+    currents = jnp.asarray(currents)
+    if currents.ndim < 1 or currents.shape[0] < 1:
+        raise ValueError(f"currents must have a leading time axis of length >= 1, got shape {currents.shape}")
+    check_float("currents", currents)
+    neuron_shape = currents.shape[1:]
+    theta = jnp.asarray(theta, dtype=currents.dtype)
+    v0 = jnp.asarray(v0, dtype=currents.dtype)
+    check_broadcastable("theta", theta.shape, neuron_shape, "the neuron shape currents.shape[1:]")
+    check_broadcastable("v0", v0.shape, neuron_shape, "the neuron shape currents.shape[1:]")
+    check_positive("theta", theta)
+    theta = jnp.broadcast_to(theta, neuron_shape)
+
+    def step(state, current):
+        return if_step(state, current, theta)
+
+    state, spikes = jax.lax.scan(step, if_initial_state(jnp.broadcast_to(v0, neuron_shape)), currents, unroll=unroll)
+    return spikes, state

@@ -1,0 +1,67 @@
+"""QCFS activation: quantization, clip, floor, shift (Bu et al., ICLR 2022; SPEC section 1).
+
+    a = lambda * clip(floor(z * L / lambda + 1/2) / L, 0, 1)
+
+``floor`` has a straight-through gradient, so ``a`` is differentiable in ``z`` and in the
+threshold ``lambda``. After conversion the same ``lambda`` is the IF neuron's threshold.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+from offsetjax._checks import check_int, check_positive
+
+#: The threshold every activation site starts from (SPEC section 1).
+DEFAULT_THRESHOLD = 8.0
+
+
+def straight_through_floor(x: Array) -> Array:
+    """``floor(x)`` in the forward pass, identity in the backward pass."""
+    return x + jax.lax.stop_gradient(jnp.floor(x) - x)
+
+
+def qcfs(z: Float[ArrayLike, ...], theta: Float[ArrayLike, ...], levels: int) -> Float[Array, ...]:
+    """QCFS activation with threshold ``theta`` and ``levels`` quantization steps.
+
+    Args:
+      z: pre-activations, any shape.
+      theta: threshold (lambda), broadcastable to ``z``; must be > 0.
+      levels: number of quantization levels L >= 1.
+
+    Returns:
+      Activations of ``z``'s shape and dtype, in ``{0, theta/L, ..., theta}``.
+
+    >>> import jax.numpy as jnp
+    >>> qcfs(jnp.array([-1.0, 0.2, 0.6, 1.0, 3.0]), 1.0, levels=2).tolist()
+    [0.0, 0.0, 0.5, 1.0, 1.0]
+    """
+    check_int("levels", levels, minimum=1)
+    check_positive("theta", theta)
+    z = jnp.asarray(z)
+    theta = jnp.asarray(theta, dtype=z.dtype)
+    quantized = straight_through_floor(z * levels / theta + 0.5) / levels
+    return theta * jnp.clip(quantized, 0.0, 1.0)
+
+
+class QCFS(nn.Module):
+    """QCFS activation site with a trainable scalar threshold ``params['threshold']``.
+
+    The parameter name is shared with :class:`offsetjax.IFActivation`, so an ANN's params
+    tree is also its converted SNN's params tree (theta = lambda).
+
+    Attributes:
+      levels: quantization levels L.
+      threshold_init: initial lambda.
+    """
+
+    levels: int
+    threshold_init: float = DEFAULT_THRESHOLD
+
+    @nn.compact
+    def __call__(self, z: Float[Array, ...]) -> Float[Array, ...]:
+        threshold = self.param("threshold", nn.initializers.constant(self.threshold_init), (), jnp.float32)
+        return qcfs(z, threshold.astype(z.dtype), self.levels)

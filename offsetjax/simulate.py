@@ -1,0 +1,135 @@
+"""Layer-by-layer SNN evaluation with or without offset-spike calibration.
+
+An :class:`IFActivation` replaces each QCFS site of a network (see
+:func:`offsetjax.spiking_model`). In SNN mode every array flowing through the network is
+time-major ``[T', B, ...]`` with ``T'`` either ``T`` or 1: the image enters as ``[1, B, ...]``,
+so the first layer's static input current is computed once, and every linear op (conv,
+eval-mode batch norm, pooling, dense, residual add) runs once over the time axis folded into
+the batch. Each site then, per sample and per neuron:
+
+    currents [T, B, ...] -> pre-simulate rho steps, k times -> shifted v(0)
+                         -> scan T steps -> spikes * theta -> next layer
+
+The network output is accumulated over time; :func:`simulate` returns its running mean, so
+the logits at every t <= T come from one run.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+from jaxtyping import Array, Float
+
+from offsetjax._checks import check_finite, check_float, check_steps
+from offsetjax.neuron import if_simulate
+from offsetjax.offset import calibrate_initial_potential
+from offsetjax.qcfs import DEFAULT_THRESHOLD
+from offsetjax.stats import OffsetStatistics, offset_statistics
+
+#: Variable collection holding each site's initial potential v(0) (per neuron, no batch axis).
+INITIAL_POTENTIAL = "initial_potential"
+#: Collection the sites sow their :class:`OffsetStatistics` into when it is mutable.
+STATISTICS = "offset_statistics"
+#: Collection the sites sow their calibrated per-sample v(0) ``[B, ...]`` into when mutable.
+CALIBRATED_POTENTIAL = "calibrated_potential"
+
+
+class IFActivation(nn.Module):
+    """An IF activation site: the SNN counterpart of :class:`offsetjax.QCFS`.
+
+    Reads the threshold from ``params['threshold']`` (the QCFS lambda) and v(0) from the
+    ``initial_potential`` collection (theta/2 at init).
+
+    Attributes:
+      num_steps: T, the number of simulated steps.
+      presim_steps: rho, the pre-simulation length of calibration (0: none).
+      iterations: k, calibration rounds (0: the uncalibrated QCFS baseline).
+      eps: relative margin of Theorem 2.
+      unroll: ``jax.lax.scan`` unroll of the T-step simulation.
+      threshold_init: initial threshold, as QCFS's.
+    """
+
+    num_steps: int
+    presim_steps: int = 0
+    iterations: int = 0
+    eps: float = 1e-3
+    unroll: int | bool = 1
+    threshold_init: float = DEFAULT_THRESHOLD
+
+    def __post_init__(self):
+        check_steps(num_steps=self.num_steps, presim_steps=self.presim_steps, iterations=self.iterations)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, currents: Float[Array, "Tp B ..."]) -> Float[Array, "T B ..."]:
+        """Spike outputs ``theta * s(t)``, ``[T, B, ...]``, from currents ``[T or 1, B, ...]``."""
+        if currents.ndim < 2 or currents.shape[0] not in (1, self.num_steps):
+            raise ValueError(
+                f"an IFActivation with num_steps={self.num_steps} needs time-major currents "
+                f"[{self.num_steps} or 1, batch, ...], got shape {currents.shape}; run the network "
+                "through offsetjax.simulate"
+            )
+        theta = self.param("threshold", nn.initializers.constant(self.threshold_init), (), jnp.float32)
+        theta = theta.astype(currents.dtype)
+        neuron_shape = currents.shape[2:]
+        v0 = self.variable(INITIAL_POTENTIAL, "v0", lambda: jnp.full(neuron_shape, 0.5 * theta)).value
+        currents = jnp.broadcast_to(currents, (self.num_steps, *currents.shape[1:]))
+        calibrated = calibrate_initial_potential(
+            currents, theta, v0, presim_steps=self.presim_steps, iterations=self.iterations, eps=self.eps
+        )
+        spikes, state = if_simulate(currents, theta, calibrated, unroll=self.unroll)
+        if self.is_mutable_collection(STATISTICS):
+            self.sow(STATISTICS, "site", offset_statistics(currents, state.count, theta))
+        if self.is_mutable_collection(CALIBRATED_POTENTIAL):
+            self.sow(CALIBRATED_POTENTIAL, "v0", calibrated)
+        return spikes * theta
+
+
+def simulate(model: nn.Module, variables: Any, images: Float[Array, "B ..."]) -> Float[Array, "T B C"]:
+    """Run a spiking network and return its time-averaged accumulated logits.
+
+    Args:
+      model: a network whose activation is :class:`IFActivation` (``offsetjax.spiking_model``).
+      variables: SNN variables (``offsetjax.convert_variables``).
+      images: a batch of inputs ``[B, ...]`` (e.g. ``[B, H, W, C]``), presented at every step.
+
+    Returns:
+      ``logits[t-1] = (1/t) * sum_{s<=t} out(s)``, ``[T, B, classes]``: the prediction after t
+      steps is ``argmax(logits[t-1])``, and at t = T with T = L it equals the ANN's logits.
+    """
+    logits, _ = _apply(model, variables, _check_images(images), False)
+    return logits
+
+
+def simulate_with_statistics(
+    model: nn.Module, variables: Any, images: Float[Array, "B ..."]
+) -> tuple[Float[Array, "T B C"], dict[str, OffsetStatistics]]:
+    """:func:`simulate`, also returning each site's :class:`OffsetStatistics`, keyed by the
+    site's module path (``"block1/act"``) in network order."""
+    logits, sown = _apply(model, variables, _check_images(images), True)
+    flat = traverse_util.flatten_dict(sown[STATISTICS])
+    return logits, {"/".join(path[:-1]): stats[0] for path, stats in flat.items()}
+
+
+def _check_images(images) -> Array:
+    images = jnp.asarray(images)
+    if images.ndim < 2:
+        raise ValueError(f"images must be a batch [B, ...] with B >= 1, got shape {images.shape}")
+    check_float("images", images)
+    check_finite("images", images)
+    return images
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _apply(model: nn.Module, variables: Any, images: Array, collect_statistics: bool):
+    if collect_statistics:
+        out, sown = model.apply(variables, images[None], mutable=[STATISTICS])
+    else:
+        out, sown = model.apply(variables, images[None]), {}
+    steps = jnp.arange(1, out.shape[0] + 1, dtype=out.dtype).reshape((-1,) + (1,) * (out.ndim - 1))
+    return jnp.cumsum(out, axis=0) / steps, sown

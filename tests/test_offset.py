@@ -1,0 +1,206 @@
+"""The paper's theorems as properties, and the SPEC section 5 functions against the reference."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import offsetjax as oj
+from tests import reference
+from tests.strategies import NUM_NEURONS, STEPS, currents_and_theta
+
+EPS = 1e-3
+
+# Jitted once per shape: generated examples reuse the compiled code.
+if_simulate = jax.jit(oj.if_simulate)
+shift_initial_potential = jax.jit(oj.shift_initial_potential)
+calibrate_initial_potential = jax.jit(oj.calibrate_initial_potential, static_argnums=(3, 4, 5))
+
+
+def true_offset(currents, theta, count):
+    """Definition 1 against QCFS with L = T of the mean current."""
+    num_steps = currents.shape[0]
+    activation = oj.qcfs(jnp.mean(currents, axis=0), theta, num_steps)
+    return np.asarray(oj.offset_spike(activation, count, theta, num_steps))
+
+
+@given(currents_and_theta(), st.sampled_from([-1.0, 1.0]), st.integers(-8, 8))
+def test_theorem2_one_correction_changes_count_by_exactly_one(data, direction, v0_units):
+    currents, theta = data
+    v0 = jnp.full((NUM_NEURONS,), v0_units / 8 * theta, jnp.float32)
+    _, state = if_simulate(currents, theta, v0)
+    shifted = shift_initial_potential(v0, state, theta, jnp.full_like(v0, direction), EPS)
+    _, new_state = if_simulate(currents, theta, shifted)
+    num_steps = currents.shape[0]
+    applies = state.count > 0 if direction < 0 else state.count < num_steps
+    expected = np.where(applies, state.count + direction, state.count)
+    np.testing.assert_array_equal(new_state.count, expected)
+    np.testing.assert_array_equal(shifted[~applies], v0[~applies])
+    assert np.all(np.isfinite(shifted))
+
+
+@given(currents_and_theta())
+def test_theorem3_residual_gives_offset_inside_the_interval(data):
+    currents, theta = data
+    num_steps = currents.shape[0]
+    _, state = if_simulate(currents, theta, 0.5 * theta)
+    psi = true_offset(currents, theta, state.count)
+    judged = np.asarray(oj.offset_from_residual(state.v, theta))
+    total = np.asarray(currents.sum(axis=0))
+    inside = (total >= -theta / 2) & (total < theta * num_steps + theta / 2)
+    np.testing.assert_array_equal(judged[inside], psi[inside])
+
+
+@given(currents_and_theta())
+def test_theorem3_clipped_cases_are_decided_by_the_count(data):
+    currents, theta = data
+    num_steps = currents.shape[0]
+    _, state = if_simulate(currents, theta, 0.5 * theta)
+    psi = true_offset(currents, theta, state.count)
+    judged = np.asarray(oj.offset_from_residual(state.v, theta))
+    total = np.asarray(currents.sum(axis=0))
+    count = np.asarray(state.count)
+    below, above = total < -theta / 2, total >= theta * num_steps + theta / 2
+    np.testing.assert_array_equal(psi[below], -count[below])  # a = 0
+    np.testing.assert_array_equal(psi[above], num_steps - count[above])  # a = theta
+    # The residual never points the wrong way where a correction would be applied.
+    assert np.all(judged[below] < 0) and np.all(judged[above] > 0)
+
+
+@given(
+    st.sampled_from(STEPS), st.sampled_from([0.5, 1.0, 4.0]), st.lists(st.integers(-40, 200), min_size=8, max_size=8)
+)
+def test_qcfs_equivalence_constant_input(num_steps, theta, units):
+    """Constant input, L = T, v(0) = theta/2: the IF rate equals QCFS, psi = 0 everywhere."""
+    z = jnp.asarray(units, jnp.float32) / 64 * theta
+    currents = jnp.broadcast_to(z, (num_steps, 8))
+    _, state = if_simulate(currents, theta, 0.5 * theta)
+    np.testing.assert_array_equal(true_offset(currents, theta, state.count), 0.0)
+    np.testing.assert_allclose(state.count * theta / num_steps, oj.qcfs(z, theta, num_steps), rtol=1e-6)
+
+
+@given(currents_and_theta())
+def test_iterations_never_increase_offset(data):
+    """With the accumulated-shift judgement |psi| never grows and the zero ratio never falls."""
+    currents, theta = data
+    num_steps = currents.shape[0]
+    previous = None
+    for iterations in range(5):
+        v0 = calibrate_initial_potential(currents, theta, 0.5 * theta, num_steps, iterations, EPS)
+        _, state = if_simulate(currents, theta, v0)
+        magnitude = np.abs(true_offset(currents, theta, state.count))
+        if previous is not None:
+            assert np.all(magnitude <= previous)
+            assert np.mean(magnitude == 0) >= np.mean(previous == 0)
+            # Each round removes one offset spike wherever one is left to remove.
+            assert np.all((magnitude == previous - 1) | (magnitude == previous))
+        previous = magnitude
+
+
+def test_without_accumulated_shift_a_corrected_neuron_is_corrected_again():
+    """Why the judgement subtracts Delta: judging v(T) alone overshoots (SPEC section 2)."""
+    # Sum 0.75: QCFS (L = 4) wants 1 spike; from theta/2 the neuron fires 2 (psi = -1), v(T) = -0.75.
+    currents = jnp.array([[0.625], [0.875], [-0.5], [-0.25]])
+    v0 = 0.5
+    _, state = oj.if_simulate(currents, 1.0, v0)
+    assert float(state.count[0]) == 2.0 and float(oj.offset_from_residual(state.v, 1.0)[0]) == -1.0
+    once = oj.shift_initial_potential(v0, state, 1.0, oj.offset_from_residual(state.v, 1.0))
+    _, after_once = oj.if_simulate(currents, 1.0, once)
+    assert float(after_once.count[0]) == 1.0  # corrected, but v(T) is still -0.75
+    naive = oj.shift_initial_potential(once, after_once, 1.0, oj.offset_from_residual(after_once.v, 1.0))
+    assert float(oj.if_simulate(currents, 1.0, naive)[1].count[0]) == 0.0  # over-corrected
+    calibrated = oj.calibrate_initial_potential(currents, 1.0, v0, presim_steps=4, iterations=2)
+    assert float(oj.if_simulate(currents, 1.0, calibrated)[1].count[0]) == 1.0
+
+
+@given(currents_and_theta(), st.sampled_from([0, 1, 2, 4]), st.integers(0, 8))
+def test_calibrate_matches_reference(data, iterations, presim_units):
+    currents, theta = data
+    presim_steps = min(presim_units, currents.shape[0])
+    if iterations > 0:
+        presim_steps = max(presim_steps, 1)
+    got = calibrate_initial_potential(currents, theta, 0.5 * theta, presim_steps, iterations, EPS)
+    want = reference.per_neuron(reference.calibrate, currents, theta, 0.5 * theta, presim_steps, iterations, EPS)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@given(currents_and_theta(), st.integers(-3, 3))
+def test_shift_matches_reference(data, psi):
+    currents, theta = data
+    _, state = if_simulate(currents, theta, 0.5 * theta)
+    got = shift_initial_potential(0.5 * theta, state, theta, jnp.full((NUM_NEURONS,), float(psi)), EPS)
+    want = [
+        reference.shift(0.5 * theta, c, lo, hi, theta, psi, EPS)
+        for _, _, c, lo, hi in reference.per_neuron(reference.simulate_neuron, currents, theta, 0.5 * theta)
+    ]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_offset_spike_and_residual_on_edge_values():
+    np.testing.assert_array_equal(
+        oj.offset_spike(jnp.array([0.0, 1.0, 0.5]), jnp.array([2.0, 0.0, 2.0]), 1.0, 4), [-2, 4, 0]
+    )
+    np.testing.assert_array_equal(
+        oj.offset_from_residual(jnp.array([-1.0, -1e-7, 0.0, 0.999, 1.0, 7.5]), 1.0), [-1, -1, 0, 0, 1, 7]
+    )
+
+
+def test_saturated_neuron_stays_saturated_and_finite():
+    currents = jnp.full((4, 3), 10.0)
+    v0 = oj.calibrate_initial_potential(currents, 1.0, 0.5, presim_steps=4, iterations=4)
+    assert np.all(np.isfinite(v0))
+    _, state = oj.if_simulate(currents, 1.0, v0)
+    np.testing.assert_array_equal(state.count, 4.0)
+    assert np.all(np.isfinite(state.v))
+
+
+def test_silent_neuron_with_negative_offset_is_left_alone():
+    currents = jnp.full((4, 2), -3.0)
+    v0 = oj.calibrate_initial_potential(currents, 1.0, 0.5, presim_steps=4, iterations=3)
+    np.testing.assert_array_equal(v0, 0.5)
+
+
+class TestCalibrationTransforms(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_jit_equals_eager(self):
+        currents = jax.random.normal(jax.random.key(3), (8, 4, 5)) * 0.5 + 0.3
+        run = self.variant(lambda c: oj.calibrate_initial_potential(c, 1.0, 0.5, presim_steps=4, iterations=2))
+        chex.assert_trees_all_close(run(currents), oj.calibrate_initial_potential(currents, 1.0, 0.5, 4, 2))
+
+    def test_vmap_over_samples_is_per_sample(self):
+        currents = jax.random.normal(jax.random.key(4), (6, 3, 5)) * 0.5 + 0.3  # [T, B, N]
+        per_sample = jax.vmap(lambda c: oj.calibrate_initial_potential(c, 1.0, 0.5, 4, 2), in_axes=1)(currents)
+        chex.assert_trees_all_close(per_sample, oj.calibrate_initial_potential(currents, 1.0, 0.5, 4, 2))
+
+    def test_grad_is_finite(self):
+        currents = jax.random.normal(jax.random.key(5), (4, 6))
+        grad = jax.grad(lambda v0: oj.calibrate_initial_potential(currents, 1.0, v0, 4, 2).sum())(jnp.float32(0.5))
+        assert np.isfinite(grad)
+
+    def test_float64(self):
+        with jax.enable_x64(True):
+            currents = np.full((4, 3), 0.3, np.float64)
+            v0 = oj.calibrate_initial_potential(currents, 1.0, 0.5, 4, 1)
+            assert v0.dtype == jnp.float64
+            np.testing.assert_array_equal(oj.if_simulate(currents, 1.0, v0)[1].count, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"presim_steps": 5}, "presim_steps must be <= 4"),
+        ({"presim_steps": -1}, "presim_steps must be >= 0"),
+        ({"iterations": -1}, "iterations must be >= 0"),
+        ({"presim_steps": 0, "iterations": 2}, "presim_steps must be >= 1 when iterations > 0"),
+        ({"theta": 0.0}, "theta must be finite and > 0"),
+        ({"eps": 1.5}, r"eps must lie in \(0, 1\)"),
+        ({"presim_steps": 2.0}, "presim_steps must be an integer"),
+    ],
+)
+def test_calibration_bad_input(kwargs, message):
+    args = {"currents": jnp.ones((4, 3)), "theta": 1.0, "v0": 0.5, "presim_steps": 4, "iterations": 1} | kwargs
+    with pytest.raises(ValueError, match=message):
+        oj.calibrate_initial_potential(**args)
