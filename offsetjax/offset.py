@@ -39,18 +39,38 @@ def offset_spike(
     return activation * num_steps / theta - count
 
 
-def offset_from_residual(v: Float[ArrayLike, ...], theta: Float[ArrayLike, ...]) -> Float[Array, ...]:
+#: Residuals (in units of theta) this close to an integer are judged as that integer inside
+#: :func:`calibrate_initial_potential`: at exact ties, float32 round-off in v(T) - Delta
+#: would otherwise flip the judgement to the next integer and undo a correct spike.
+RESIDUAL_TOLERANCE = 1e-4
+
+
+def offset_from_residual(
+    v: Float[ArrayLike, "..."], theta: Float[ArrayLike, "..."], *, tolerance: float = 0.0
+) -> Float[Array, "..."]:
     """Offset spike judged from the residual potential by Theorem 3: ``psi = floor(v / theta)``.
 
     Exact when the ANN (QCFS, L = T) and the SNN see the same input, theta = lambda,
     v(0) = theta/2 and the summed current lies in [-theta/2, theta*T + theta/2). Once v(0)
     was shifted by Delta, pass ``v(T) - Delta``.
 
+    Args:
+      v: residual potential ``[...]``.
+      theta: threshold, broadcastable, > 0.
+      tolerance: ``v / theta`` within this distance of an integer counts as that integer
+        (0: the plain floor of the theorem).
+
     >>> offset_from_residual(jnp.array([-0.2, 0.3, 1.5]), 1.0).tolist()
     [-1.0, 0.0, 1.0]
+    >>> offset_from_residual(jnp.array([-1e-6, 0.9999999]), 1.0, tolerance=1e-4).tolist()
+    [0.0, 1.0]
     """
     v, theta = _broadcast_like_first(v, theta)
-    return jnp.floor(v / theta)
+    ratio = v / theta
+    if tolerance:
+        nearest = jnp.round(ratio) + 0.0  # no -0.0
+        ratio = jnp.where(jnp.abs(ratio - nearest) <= tolerance, nearest, ratio)
+    return jnp.floor(ratio)
 
 
 def shift_initial_potential(
@@ -111,7 +131,8 @@ def calibrate_initial_potential(
     """Calibrate the initial potential by ``iterations`` rounds of pre-simulation (SPEC section 3).
 
     Each round pre-simulates ``currents[:presim_steps]`` from the current v(0), judges
-    ``psi = floor((v(rho) - Delta) / theta)`` with Delta the shift accumulated so far, and
+    ``psi = floor((v(rho) - Delta) / theta)`` with Delta the shift accumulated so far (ties
+    within :data:`RESIDUAL_TOLERANCE` of an integer snapped to it), and
     applies :func:`shift_initial_potential`. ``presim_steps = 0`` or ``iterations = 0`` returns
     ``v0`` (broadcast): the uncalibrated QCFS baseline.
 
@@ -144,6 +165,6 @@ def calibrate_initial_potential(
     shifted = v0
     for _ in range(iterations):
         _, state = if_simulate(presim, theta, shifted)
-        psi = offset_from_residual(state.v - (shifted - v0), theta)
+        psi = offset_from_residual(state.v - (shifted - v0), theta, tolerance=RESIDUAL_TOLERANCE)
         shifted = shift_initial_potential(shifted, state, theta, psi, eps)
     return shifted

@@ -1,0 +1,242 @@
+"""Train -> convert -> calibrate -> report: the pipeline every experiment entry point runs.
+
+An entry point defines an :class:`ExperimentConfig` and calls :func:`main`, which adds
+command-line overrides for every field (``--epochs 2 --arch small_resnet``), and writes into
+``--workdir`` (default ``results/NAME/``):
+
+    config.json            the resolved configuration
+    checkpoints/latest/    orbax checkpoint after every epoch (``--resume`` continues from it)
+    checkpoints/best/      the epoch with the best held-out accuracy
+    train_log.jsonl        one line per epoch
+    results.json           ANN and SNN accuracies per T, offset statistics, wall times
+    results.md             the same as tables
+    *.png                  accuracy vs T / total steps, |psi| per layer, zero ratio and MSE vs k
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import offsetjax as oj  # noqa: E402
+from offsetjax import checkpoint, data, evaluate, train  # noqa: E402
+from report import write_plots, write_markdown  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    """Everything one run needs. Library functions receive these as keyword arguments."""
+
+    name: str
+    dataset: str  # digits | fashion_mnist | mnist | cifar10 | cifar100 | imagenet2012
+    arch: str  # a key of offsetjax.models.ARCHITECTURES
+    levels: int = 4  # QCFS quantization levels L
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 0.1
+    weight_decay: float = 5e-4
+    seed: int = 0
+    augment_pad: int = 0  # random crop padding (0: no crop / flip)
+    cutout: int = 0  # Cutout square size (0: none)
+    idx_dir: str = ""  # IDX directory (default: Debian's fashion-mnist)
+    tfds_dir: str = ""  # TFDS data_dir
+    train_limit: int = 0  # use only the first N training examples (0: all)
+    test_limit: int = 0  # evaluate on the first N test examples (0: all)
+    max_steps: int = 8  # T_max of the SNN evaluation
+    presim_steps: int = 4  # rho
+    iterations: tuple[int, ...] = (1, 2, 4)  # k of the calibrated rows
+    eval_batch_size: int = 256
+    workdir: str = ""
+    resume: bool = False
+
+    def resolved_workdir(self) -> Path:
+        return Path(self.workdir) if self.workdir else ROOT / "results" / self.name
+
+
+def parse_args(config: ExperimentConfig, argv: list[str] | None = None) -> ExperimentConfig:
+    """Override any field of ``config`` from the command line."""
+    parser = argparse.ArgumentParser(description=f"offsetjax experiment {config.name!r}")
+    for field in dataclasses.fields(config):
+        default = getattr(config, field.name)
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, type=int, nargs="+", default=list(default))
+        else:
+            parser.add_argument(flag, type=type(default), default=default)
+    values = vars(parser.parse_args(argv))
+    values["iterations"] = tuple(values["iterations"])
+    return dataclasses.replace(config, **values)
+
+
+def load_splits(config: ExperimentConfig) -> tuple[data.Split, data.Split]:
+    """Normalised float32 train and test splits of the configured dataset."""
+    if config.dataset == "digits":
+        splits = data.load_digits(seed=config.seed)
+    elif config.dataset in ("fashion_mnist", "mnist") and config.idx_dir != "tfds":
+        splits = data.load_idx(config.idx_dir or None)
+    else:
+        name = config.dataset
+        test_split = "validation" if name == "imagenet2012" else "test"
+        splits = {
+            "train": data.source_to_split(data.load_tfds(name, "train", data_dir=config.tfds_dir or None),
+                                          limit=config.train_limit or None),
+            "test": data.source_to_split(data.load_tfds(name, test_split, data_dir=config.tfds_dir or None),
+                                         limit=config.test_limit or None),
+        }
+    train_split, test_split = splits["train"], splits["test"]
+    if config.train_limit:
+        train_split = data.Split(*(x[: config.train_limit] for x in train_split))
+    if config.test_limit:
+        test_split = data.Split(*(x[: config.test_limit] for x in test_split))
+    normalized = [data.Split(data.normalize(s.images, config.dataset), s.labels) for s in (train_split, test_split)]
+    return normalized[0], normalized[1]
+
+
+def build_model(config: ExperimentConfig, num_classes: int):
+    import functools
+
+    if config.arch not in oj.models.ARCHITECTURES:
+        raise ValueError(f"arch must be one of {sorted(oj.models.ARCHITECTURES)}, got {config.arch!r}")
+    return oj.models.ARCHITECTURES[config.arch](num_classes, activation=functools.partial(oj.QCFS, levels=config.levels))
+
+
+def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_split: data.Split, workdir: Path):
+    """Train with a progress bar, checkpoint every epoch; returns the best state and its log."""
+    steps_per_epoch = data.num_batches(len(train_split.labels), config.batch_size)
+    tx = train.sgd_cosine(
+        learning_rate=config.learning_rate, total_steps=config.epochs * steps_per_epoch, weight_decay=config.weight_decay
+    )
+    state = train.create_train_state(model, tx, train_split.images[: config.batch_size], seed=config.seed)
+    latest, best = workdir / "checkpoints" / "latest", workdir / "checkpoints" / "best"
+    log_path = workdir / "train_log.jsonl"
+    start_epoch, best_accuracy = 0, -1.0
+    if config.resume:
+        state, meta = checkpoint.restore(latest, state)
+        start_epoch, best_accuracy = meta["epoch"] + 1, meta["best_accuracy"]
+        print(f"resumed from {latest} after epoch {meta['epoch'] + 1}")
+    elif log_path.exists():
+        log_path.unlink()
+    augment = data.crop_flip_cutout(pad=config.augment_pad, cutout_size=config.cutout) if config.augment_pad else None
+    for epoch in range(start_epoch, config.epochs):
+        began = time.perf_counter()
+        metrics = []
+        bar = tqdm(
+            data.batches(train_split, batch_size=config.batch_size, seed=config.seed, epoch=epoch, augment=augment),
+            total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
+            disable=None, mininterval=2.0,
+        )
+        for images, labels in bar:
+            state, step_metrics = train.train_step(state, images, labels)
+            metrics.append(step_metrics)
+            if len(metrics) % 10 == 0:
+                seen = len(metrics) * config.batch_size
+                bar.set_postfix(loss=f"{float(step_metrics['loss']):.3f}", acc=f"{float(step_metrics['accuracy']):.3f}",
+                                img_s=f"{seen / (time.perf_counter() - began):.0f}")
+        seconds = time.perf_counter() - began
+        test_accuracy = evaluate.ann_accuracy(model, state.variables, test_split, batch_size=config.eval_batch_size)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": float(np.mean([float(m["loss"]) for m in metrics])),
+            "train_accuracy": float(np.mean([float(m["accuracy"]) for m in metrics])),
+            "test_accuracy": test_accuracy,
+            "seconds": seconds,
+            "images_per_second": len(metrics) * config.batch_size / seconds,
+        }
+        best_accuracy = max(best_accuracy, test_accuracy)
+        meta = {"epoch": epoch, "best_accuracy": best_accuracy, **row}
+        checkpoint.save(latest, state, meta)
+        if test_accuracy >= best_accuracy:
+            checkpoint.save(best, state, meta)
+        with log_path.open("a") as log:
+            log.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+    # Report the final (last-epoch) network: choosing the best epoch by test accuracy would tune on the test set.
+    return state
+
+
+def methods(config: ExperimentConfig) -> dict[str, tuple[int, int]]:
+    """Method name -> (presim_steps, iterations); ``qcfs`` is the uncalibrated baseline."""
+    rows = {"qcfs": (0, 0)}
+    rows.update({f"cos_k{k}": (config.presim_steps, k) for k in config.iterations})
+    return rows
+
+
+def evaluate_all(config: ExperimentConfig, model, variables, test_split: data.Split) -> dict:
+    """ANN accuracy, every method's accuracy at t = 1..T_max, and Table-3 statistics at T = L."""
+    began = time.perf_counter()
+    results = {
+        "dataset": config.dataset,
+        "arch": config.arch,
+        "levels": config.levels,
+        "num_test_examples": int(len(test_split.labels)),
+        "ann_accuracy": evaluate.ann_accuracy(model, variables, test_split, batch_size=config.eval_batch_size),
+        "snn": {},
+        "offset": {},
+        "offset_per_layer": {},
+        "wall_time_seconds": {},
+    }
+    results["wall_time_seconds"]["ann"] = time.perf_counter() - began
+    for name, (presim_steps, iterations) in methods(config).items():
+        began = time.perf_counter()
+        with tqdm(total=len(test_split.labels), desc=f"SNN {name}", unit="img", leave=False, disable=None) as bar:
+            accuracy = evaluate.snn_accuracy(
+                model, variables, test_split, num_steps=config.max_steps, presim_steps=presim_steps,
+                iterations=iterations, batch_size=config.eval_batch_size, progress=bar.update,
+            )
+        results["wall_time_seconds"][name] = time.perf_counter() - began
+        stats = evaluate.snn_offset_statistics(
+            model, variables, test_split, num_steps=config.levels, presim_steps=min(presim_steps, config.levels),
+            iterations=iterations, batch_size=config.eval_batch_size,
+        )
+        results["snn"][name] = {
+            "presim_steps": presim_steps,
+            "iterations": iterations,
+            "accuracy": {str(t): float(accuracy[t - 1]) for t in range(1, config.max_steps + 1)},
+            "total_steps": {str(t): t + presim_steps * iterations for t in range(1, config.max_steps + 1)},
+        }
+        results["offset"][name] = {"zero_ratio": stats["all"]["zero_ratio"], "mse": stats["all"]["mse"],
+                                   "psi_histogram": stats["all"]["psi_histogram"]}
+        results["offset_per_layer"][name] = stats["sites"]
+        print(f"{name}: " + " ".join(f"T={t}:{accuracy[t - 1]:.4f}" for t in (1, 2, 4, 8) if t <= config.max_steps),
+              f"zero_ratio={stats['all']['zero_ratio']:.4f}", flush=True)
+    return results
+
+
+def run(config: ExperimentConfig) -> dict:
+    workdir = config.resolved_workdir()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    began = time.perf_counter()
+    train_split, test_split = load_splits(config)
+    model = build_model(config, num_classes=int(max(train_split.labels.max(), test_split.labels.max())) + 1)
+    state = train_ann(config, model, train_split, test_split, workdir)
+    train_seconds = time.perf_counter() - began
+    results = evaluate_all(config, model, state.variables, test_split)
+    results["wall_time_seconds"]["train"] = train_seconds
+    results["wall_time_seconds"]["total"] = time.perf_counter() - began
+    results["command"] = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+    tmp = workdir / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, workdir / "results.json")
+    (workdir / "results.md").write_text(write_markdown(results))
+    write_plots(results, workdir)
+    print(f"wrote {workdir}/results.json, results.md and plots", flush=True)
+    return results
+
+
+def main(config: ExperimentConfig, argv: list[str] | None = None) -> dict:
+    return run(parse_args(config, argv))

@@ -1,0 +1,113 @@
+"""results.json -> results.md tables and PNG plots (matplotlib is an optional extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _steps(results: dict) -> list[str]:
+    first = next(iter(results["snn"].values()))
+    return list(first["accuracy"])
+
+
+def write_markdown(results: dict) -> str:
+    steps = _steps(results)
+    lines = [
+        f"# {results['dataset']} / {results['arch']} (QCFS L = {results['levels']})",
+        "",
+        f"ANN accuracy: {100 * results['ann_accuracy']:.2f}% on {results['num_test_examples']} test images. "
+        "T excludes pre-simulation; total = T + rho * k steps.",
+        "",
+        "| method | rho | k | " + " | ".join(f"T={t} (total)" for t in steps) + " |",
+        "|---|---|---|" + "---|" * len(steps),
+    ]
+    for name, row in results["snn"].items():
+        cells = [f"{100 * row['accuracy'][t]:.2f} ({row['total_steps'][t]})" for t in steps]
+        lines.append(f"| {name} | {row['presim_steps']} | {row['iterations']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Offset spikes at T = L = {results['levels']} over all neurons and test images (Table 3 quantities):",
+        "",
+        "| method | zero ratio | MSE | abs(psi)=0 | 1 | 2 | >=3 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in results["offset"].items():
+        hist = row["psi_histogram"]
+        lines.append(
+            f"| {name} | {100 * row['zero_ratio']:.2f}% | {row['mse']:.4f} | "
+            + " | ".join(f"{100 * hist[b]:.2f}%" for b in ("0", "1", "2", ">=3"))
+            + " |"
+        )
+    wall = results.get("wall_time_seconds", {})
+    lines += ["", "Wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in wall.items())]
+    if "command" in results:
+        lines += ["", f"Reproduce: `{results['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(results: dict, workdir: Path) -> list[Path]:
+    """Accuracy vs T and vs total steps, |psi| per layer, zero ratio / MSE vs k. Returns the files."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install 'offsetjax[plots]'): skipping plots")
+        return []
+    written = []
+    title = f"{results['dataset']} / {results['arch']} (L = {results['levels']})"
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for name, row in results["snn"].items():
+        steps = [int(t) for t in row["accuracy"]]
+        accuracy = [100 * row["accuracy"][str(t)] for t in steps]
+        axes[0].plot(steps, accuracy, marker="o", label=name)
+        axes[1].plot([row["total_steps"][str(t)] for t in steps], accuracy, marker="o", label=name)
+    for axis, label in zip(axes, ("T (time steps, pre-simulation excluded)", "total steps (T + rho * k)")):
+        axis.axhline(100 * results["ann_accuracy"], color="black", linestyle="--", label="ANN")
+        axis.set_xlabel(label)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("top-1 accuracy (%)")
+    axes[0].legend()
+    fig.suptitle(title)
+    written.append(_save(fig, workdir / "accuracy_vs_steps.png"))
+
+    per_layer = results["offset_per_layer"]
+    names = list(per_layer)
+    sites = list(per_layer[names[0]])
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 4), sharey=True, squeeze=False)
+    for axis, name in zip(axes[0], names):
+        bottom = [0.0] * len(sites)
+        for bin_name in ("0", "1", "2", ">=3"):
+            values = [100 * per_layer[name][site]["psi_histogram"][bin_name] for site in sites]
+            axis.bar(range(len(sites)), values, bottom=bottom, label=f"|psi|={bin_name}")
+            bottom = [b + v for b, v in zip(bottom, values)]
+        axis.set_title(name)
+        axis.set_xticks(range(len(sites)), sites, rotation=90, fontsize=7)
+    axes[0][0].set_ylabel("% of neurons")
+    axes[0][-1].legend(loc="lower right")
+    fig.suptitle(f"{title}: |offset spike| per layer at T = L")
+    written.append(_save(fig, workdir / "psi_per_layer.png"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    iterations = [results["snn"][n]["iterations"] for n in names]
+    axes[0].plot(iterations, [100 * results["offset"][n]["zero_ratio"] for n in names], marker="o")
+    axes[0].set_ylabel("neurons with psi = 0 (%)")
+    axes[1].plot(iterations, [results["offset"][n]["mse"] for n in names], marker="o")
+    axes[1].set_ylabel("MSE (SNN rate vs QCFS)")
+    for axis in axes:
+        axis.set_xlabel("calibration iterations k (0 = QCFS baseline)")
+        axis.grid(alpha=0.3)
+    fig.suptitle(title)
+    written.append(_save(fig, workdir / "offset_vs_iterations.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

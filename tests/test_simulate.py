@@ -1,0 +1,183 @@
+"""Network level: conversion, the layer-by-layer simulator and its statistics."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import offsetjax as oj
+from offsetjax.models import VGG, ResNet
+from offsetjax.simulate import CALIBRATED_POTENTIAL
+
+IMAGES = jax.random.uniform(jax.random.key(0), (3, 8, 8, 2))
+
+
+def trained_like(model, images, seed=0, threshold=1.0):
+    """Random params with thresholds scaled to the activations (so neurons actually fire)."""
+    variables = model.init(jax.random.key(seed), images)
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.full_like(x, threshold) if path[-1].key == "threshold" else x, variables["params"]
+    )
+    return {**variables, "params": params}
+
+
+def test_single_site_network_reproduces_qcfs_logits_at_t_equals_l():
+    """Constant input to the only site, T = L, v(0) = theta/2: the SNN equals the ANN exactly."""
+    model = VGG(features=(), hidden=(32,), num_classes=5, activation=functools.partial(oj.QCFS, levels=4))
+    variables = trained_like(model, IMAGES, threshold=0.5)
+    snn = oj.spiking_model(model, num_steps=4)
+    logits = oj.simulate(snn, oj.convert_variables(snn, variables, IMAGES), IMAGES)
+    chex.assert_shape(logits, (4, 3, 5))
+    np.testing.assert_allclose(logits[-1], model.apply(variables, IMAGES), rtol=1e-5, atol=1e-5)
+
+
+def test_simulator_equals_step_by_step_reference():
+    """Layer-by-layer (each site scans T) equals stepping the whole network one t at a time."""
+    model = VGG(features=(4, "M"), hidden=(6,), num_classes=3)
+    variables = trained_like(model, IMAGES, threshold=0.7)
+    snn = oj.spiking_model(model, num_steps=5)
+    snn_variables = oj.convert_variables(snn, variables, IMAGES)
+    logits = oj.simulate(snn, snn_variables, IMAGES)
+
+    # Reference in NumPy: the network stepped by hand, IF states carried between steps.
+    params, stats = jax.tree.map(np.asarray, (variables["params"], variables["batch_stats"]))
+
+    def bn(x, p, s):
+        return (x - s["mean"]) / np.sqrt(s["var"] + 1e-5) * p["scale"] + p["bias"]
+
+    conv = jax.lax.conv_general_dilated(
+        IMAGES, params["conv0"]["Conv_0"]["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    first = bn(np.asarray(conv), params["conv0"]["BatchNorm_0"], stats["conv0"]["BatchNorm_0"])
+    theta0, theta1 = params["conv0_act"]["threshold"], params["fc0_act"]["threshold"]
+    v0, v1 = np.full(first.shape, theta0 / 2), np.full((3, 6), theta1 / 2)
+    total = 0.0
+    for t in range(5):
+        v0 = v0 + first
+        s0 = (v0 >= theta0).astype(np.float32)
+        v0 = v0 - theta0 * s0
+        pooled = (s0 * theta0).reshape(3, 4, 2, 4, 2, 4).mean(axis=(2, 4)).reshape(3, -1)
+        v1 = v1 + pooled @ params["fc0"]["kernel"] + params["fc0"]["bias"]
+        s1 = (v1 >= theta1).astype(np.float32)
+        v1 = v1 - theta1 * s1
+        total = total + (s1 * theta1) @ params["classifier"]["kernel"] + params["classifier"]["bias"]
+        np.testing.assert_allclose(logits[t], total / (t + 1), rtol=1e-4, atol=1e-5)
+
+
+def test_calibration_inside_the_network_uses_per_sample_potentials():
+    model = oj.models.small_resnet(4)
+    images = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
+    variables = trained_like(model, images, threshold=0.3)
+    snn = oj.spiking_model(model, num_steps=4, presim_steps=4, iterations=1)
+    snn_variables = oj.convert_variables(snn, variables, images)
+    _, sown = snn.apply(snn_variables, images[None], mutable=[CALIBRATED_POTENTIAL])
+    stem = sown[CALIBRATED_POTENTIAL]["stem_act"]["v0"][0]
+    chex.assert_shape(stem, (2, 8, 8, 32))
+    # The stem's input is constant in time: with T = L no offset spike, so nothing moves.
+    np.testing.assert_array_equal(stem, np.broadcast_to(snn_variables["initial_potential"]["stem_act"]["v0"], stem.shape))
+    deeper = sown[CALIBRATED_POTENTIAL]["stage1_block0"]["act_out"]["v0"][0]
+    chex.assert_shape(deeper, (2, 4, 4, 64))
+    assert not np.allclose(deeper, 0.15) and np.all(np.isfinite(deeper))
+    assert not np.allclose(deeper[0], deeper[1])  # per sample
+
+
+def test_calibration_raises_zero_ratio_in_a_network():
+    model = oj.models.small_vgg(4)
+    images = jax.random.normal(jax.random.key(2), (4, 8, 8, 1))
+    variables = trained_like(model, images, threshold=0.3)
+    ratios = []
+    for iterations in (0, 1, 2):
+        snn = oj.spiking_model(model, num_steps=4, presim_steps=4, iterations=iterations)
+        _, per_site = oj.simulate_with_statistics(snn, oj.convert_variables(snn, variables, images), images)
+        assert list(per_site)[0] == "conv0_act"  # network order
+        ratios.append(oj.summarize(per_site)["all"]["zero_ratio"])
+    assert ratios[0] < 1.0 and ratios[1] > ratios[0] and ratios[2] >= ratios[1]
+
+
+def test_convert_variables_builds_half_threshold_potentials():
+    model = ResNet((1,), (4,), 3)
+    variables = trained_like(model, IMAGES, threshold=2.0)
+    snn = oj.spiking_model(model, num_steps=2)
+    converted = oj.convert_variables(snn, variables, IMAGES)
+    assert set(converted) == {"params", "batch_stats", "initial_potential"}
+    potentials = jax.tree.leaves(converted["initial_potential"])
+    assert len(potentials) == 3 and all(np.all(p == 1.0) for p in potentials)
+    chex.assert_trees_all_equal(converted["params"], variables["params"])
+
+
+def test_jit_vmap_over_simulate_and_dtype():
+    model = oj.models.small_vgg(3)
+    variables = trained_like(model, IMAGES)
+    snn = oj.spiking_model(model, num_steps=3, presim_steps=2, iterations=1)
+    snn_variables = oj.convert_variables(snn, variables, IMAGES)
+    logits = oj.simulate(snn, snn_variables, IMAGES)
+    assert logits.dtype == jnp.float32
+    per_sample = jnp.stack([oj.simulate(snn, snn_variables, IMAGES[i : i + 1])[:, 0] for i in range(3)], axis=1)
+    np.testing.assert_allclose(per_sample, logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_steps": 0}, "num_steps must be >= 1"),
+        ({"num_steps": 2, "presim_steps": 4}, "presim_steps must be <= 2"),
+        ({"num_steps": 4, "presim_steps": 4, "iterations": -1}, "iterations must be >= 0"),
+    ],
+)
+def test_spiking_model_bad_schedule(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        oj.spiking_model(oj.models.small_vgg(2), **kwargs)
+
+
+def test_convert_rejects_mismatched_and_nonpositive_thresholds():
+    model = oj.models.small_vgg(2)
+    snn = oj.spiking_model(model, num_steps=2)
+    variables = trained_like(model, IMAGES)
+    with pytest.raises(ValueError, match="threshold at conv0_act must be finite and > 0"):
+        bad = jax.tree_util.tree_map_with_path(
+            lambda p, x: -x if p[-1].key == "threshold" else x, variables["params"]
+        )
+        oj.convert_variables(snn, {**variables, "params": bad}, IMAGES)
+    with pytest.raises(ValueError, match="missing .*conv0_act/threshold"):
+        params = dict(variables["params"])
+        params.pop("conv0_act")
+        oj.convert_variables(snn, {**variables, "params": params}, IMAGES)
+    with pytest.raises(ValueError, match="misshaped"):
+        oj.convert_variables(snn, variables, jnp.ones((1, 16, 16, 2)))
+
+
+def test_simulate_bad_images():
+    model = oj.models.small_vgg(2)
+    snn = oj.spiking_model(model, num_steps=2)
+    variables = oj.convert_variables(snn, trained_like(model, IMAGES), IMAGES)
+    with pytest.raises(ValueError, match="images must be a batch"):
+        oj.simulate(snn, variables, jnp.ones(3))
+    with pytest.raises(ValueError, match="images must have a floating dtype"):
+        oj.simulate(snn, variables, jnp.ones((3, 8, 8, 2), jnp.int32))
+    with pytest.raises(ValueError, match="images must be finite"):
+        oj.simulate(snn, variables, IMAGES.at[0, 0, 0, 0].set(jnp.nan))
+
+
+def test_if_site_rejects_wrong_time_axis():
+    site = oj.IFActivation(num_steps=4)
+    with pytest.raises(ValueError, match=r"needs time-major currents \[4 or 1, batch"):
+        site.init(jax.random.key(0), jnp.ones((3, 2, 5)))
+
+
+@pytest.mark.parametrize("name", sorted(oj.models.ARCHITECTURES))
+def test_every_architecture_runs_as_ann_and_snn(name):
+    if name in ("vgg16", "resnet18", "resnet34"):
+        images = jnp.zeros((1, 32, 32, 3))
+    else:
+        images = jnp.zeros((1, 8, 8, 3))
+    model = oj.models.ARCHITECTURES[name](7)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), images))
+    out = jax.eval_shape(lambda v: model.apply(v, images), shapes)
+    chex.assert_shape(out, (1, 7))
+    snn = oj.spiking_model(model, num_steps=2, presim_steps=1, iterations=1)
+    snn_shapes = jax.eval_shape(lambda: snn.init(jax.random.key(0), images[None]))
+    assert jax.tree.structure(snn_shapes["params"]) == jax.tree.structure(shapes["params"])
+    chex.assert_shape(jax.eval_shape(lambda v: snn.apply(v, images[None]), snn_shapes), (2, 1, 7))
