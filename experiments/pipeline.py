@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -82,33 +83,34 @@ def parse_args(config: ExperimentConfig, argv: list[str] | None = None) -> Exper
     return dataclasses.replace(config, **values)
 
 
-def load_splits(config: ExperimentConfig) -> tuple[data.Split, data.Split]:
-    """Normalised float32 train and test splits of the configured dataset."""
+def load_splits(config: ExperimentConfig) -> tuple[data.Split | data.StreamingSplit, ...]:
+    """Normalised train and test splits: in memory, or streamed from TFDS for ImageNet."""
+    limits = {"train": config.train_limit or None, "test": config.test_limit or None}
+    if config.dataset == "imagenet2012":
+        source = functools.partial(data.load_tfds, "imagenet2012", data_dir=config.tfds_dir or None)
+        return (
+            data.StreamingSplit(source("train"), preprocess=data.imagenet_train_preprocess, dataset=config.dataset,
+                                limit=limits["train"]),
+            data.StreamingSplit(source("validation"), preprocess=data.imagenet_eval_preprocess,
+                                dataset=config.dataset, limit=limits["test"]),
+        )
     if config.dataset == "digits":
         splits = data.load_digits(seed=config.seed)
     elif config.dataset in ("fashion_mnist", "mnist") and config.idx_dir != "tfds":
         splits = data.load_idx(config.idx_dir or None)
     else:
-        name = config.dataset
-        test_split = "validation" if name == "imagenet2012" else "test"
         splits = {
-            "train": data.source_to_split(data.load_tfds(name, "train", data_dir=config.tfds_dir or None),
-                                          limit=config.train_limit or None),
-            "test": data.source_to_split(data.load_tfds(name, test_split, data_dir=config.tfds_dir or None),
-                                         limit=config.test_limit or None),
+            split: data.source_to_split(data.load_tfds(config.dataset, split, data_dir=config.tfds_dir or None),
+                                        limit=limits[split])
+            for split in ("train", "test")
         }
-    train_split, test_split = splits["train"], splits["test"]
-    if config.train_limit:
-        train_split = data.Split(*(x[: config.train_limit] for x in train_split))
-    if config.test_limit:
-        test_split = data.Split(*(x[: config.test_limit] for x in test_split))
-    normalized = [data.Split(data.normalize(s.images, config.dataset), s.labels) for s in (train_split, test_split)]
-    return normalized[0], normalized[1]
+    return tuple(
+        data.Split(data.normalize(split.images[: limits[name]], config.dataset), split.labels[: limits[name]])
+        for name, split in splits.items()
+    )
 
 
 def build_model(config: ExperimentConfig, num_classes: int):
-    import functools
-
     if config.arch not in oj.models.ARCHITECTURES:
         raise ValueError(f"arch must be one of {sorted(oj.models.ARCHITECTURES)}, got {config.arch!r}")
     return oj.models.ARCHITECTURES[config.arch](num_classes, activation=functools.partial(oj.QCFS, levels=config.levels))
@@ -116,18 +118,18 @@ def build_model(config: ExperimentConfig, num_classes: int):
 
 def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_split: data.Split, workdir: Path):
     """Train with a progress bar, checkpoint every epoch; returns the best state and its log."""
-    steps_per_epoch = data.num_batches(len(train_split.labels), config.batch_size)
+    steps_per_epoch = data.num_batches(data.num_examples(train_split), config.batch_size)
     tx = train.sgd_cosine(
         learning_rate=config.learning_rate, total_steps=config.epochs * steps_per_epoch, weight_decay=config.weight_decay
     )
-    state = train.create_train_state(model, tx, train_split.images[: config.batch_size], seed=config.seed)
+    state = train.create_train_state(model, tx, data.take(train_split, np.arange(2))[0], seed=config.seed)
     latest, best = workdir / "checkpoints" / "latest", workdir / "checkpoints" / "best"
     log_path = workdir / "train_log.jsonl"
     start_epoch, best_accuracy = 0, -1.0
     if config.resume:
         state, meta = checkpoint.restore(latest, state)
-        start_epoch, best_accuracy = meta["epoch"] + 1, meta["best_accuracy"]
-        print(f"resumed from {latest} after epoch {meta['epoch'] + 1}")
+        start_epoch, best_accuracy = meta["epoch"], meta["best_accuracy"]  # "epoch" counts completed epochs
+        print(f"resumed from {latest} after epoch {start_epoch}")
     elif log_path.exists():
         log_path.unlink()
     augment = data.crop_flip_cutout(pad=config.augment_pad, cutout_size=config.cutout) if config.augment_pad else None
@@ -157,7 +159,7 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
             "images_per_second": len(metrics) * config.batch_size / seconds,
         }
         best_accuracy = max(best_accuracy, test_accuracy)
-        meta = {"epoch": epoch, "best_accuracy": best_accuracy, **row}
+        meta = {**row, "best_accuracy": best_accuracy}
         checkpoint.save(latest, state, meta)
         if test_accuracy >= best_accuracy:
             checkpoint.save(best, state, meta)
@@ -182,7 +184,7 @@ def evaluate_all(config: ExperimentConfig, model, variables, test_split: data.Sp
         "dataset": config.dataset,
         "arch": config.arch,
         "levels": config.levels,
-        "num_test_examples": int(len(test_split.labels)),
+        "num_test_examples": data.num_examples(test_split),
         "ann_accuracy": evaluate.ann_accuracy(model, variables, test_split, batch_size=config.eval_batch_size),
         "snn": {},
         "offset": {},
@@ -192,7 +194,7 @@ def evaluate_all(config: ExperimentConfig, model, variables, test_split: data.Sp
     results["wall_time_seconds"]["ann"] = time.perf_counter() - began
     for name, (presim_steps, iterations) in methods(config).items():
         began = time.perf_counter()
-        with tqdm(total=len(test_split.labels), desc=f"SNN {name}", unit="img", leave=False, disable=None) as bar:
+        with tqdm(total=data.num_examples(test_split), desc=f"SNN {name}", unit="img", leave=False, disable=None) as bar:
             accuracy = evaluate.snn_accuracy(
                 model, variables, test_split, num_steps=config.max_steps, presim_steps=presim_steps,
                 iterations=iterations, batch_size=config.eval_batch_size, progress=bar.update,
@@ -222,7 +224,7 @@ def run(config: ExperimentConfig) -> dict:
     (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     began = time.perf_counter()
     train_split, test_split = load_splits(config)
-    model = build_model(config, num_classes=int(max(train_split.labels.max(), test_split.labels.max())) + 1)
+    model = build_model(config, num_classes=data.NUM_CLASSES[config.dataset])
     state = train_ann(config, model, train_split, test_split, workdir)
     train_seconds = time.perf_counter() - began
     results = evaluate_all(config, model, state.variables, test_split)

@@ -2,8 +2,8 @@
 
     python experiments/quickstart.py [--workdir results/quickstart] [--epochs 12]
 
-Trains a small QCFS CNN (L = 4) on 1437 8x8 digits, converts it, and evaluates the
-uncalibrated SNN and the calibrated SNNs (rho = 4, k = 1, 2, 4) at T = 1..8 on 360 held-out digits.
+Trains a small QCFS CNN (L = 4) on 1438 8x8 digits, converts it, and evaluates the
+uncalibrated SNN and the calibrated SNNs (rho = 4, k = 1, 2, 4) at T = 1..8 on 359 held-out digits.
 """
 
 from pipeline import ExperimentConfig, main

@@ -28,6 +28,9 @@ IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 
+#: Number of classes of each dataset.
+NUM_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
+
 #: Per-channel mean and standard deviation used to normalise each dataset's images in [0, 1].
 NORMALIZATION = {
     "digits": ((0.2087,), (0.3701,)),
@@ -44,6 +47,72 @@ class Split(NamedTuple):
 
     images: np.ndarray
     labels: np.ndarray
+
+
+class StreamingSplit:
+    """A random-access source read batch by batch, for data that does not fit in memory.
+
+    ``take(indices, rng)`` reads only those records, turns each image into a fixed-size array
+    with ``preprocess(rng, image)`` (``rng`` is ``None`` for deterministic evaluation) and
+    normalises the batch for ``dataset``.
+    """
+
+    def __init__(self, source, *, preprocess, dataset: str, limit: int | None = None):
+        if dataset not in NORMALIZATION:
+            raise ValueError(f"dataset must be one of {sorted(NORMALIZATION)}, got {dataset!r}")
+        self.source, self.preprocess, self.dataset = source, preprocess, dataset
+        self.size = len(source) if not limit else min(limit, len(source))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def take(self, indices, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        records = [self.source[int(i)] for i in indices]
+        images = np.stack([self.preprocess(rng, np.asarray(r["image"])) for r in records])
+        return normalize(images, self.dataset), np.asarray([r["label"] for r in records], np.int32)
+
+
+def num_examples(split: Split | StreamingSplit) -> int:
+    """Number of examples in an in-memory or streaming split."""
+    return len(split.labels) if isinstance(split, Split) else len(split)
+
+
+def take(split: Split | StreamingSplit, indices, rng: np.random.Generator | None = None):
+    """``(images, labels)`` of the examples at ``indices``."""
+    if isinstance(split, Split):
+        return split.images[indices], split.labels[indices]
+    return split.take(indices, rng)
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
+def imagenet_train_preprocess(rng: np.random.Generator, image: np.ndarray, *, size: int = 224) -> np.ndarray:
+    """Random resized crop (area 8-100%, aspect 3/4-4/3) to ``size`` and a random flip."""
+    height, width = image.shape[:2]
+    for _ in range(10):
+        area = height * width * rng.uniform(0.08, 1.0)
+        aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        crop_h, crop_w = int(round(np.sqrt(area / aspect))), int(round(np.sqrt(area * aspect)))
+        if 0 < crop_h <= height and 0 < crop_w <= width:
+            break
+    else:
+        crop_h = crop_w = min(height, width)
+    top, left = rng.integers(0, height - crop_h + 1), rng.integers(0, width - crop_w + 1)
+    out = _resize(image[top : top + crop_h, left : left + crop_w], size, size)
+    return out[:, ::-1] if rng.random() < 0.5 else out
+
+
+def imagenet_eval_preprocess(_rng, image: np.ndarray, *, resize: int = 256, size: int = 224) -> np.ndarray:
+    """Resize the short side to ``resize``, then a centre crop of ``size``."""
+    height, width = image.shape[:2]
+    scale = resize / min(height, width)
+    image = _resize(image, max(size, int(round(height * scale))), max(size, int(round(width * scale))))
+    top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+    return image[top : top + size, left : left + size]
 
 
 def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> dict[str, Split]:
@@ -178,7 +247,7 @@ def cutout(rng: np.random.Generator, images: np.ndarray, *, size: int) -> np.nda
 
 
 def batches(
-    split: Split,
+    split: Split | StreamingSplit,
     *,
     batch_size: int,
     seed: int,
@@ -202,18 +271,18 @@ def batches(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    count = len(split.labels)
+    count = num_examples(split)
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(count) if shuffle else np.arange(count)
     stop = count - count % batch_size if drop_remainder else count
     for index, begin in enumerate(range(0, stop, batch_size)):
         if index < start_batch:
             continue
-        indices = order[begin : begin + batch_size]
-        images = split.images[indices]
+        batch_rng = np.random.default_rng([seed, epoch, index])
+        images, labels = take(split, order[begin : begin + batch_size], batch_rng)
         if augment is not None:
-            images = augment(np.random.default_rng([seed, epoch, index]), images)
-        yield images, split.labels[indices]
+            images = augment(batch_rng, images)
+        yield images, labels
 
 
 def num_batches(count: int, batch_size: int, *, drop_remainder: bool = True) -> int:
@@ -234,15 +303,20 @@ __all__: Sequence[str] = [
     "DEBIAN_FASHION_MNIST",
     "NORMALIZATION",
     "Split",
+    "StreamingSplit",
     "batches",
     "crop_flip_cutout",
     "cutout",
     "load_digits",
     "load_idx",
     "load_tfds",
+    "imagenet_eval_preprocess",
+    "imagenet_train_preprocess",
     "normalize",
     "num_batches",
+    "num_examples",
     "random_crop_flip",
     "read_idx",
     "source_to_split",
+    "take",
 ]

@@ -13,19 +13,19 @@ import flax.linen as nn
 import numpy as np
 
 from offsetjax.convert import convert_variables, spiking_model
-from offsetjax.data import Split
+from offsetjax.data import Split, StreamingSplit, num_examples, take
 from offsetjax.simulate import simulate, simulate_with_statistics
 from offsetjax.stats import OffsetStatistics, accumulate, summarize
 from offsetjax.train import predict
 
 
-def padded_batches(split: Split, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+def padded_batches(split: Split | StreamingSplit, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
     """Yield ``(images, labels, valid)`` in order; the last batch is zero-padded to ``batch_size``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    count = len(split.labels)
+    count = num_examples(split)
     for begin in range(0, count, batch_size):
-        images, labels = split.images[begin : begin + batch_size], split.labels[begin : begin + batch_size]
+        images, labels = take(split, np.arange(begin, min(begin + batch_size, count)))
         valid = len(labels)
         if valid < batch_size:
             images = np.concatenate([images, np.zeros((batch_size - valid, *images.shape[1:]), images.dtype)])
@@ -39,7 +39,7 @@ def ann_accuracy(model: nn.Module, variables: Any, split: Split, *, batch_size: 
     for images, labels, valid in padded_batches(split, batch_size):
         logits = np.asarray(predict(model, variables, images))
         correct += int(np.sum(logits[:valid].argmax(-1) == labels[:valid]))
-    return correct / len(split.labels)
+    return correct / num_examples(split)
 
 
 def snn_accuracy(
@@ -64,14 +64,14 @@ def snn_accuracy(
       progress: optional callable ``progress(num_samples)`` after each batch.
     """
     snn = spiking_model(model, num_steps=num_steps, presim_steps=presim_steps, iterations=iterations)
-    variables = convert_variables(snn, ann_variables, split.images[:1])
+    variables = convert_variables(snn, ann_variables, take(split, np.arange(1))[0])
     correct = np.zeros(num_steps, np.int64)
     for images, labels, valid in padded_batches(split, batch_size):
         logits = np.asarray(simulate(snn, variables, images))  # [T, B, C]
         correct += np.sum(logits[:, :valid].argmax(-1) == labels[None, :valid], axis=1)
         if progress is not None:
             progress(valid)
-    return correct / len(split.labels)
+    return correct / num_examples(split)
 
 
 def snn_offset_statistics(
@@ -89,7 +89,7 @@ def snn_offset_statistics(
     Returns :func:`offsetjax.summarize`'s ``{"sites": {...}, "all": {...}}``.
     """
     snn = spiking_model(model, num_steps=num_steps, presim_steps=presim_steps, iterations=iterations)
-    variables = convert_variables(snn, ann_variables, split.images[:1])
+    variables = convert_variables(snn, ann_variables, take(split, np.arange(1))[0])
     totals: dict[str, OffsetStatistics] = {}
     for images, _, valid in padded_batches(split, batch_size):
         if valid < batch_size:  # statistics are sums over samples: drop the padding exactly

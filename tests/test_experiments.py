@@ -1,0 +1,106 @@
+"""The experiment pipeline on digits: results schema, plots, crash-and-resume, config overrides."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+
+import pipeline  # noqa: E402
+import quickstart  # noqa: E402
+
+TINY = dataclasses.replace(quickstart.CONFIG, epochs=2, max_steps=4, iterations=(1, 2), eval_batch_size=120)
+
+
+def test_results_schema_and_outputs(tmp_path):
+    results = pipeline.run(dataclasses.replace(TINY, workdir=str(tmp_path)))
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    assert {"dataset", "arch", "levels", "ann_accuracy", "snn", "offset"} <= set(on_disk)
+    assert on_disk["dataset"] == "digits" and on_disk["levels"] == 4 and 0 <= on_disk["ann_accuracy"] <= 1
+    assert list(on_disk["snn"]) == ["qcfs", "cos_k1", "cos_k2"]
+    for name, row in on_disk["snn"].items():
+        assert set(row) == {"presim_steps", "iterations", "accuracy", "total_steps"}
+        assert list(row["accuracy"]) == ["1", "2", "3", "4"]
+        assert all(0 <= a <= 1 for a in row["accuracy"].values())
+        assert row["total_steps"]["2"] == 2 + row["presim_steps"] * row["iterations"]
+        assert set(on_disk["offset"][name]) >= {"zero_ratio", "mse"}
+    assert on_disk["snn"]["cos_k1"]["total_steps"]["1"] == 5 and on_disk["snn"]["qcfs"]["total_steps"]["1"] == 1
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["workdir"] == str(tmp_path) and config["epochs"] == 2
+    assert "| cos_k1 | 4 | 1 |" in (tmp_path / "results.md").read_text()
+    for plot in ("accuracy_vs_steps.png", "psi_per_layer.png", "offset_vs_iterations.png"):
+        assert (tmp_path / plot).read_bytes()[:4] == b"\x89PNG"
+    assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 2
+
+
+def test_crash_after_an_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypatch):
+    config = dataclasses.replace(TINY, epochs=2)
+    model = pipeline.build_model(config, 10)
+    train_split, test_split = pipeline.load_splits(config)
+    uninterrupted = pipeline.train_ann(config, model, train_split, test_split, tmp_path / "a")
+
+    real_save = pipeline.checkpoint.save
+
+    def save_then_crash(directory, state, meta):
+        real_save(directory, state, meta)
+        if Path(directory).name == "best":
+            raise KeyboardInterrupt("simulated crash after epoch 1")
+
+    monkeypatch.setattr(pipeline.checkpoint, "save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.train_ann(config, model, train_split, test_split, tmp_path / "b")
+    monkeypatch.setattr(pipeline.checkpoint, "save", real_save)
+    resumed = pipeline.train_ann(dataclasses.replace(config, resume=True), model, train_split, test_split, tmp_path / "b")
+    jax.tree.map(np.testing.assert_array_equal, resumed.params, uninterrupted.params)
+    jax.tree.map(np.testing.assert_array_equal, resumed.batch_stats, uninterrupted.batch_stats)
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path):
+    config = dataclasses.replace(TINY, resume=True)
+    model = pipeline.build_model(config, 10)
+    train_split, test_split = pipeline.load_splits(config)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        pipeline.train_ann(config, model, train_split, test_split, tmp_path)
+
+
+def test_command_line_overrides_every_field():
+    config = pipeline.parse_args(quickstart.CONFIG, ["--epochs", "3", "--iterations", "1", "4", "--arch", "small_resnet",
+                                                     "--resume", "--workdir", "/tmp/x"])
+    assert (config.epochs, config.iterations, config.arch, config.resume) == (3, (1, 4), "small_resnet", True)
+    assert config.resolved_workdir() == Path("/tmp/x")
+    assert pipeline.parse_args(quickstart.CONFIG, []).resolved_workdir().parts[-2:] == ("results", "quickstart")
+
+
+def test_unknown_architecture_is_named():
+    with pytest.raises(ValueError, match="arch must be one of"):
+        pipeline.build_model(dataclasses.replace(TINY, arch="alexnet"), 10)
+
+
+@pytest.mark.parametrize("name", ["quickstart", "fashion_mnist", "cifar10", "cifar100", "imagenet"])
+def test_entry_points_answer_help(name):
+    out = subprocess.run([sys.executable, str(EXPERIMENTS / f"{name}.py"), "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "--workdir" in out.stdout and "--resume" in out.stdout
+
+
+def test_cifar_config_runs_end_to_end_on_mock_tfds(tmp_path):
+    import cifar10
+    import tensorflow_datasets as tfds
+
+    config = dataclasses.replace(
+        cifar10.CONFIG, arch="resnet20", epochs=1, batch_size=8, max_steps=4, iterations=(1,), eval_batch_size=8,
+        workdir=str(tmp_path),
+    )
+    with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
+        results = pipeline.run(config)
+    assert results["dataset"] == "cifar10" and results["num_test_examples"] == 16
+    assert set(results["snn"]) == {"qcfs", "cos_k1"} and list(results["snn"]["qcfs"]["accuracy"]) == ["1", "2", "3", "4"]
