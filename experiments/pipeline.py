@@ -29,9 +29,10 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from report import write_markdown, write_plots  # noqa: E402
+
 import offsetjax as oj  # noqa: E402
 from offsetjax import checkpoint, data, evaluate, train  # noqa: E402
-from report import write_plots, write_markdown  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,10 +90,18 @@ def load_splits(config: ExperimentConfig) -> tuple[data.Split | data.StreamingSp
     if config.dataset == "imagenet2012":
         source = functools.partial(data.load_tfds, "imagenet2012", data_dir=config.tfds_dir or None)
         return (
-            data.StreamingSplit(source("train"), preprocess=data.imagenet_train_preprocess, dataset=config.dataset,
-                                limit=limits["train"]),
-            data.StreamingSplit(source("validation"), preprocess=data.imagenet_eval_preprocess,
-                                dataset=config.dataset, limit=limits["test"]),
+            data.StreamingSplit(
+                source("train"),
+                preprocess=data.imagenet_train_preprocess,
+                dataset=config.dataset,
+                limit=limits["train"],
+            ),
+            data.StreamingSplit(
+                source("validation"),
+                preprocess=data.imagenet_eval_preprocess,
+                dataset=config.dataset,
+                limit=limits["test"],
+            ),
         )
     if config.dataset == "digits":
         splits = data.load_digits(seed=config.seed)
@@ -100,8 +109,9 @@ def load_splits(config: ExperimentConfig) -> tuple[data.Split | data.StreamingSp
         splits = data.load_idx(config.idx_dir or None)
     else:
         splits = {
-            split: data.source_to_split(data.load_tfds(config.dataset, split, data_dir=config.tfds_dir or None),
-                                        limit=limits[split])
+            split: data.source_to_split(
+                data.load_tfds(config.dataset, split, data_dir=config.tfds_dir or None), limit=limits[split]
+            )
             for split in ("train", "test")
         }
     return tuple(
@@ -113,14 +123,18 @@ def load_splits(config: ExperimentConfig) -> tuple[data.Split | data.StreamingSp
 def build_model(config: ExperimentConfig, num_classes: int):
     if config.arch not in oj.models.ARCHITECTURES:
         raise ValueError(f"arch must be one of {sorted(oj.models.ARCHITECTURES)}, got {config.arch!r}")
-    return oj.models.ARCHITECTURES[config.arch](num_classes, activation=functools.partial(oj.QCFS, levels=config.levels))
+    return oj.models.ARCHITECTURES[config.arch](
+        num_classes, activation=functools.partial(oj.QCFS, levels=config.levels)
+    )
 
 
 def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_split: data.Split, workdir: Path):
     """Train with a progress bar, checkpoint every epoch; returns the best state and its log."""
     steps_per_epoch = data.num_batches(data.num_examples(train_split), config.batch_size)
     tx = train.sgd_cosine(
-        learning_rate=config.learning_rate, total_steps=config.epochs * steps_per_epoch, weight_decay=config.weight_decay
+        learning_rate=config.learning_rate,
+        total_steps=config.epochs * steps_per_epoch,
+        weight_decay=config.weight_decay,
     )
     state = train.create_train_state(model, tx, data.take(train_split, np.arange(2))[0], seed=config.seed)
     latest, best = workdir / "checkpoints" / "latest", workdir / "checkpoints" / "best"
@@ -138,16 +152,23 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
         metrics = []
         bar = tqdm(
             data.batches(train_split, batch_size=config.batch_size, seed=config.seed, epoch=epoch, augment=augment),
-            total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
-            disable=None, mininterval=2.0,
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            unit="batch",
+            leave=False,
+            disable=None,
+            mininterval=2.0,
         )
         for images, labels in bar:
             state, step_metrics = train.train_step(state, images, labels)
             metrics.append(step_metrics)
             if len(metrics) % 10 == 0:
                 seen = len(metrics) * config.batch_size
-                bar.set_postfix(loss=f"{float(step_metrics['loss']):.3f}", acc=f"{float(step_metrics['accuracy']):.3f}",
-                                img_s=f"{seen / (time.perf_counter() - began):.0f}")
+                bar.set_postfix(
+                    loss=f"{float(step_metrics['loss']):.3f}",
+                    acc=f"{float(step_metrics['accuracy']):.3f}",
+                    img_s=f"{seen / (time.perf_counter() - began):.0f}",
+                )
         seconds = time.perf_counter() - began
         test_accuracy = evaluate.ann_accuracy(model, state.variables, test_split, batch_size=config.eval_batch_size)
         row = {
@@ -194,15 +215,28 @@ def evaluate_all(config: ExperimentConfig, model, variables, test_split: data.Sp
     results["wall_time_seconds"]["ann"] = time.perf_counter() - began
     for name, (presim_steps, iterations) in methods(config).items():
         began = time.perf_counter()
-        with tqdm(total=data.num_examples(test_split), desc=f"SNN {name}", unit="img", leave=False, disable=None) as bar:
+        with tqdm(
+            total=data.num_examples(test_split), desc=f"SNN {name}", unit="img", leave=False, disable=None
+        ) as bar:
             accuracy = evaluate.snn_accuracy(
-                model, variables, test_split, num_steps=config.max_steps, presim_steps=presim_steps,
-                iterations=iterations, batch_size=config.eval_batch_size, progress=bar.update,
+                model,
+                variables,
+                test_split,
+                num_steps=config.max_steps,
+                presim_steps=presim_steps,
+                iterations=iterations,
+                batch_size=config.eval_batch_size,
+                progress=bar.update,
             )
         results["wall_time_seconds"][name] = time.perf_counter() - began
         stats = evaluate.snn_offset_statistics(
-            model, variables, test_split, num_steps=config.levels, presim_steps=min(presim_steps, config.levels),
-            iterations=iterations, batch_size=config.eval_batch_size,
+            model,
+            variables,
+            test_split,
+            num_steps=config.levels,
+            presim_steps=min(presim_steps, config.levels),
+            iterations=iterations,
+            batch_size=config.eval_batch_size,
         )
         results["snn"][name] = {
             "presim_steps": presim_steps,
@@ -210,11 +244,17 @@ def evaluate_all(config: ExperimentConfig, model, variables, test_split: data.Sp
             "accuracy": {str(t): float(accuracy[t - 1]) for t in range(1, config.max_steps + 1)},
             "total_steps": {str(t): t + presim_steps * iterations for t in range(1, config.max_steps + 1)},
         }
-        results["offset"][name] = {"zero_ratio": stats["all"]["zero_ratio"], "mse": stats["all"]["mse"],
-                                   "psi_histogram": stats["all"]["psi_histogram"]}
+        results["offset"][name] = {
+            "zero_ratio": stats["all"]["zero_ratio"],
+            "mse": stats["all"]["mse"],
+            "psi_histogram": stats["all"]["psi_histogram"],
+        }
         results["offset_per_layer"][name] = stats["sites"]
-        print(f"{name}: " + " ".join(f"T={t}:{accuracy[t - 1]:.4f}" for t in (1, 2, 4, 8) if t <= config.max_steps),
-              f"zero_ratio={stats['all']['zero_ratio']:.4f}", flush=True)
+        print(
+            f"{name}: " + " ".join(f"T={t}:{accuracy[t - 1]:.4f}" for t in (1, 2, 4, 8) if t <= config.max_steps),
+            f"zero_ratio={stats['all']['zero_ratio']:.4f}",
+            flush=True,
+        )
     return results
 
 

@@ -21,8 +21,13 @@ META = "meta.json"
 
 
 def _target(state) -> dict:
-    return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
-            "opt_state": state.opt_state, "rng": state.rng}
+    return {
+        "step": state.step,
+        "params": state.params,
+        "batch_stats": state.batch_stats,
+        "opt_state": state.opt_state,
+        "rng": state.rng,
+    }
 
 
 def save(directory: str | os.PathLike, state, meta: dict[str, Any]) -> None:
@@ -61,5 +66,7 @@ def restore(directory: str | os.PathLike, state):
         with ocp.StandardCheckpointer() as checkpointer:
             restored = checkpointer.restore(directory / "state", jax.device_get(_target(state)))
     except Exception as error:
-        raise ValueError(f"checkpoint in {directory} is incomplete or corrupt: {type(error).__name__}: {error}") from error
+        raise ValueError(
+            f"checkpoint in {directory} is incomplete or corrupt: {type(error).__name__}: {error}"
+        ) from error
     return state.replace(**restored), meta

@@ -195,7 +195,7 @@ def load_tfds(name: str, split: str, *, data_dir: str | os.PathLike | None = Non
         raise FileNotFoundError(
             f"TFDS dataset {name!r} (split {split!r}) is not prepared in {where}. Prepare it once, on a "
             "machine with the network and TensorFlow, with\n"
-            f"  pip install tensorflow tensorflow-datasets && python -c \"import tensorflow_datasets as tfds; "
+            f'  pip install tensorflow tensorflow-datasets && python -c "import tensorflow_datasets as tfds; '
             f"tfds.builder('{name}', data_dir='{where}', file_format='array_record').download_and_prepare()\"\n"
             f"({type(error).__name__}: {error})"
         ) from error

@@ -46,8 +46,8 @@ RESIDUAL_TOLERANCE = 1e-4
 
 
 def offset_from_residual(
-    v: Float[ArrayLike, "..."], theta: Float[ArrayLike, "..."], *, tolerance: float = 0.0
-) -> Float[Array, "..."]:
+    v: Float[ArrayLike, ...], theta: Float[ArrayLike, ...], *, tolerance: float = 0.0
+) -> Float[Array, ...]:
     """Offset spike judged from the residual potential by Theorem 3: ``psi = floor(v / theta)``.
 
     Exact when the ANN (QCFS, L = T) and the SNN see the same input, theta = lambda,

@@ -21,7 +21,10 @@ def write_idx(path, array: np.ndarray, compress: bool):
 def make_idx_dir(tmp_path, compress=True):
     rng = np.random.default_rng(0)
     arrays = {}
-    for split, (images_name, labels_name), count in (("train", data.IDX_FILES["train"], 12), ("test", data.IDX_FILES["test"], 5)):
+    for split, (images_name, labels_name), count in (
+        ("train", data.IDX_FILES["train"], 12),
+        ("test", data.IDX_FILES["test"], 5),
+    ):
         images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
         labels = rng.integers(0, 10, count, dtype=np.uint8)
         write_idx(tmp_path / images_name, images, compress)
@@ -111,8 +114,10 @@ def test_normalize_checks_channels_and_dataset():
 
 def test_streaming_split_preprocesses_per_batch():
     rng = np.random.default_rng(0)
-    records = [{"image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "label": i}
-               for i, (h, w) in enumerate([(300, 400), (260, 250), (500, 333)])]
+    records = [
+        {"image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "label": i}
+        for i, (h, w) in enumerate([(300, 400), (260, 250), (500, 333)])
+    ]
     evaluation = data.StreamingSplit(records, preprocess=data.imagenet_eval_preprocess, dataset="imagenet2012")
     images, labels = data.take(evaluation, [2, 0])
     assert images.shape == (2, 224, 224, 3) and images.dtype == np.float32

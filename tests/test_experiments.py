@@ -58,7 +58,9 @@ def test_crash_after_an_epoch_then_resume_matches_uninterrupted(tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         pipeline.train_ann(config, model, train_split, test_split, tmp_path / "b")
     monkeypatch.setattr(pipeline.checkpoint, "save", real_save)
-    resumed = pipeline.train_ann(dataclasses.replace(config, resume=True), model, train_split, test_split, tmp_path / "b")
+    resumed = pipeline.train_ann(
+        dataclasses.replace(config, resume=True), model, train_split, test_split, tmp_path / "b"
+    )
     jax.tree.map(np.testing.assert_array_equal, resumed.params, uninterrupted.params)
     jax.tree.map(np.testing.assert_array_equal, resumed.batch_stats, uninterrupted.batch_stats)
 
@@ -72,8 +74,10 @@ def test_resume_without_checkpoint_is_an_error(tmp_path):
 
 
 def test_command_line_overrides_every_field():
-    config = pipeline.parse_args(quickstart.CONFIG, ["--epochs", "3", "--iterations", "1", "4", "--arch", "small_resnet",
-                                                     "--resume", "--workdir", "/tmp/x"])
+    config = pipeline.parse_args(
+        quickstart.CONFIG,
+        ["--epochs", "3", "--iterations", "1", "4", "--arch", "small_resnet", "--resume", "--workdir", "/tmp/x"],
+    )
     assert (config.epochs, config.iterations, config.arch, config.resume) == (3, (1, 4), "small_resnet", True)
     assert config.resolved_workdir() == Path("/tmp/x")
     assert pipeline.parse_args(quickstart.CONFIG, []).resolved_workdir().parts[-2:] == ("results", "quickstart")
@@ -86,8 +90,9 @@ def test_unknown_architecture_is_named():
 
 @pytest.mark.parametrize("name", ["quickstart", "fashion_mnist", "cifar10", "cifar100", "imagenet"])
 def test_entry_points_answer_help(name):
-    out = subprocess.run([sys.executable, str(EXPERIMENTS / f"{name}.py"), "--help"], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(EXPERIMENTS / f"{name}.py"), "--help"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert "--workdir" in out.stdout and "--resume" in out.stdout
 
@@ -97,10 +102,21 @@ def test_cifar_config_runs_end_to_end_on_mock_tfds(tmp_path):
     import tensorflow_datasets as tfds
 
     config = dataclasses.replace(
-        cifar10.CONFIG, arch="resnet20", epochs=1, batch_size=8, max_steps=4, iterations=(1,), eval_batch_size=8,
+        cifar10.CONFIG,
+        arch="resnet20",
+        epochs=1,
+        batch_size=8,
+        max_steps=4,
+        iterations=(1,),
+        eval_batch_size=8,
         workdir=str(tmp_path),
     )
     with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
         results = pipeline.run(config)
     assert results["dataset"] == "cifar10" and results["num_test_examples"] == 16
-    assert set(results["snn"]) == {"qcfs", "cos_k1"} and list(results["snn"]["qcfs"]["accuracy"]) == ["1", "2", "3", "4"]
+    assert set(results["snn"]) == {"qcfs", "cos_k1"} and list(results["snn"]["qcfs"]["accuracy"]) == [
+        "1",
+        "2",
+        "3",
+        "4",
+    ]

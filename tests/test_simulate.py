@@ -77,7 +77,9 @@ def test_calibration_inside_the_network_uses_per_sample_potentials():
     stem = sown[CALIBRATED_POTENTIAL]["stem_act"]["v0"][0]
     chex.assert_shape(stem, (2, 8, 8, 32))
     # The stem's input is constant in time: with T = L no offset spike, so nothing moves.
-    np.testing.assert_array_equal(stem, np.broadcast_to(snn_variables["initial_potential"]["stem_act"]["v0"], stem.shape))
+    np.testing.assert_array_equal(
+        stem, np.broadcast_to(snn_variables["initial_potential"]["stem_act"]["v0"], stem.shape)
+    )
     deeper = sown[CALIBRATED_POTENTIAL]["stage1_block0"]["act_out"]["v0"][0]
     chex.assert_shape(deeper, (2, 4, 4, 64))
     assert not np.allclose(deeper, 0.15) and np.all(np.isfinite(deeper))
@@ -137,9 +139,7 @@ def test_convert_rejects_mismatched_and_nonpositive_thresholds():
     snn = oj.spiking_model(model, num_steps=2)
     variables = trained_like(model, IMAGES)
     with pytest.raises(ValueError, match="threshold at conv0_act must be finite and > 0"):
-        bad = jax.tree_util.tree_map_with_path(
-            lambda p, x: -x if p[-1].key == "threshold" else x, variables["params"]
-        )
+        bad = jax.tree_util.tree_map_with_path(lambda p, x: -x if p[-1].key == "threshold" else x, variables["params"])
         oj.convert_variables(snn, {**variables, "params": bad}, IMAGES)
     with pytest.raises(ValueError, match="missing .*conv0_act/threshold"):
         params = dict(variables["params"])

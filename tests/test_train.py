@@ -33,8 +33,9 @@ def test_digits_calibration_beats_baseline_at_t_up_to_l():
     )
     assert np.all(calibrated > baseline), (baseline, calibrated)
     stats = [
-        evaluate.snn_offset_statistics(model, state.variables, test_split, num_steps=4, presim_steps=4,
-                                       iterations=k, batch_size=180)["all"]
+        evaluate.snn_offset_statistics(
+            model, state.variables, test_split, num_steps=4, presim_steps=4, iterations=k, batch_size=180
+        )["all"]
         for k in (0, 1, 2)
     ]
     assert stats[0]["zero_ratio"] < stats[1]["zero_ratio"] <= stats[2]["zero_ratio"]
