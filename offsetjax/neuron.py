@@ -36,7 +36,7 @@ class IFState(NamedTuple):
     max_silent_v: Array
 
 
-def if_initial_state(v0: Float[Array, ...]) -> IFState:
+def if_initial_state(v0: Float[Array, "..."]) -> IFState:
     """The state before step 1: potential ``v0``, no spikes, empty min/max."""
     return IFState(
         v=v0,
@@ -63,8 +63,8 @@ def if_step(state: IFState, current: Array, theta: Array) -> tuple[IFState, Arra
 
 def if_simulate(
     currents: Float[ArrayLike, "T ..."],
-    theta: Float[ArrayLike, ...],
-    v0: Float[ArrayLike, ...],
+    theta: Float[ArrayLike, "..."],
+    v0: Float[ArrayLike, "..."],
     *,
     unroll: int | bool = 1,
 ) -> tuple[Float[Array, "T ..."], IFState]:

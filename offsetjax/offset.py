@@ -15,11 +15,11 @@ from offsetjax.neuron import IFState, if_simulate
 
 
 def offset_spike(
-    activation: Float[ArrayLike, ...],
-    count: Float[ArrayLike, ...],
-    theta: Float[ArrayLike, ...],
+    activation: Float[ArrayLike, "..."],
+    count: Float[ArrayLike, "..."],
+    theta: Float[ArrayLike, "..."],
     num_steps: int,
-) -> Float[Array, ...]:
+) -> Float[Array, "..."]:
     """Offset spike by Definition 1: ``psi = a * T / theta - count``.
 
     Args:
@@ -46,8 +46,8 @@ RESIDUAL_TOLERANCE = 1e-4
 
 
 def offset_from_residual(
-    v: Float[ArrayLike, ...], theta: Float[ArrayLike, ...], *, tolerance: float = 0.0
-) -> Float[Array, ...]:
+    v: Float[ArrayLike, "..."], theta: Float[ArrayLike, "..."], *, tolerance: float = 0.0
+) -> Float[Array, "..."]:
     """Offset spike judged from the residual potential by Theorem 3: ``psi = floor(v / theta)``.
 
     Exact when the ANN (QCFS, L = T) and the SNN see the same input, theta = lambda,
@@ -74,12 +74,12 @@ def offset_from_residual(
 
 
 def shift_initial_potential(
-    v0: Float[ArrayLike, ...],
+    v0: Float[ArrayLike, "..."],
     state: IFState,
-    theta: Float[ArrayLike, ...],
-    psi: Float[ArrayLike, ...],
+    theta: Float[ArrayLike, "..."],
+    psi: Float[ArrayLike, "..."],
     eps: float = 1e-3,
-) -> Float[Array, ...]:
+) -> Float[Array, "..."]:
     """One Theorem-2 correction of the initial potential per neuron.
 
     Where psi < 0 and the neuron fired at least once (rule i, one spike fewer):
@@ -122,12 +122,12 @@ def _broadcast_like_first(first, *others) -> tuple[Array, ...]:
 
 def calibrate_initial_potential(
     currents: Float[ArrayLike, "T ..."],
-    theta: Float[ArrayLike, ...],
-    v0: Float[ArrayLike, ...],
+    theta: Float[ArrayLike, "..."],
+    v0: Float[ArrayLike, "..."],
     presim_steps: int,
     iterations: int,
     eps: float = 1e-3,
-) -> Float[Array, ...]:
+) -> Float[Array, "..."]:
     """Calibrate the initial potential by ``iterations`` rounds of pre-simulation (SPEC section 3).
 
     Each round pre-simulates ``currents[:presim_steps]`` from the current v(0), judges
@@ -143,6 +143,7 @@ def calibrate_initial_potential(
       presim_steps: rho, 0 <= rho <= T.
       iterations: k >= 0.
       eps: relative margin of Theorem 2, in (0, 1).
+      unroll: ``jax.lax.scan`` unroll of each pre-simulation.
 
     Returns:
       The calibrated initial potential, ``currents.shape[1:]``.
@@ -164,7 +165,7 @@ def calibrate_initial_potential(
     presim = currents[:presim_steps]
     shifted = v0
     for _ in range(iterations):
-        _, state = if_simulate(presim, theta, shifted)
+        _, state = if_simulate(presim, theta, shifted, unroll=unroll)
         psi = offset_from_residual(state.v - (shifted - v0), theta, tolerance=RESIDUAL_TOLERANCE)
         shifted = shift_initial_potential(shifted, state, theta, psi, eps)
     return shifted

@@ -24,7 +24,7 @@ def straight_through_floor(x: Array) -> Array:
     return x + jax.lax.stop_gradient(jnp.floor(x) - x)
 
 
-def qcfs(z: Float[ArrayLike, ...], theta: Float[ArrayLike, ...], levels: int) -> Float[Array, ...]:
+def qcfs(z: Float[ArrayLike, "..."], theta: Float[ArrayLike, "..."], levels: int) -> Float[Array, "..."]:
     """QCFS activation with threshold ``theta`` and ``levels`` quantization steps.
 
     Args:
@@ -62,6 +62,6 @@ class QCFS(nn.Module):
     threshold_init: float = DEFAULT_THRESHOLD
 
     @nn.compact
-    def __call__(self, z: Float[Array, ...]) -> Float[Array, ...]:
+    def __call__(self, z: Float[Array, "..."]) -> Float[Array, "..."]:
         threshold = self.param("threshold", nn.initializers.constant(self.threshold_init), (), jnp.float32)
         return qcfs(z, threshold.astype(z.dtype), self.levels)

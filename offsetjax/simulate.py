@@ -80,7 +80,13 @@ class IFActivation(nn.Module):
         v0 = self.variable(INITIAL_POTENTIAL, "v0", lambda: jnp.full(neuron_shape, 0.5 * theta)).value
         currents = jnp.broadcast_to(currents, (self.num_steps, *currents.shape[1:]))
         calibrated = calibrate_initial_potential(
-            currents, theta, v0, presim_steps=self.presim_steps, iterations=self.iterations, eps=self.eps
+            currents,
+            theta,
+            v0,
+            presim_steps=self.presim_steps,
+            iterations=self.iterations,
+            eps=self.eps,
+            unroll=self.unroll,
         )
         spikes, state = if_simulate(currents, theta, calibrated, unroll=self.unroll)
         if self.is_mutable_collection(STATISTICS):

@@ -41,7 +41,7 @@ class OffsetStatistics(NamedTuple):
 
 
 def offset_statistics(
-    currents: Float[Array, "T ..."], count: Float[Array, ...], theta: Float[Array, ...]
+    currents: Float[Array, "T ..."], count: Float[Array, "..."], theta: Float[Array, "..."]
 ) -> OffsetStatistics:
     """Table-3 statistics of one simulated site.
 
