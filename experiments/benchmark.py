@@ -78,7 +78,12 @@ def jax_timings(name: str, batch: int, steps: list[int], repeats: int) -> dict:
                 continue
             snn = oj.spiking_model(model, num_steps=num_steps, presim_steps=presim, iterations=iterations)
             snn_variables = oj.convert_variables(snn, variables, images)
-            per_t[label] = timed(lambda: oj.simulate(snn, snn_variables, images).block_until_ready(), repeats)
+            per_t[label] = timed(
+                lambda snn=snn, snn_variables=snn_variables: oj.simulate(
+                    snn, snn_variables, images
+                ).block_until_ready(),
+                repeats,
+            )
             if label == "snn":
                 per_t["memory"] = jax_memory(snn, snn_variables, images)
         out[num_steps] = per_t
@@ -220,7 +225,7 @@ def torch_timings(name: str, batch: int, steps: list[int], repeats: int) -> dict
     for num_steps in steps:
         rows = {"snn": (0, 0), "cos_k1": (PRESIM_STEPS, 1), "cos_k4": (PRESIM_STEPS, 4)}
         out[num_steps] = {
-            label: None if presim > num_steps else timed(lambda: run(num_steps, presim, k), repeats)
+            label: None if presim > num_steps else timed(lambda t=num_steps, p=presim, k=k: run(t, p, k), repeats)
             for label, (presim, k) in rows.items()
         }
     return out

@@ -27,7 +27,7 @@ def spiking_model(
     presim_steps: int = 0,
     iterations: int = 0,
     eps: float = 1e-3,
-    unroll: int | bool = 1,
+    unroll: int | bool = True,
 ) -> nn.Module:
     """The same network with every activation site an :class:`IFActivation`.
 

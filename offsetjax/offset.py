@@ -127,6 +127,8 @@ def calibrate_initial_potential(
     presim_steps: int,
     iterations: int,
     eps: float = 1e-3,
+    *,
+    unroll: int | bool = 1,
 ) -> Float[Array, "..."]:
     """Calibrate the initial potential by ``iterations`` rounds of pre-simulation (SPEC section 3).
 

@@ -58,7 +58,7 @@ class IFActivation(nn.Module):
     presim_steps: int = 0
     iterations: int = 0
     eps: float = 1e-3
-    unroll: int | bool = 1
+    unroll: int | bool = True
     threshold_init: float = DEFAULT_THRESHOLD
 
     def __post_init__(self):

@@ -10,6 +10,7 @@ import functools
 from collections.abc import Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -25,6 +26,51 @@ qcfs_l4: ActivationFactory = functools.partial(QCFS, levels=4)
 BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
 
 
+#: Stride-1 convolutions over feature maps of at most this many pixels run as shifted matmuls.
+#: XLA's CPU convolution is ~85x slower than the matmul form on VGG-16's 2x2x512 maps
+#: (0.37 s vs 4.4 ms at batch 32, measured here); from 4x4 up the two are on par or XLA wins.
+MATMUL_MAX_PIXELS = 4
+
+
+class Conv(nn.Module):
+    """Bias-free 'SAME' convolution with ``nn.Conv``'s parameter (``kernel`` [k, k, C, F]).
+
+    Works on any number of leading batch axes; tiny feature maps (stride 1, at most
+    :data:`MATMUL_MAX_PIXELS` pixels) are computed as a sum of shifted matmuls, with the same
+    result up to float rounding.
+    """
+
+    features: int
+    kernel: int = 3
+    strides: int = 1
+
+    @nn.compact
+    def __call__(self, x: Float[Array, "*batch H W C"]) -> Float[Array, "*batch h w F"]:
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (self.kernel, self.kernel, x.shape[-1], self.features)
+        )
+        kernel = kernel.astype(x.dtype)
+        height, width = x.shape[-3:-1]
+        if self.strides == 1 and height * width <= MATMUL_MAX_PIXELS:
+            low = (self.kernel - 1) // 2
+            pad = [(0, 0)] * (x.ndim - 3) + [(low, self.kernel - 1 - low)] * 2 + [(0, 0)]
+            padded = jnp.pad(x, pad)
+            return sum(
+                padded[..., i : i + height, j : j + width, :] @ kernel[i, j]
+                for i in range(self.kernel)
+                for j in range(self.kernel)
+            )
+        batch_shape = x.shape[:-3]
+        out = jax.lax.conv_general_dilated(
+            x.reshape((-1, *x.shape[-3:])),
+            kernel,
+            (self.strides, self.strides),
+            "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return out.reshape((*batch_shape, *out.shape[1:]))
+
+
 class ConvBN(nn.Module):
     """3x3 (or ``kernel``) convolution without bias, then batch norm."""
 
@@ -34,7 +80,7 @@ class ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x: Float[Array, "*batch H W C"], train: bool) -> Float[Array, "*batch h w F"]:
-        x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.strides, padding="SAME", use_bias=False)(x)
+        x = Conv(self.features, self.kernel, self.strides, name="Conv_0")(x)
         return BatchNorm(use_running_average=not train)(x)
 
 

@@ -1,0 +1,27 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARK = Path(__file__).resolve().parent.parent / "experiments" / "benchmark.py"
+
+
+def test_benchmark_quick_writes_records_with_ratios(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARK), "--quick", "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "benchmark.json").read_text())
+    (record,) = report["records"]
+    assert (record["network"], record["batch"], record["T"]) == ("resnet20", 8, 4)
+    for label in ("ann", "snn", "cos_k1", "cos_k4"):
+        timing = record["jax"][label]
+        assert len(timing["raw"]) == 2 and 0 < timing["min"] <= timing["median"] <= timing["max"]
+    assert record["snn_over_t_ann"] > 0 and record["calibration_overhead"] > 0
+    assert record["memory"]["temp_bytes"] > 0 and record["memory"]["largest_site_bytes"] == 2 * 4 * 4 * 8 * 16 * 32 * 32
+    if record["torch"] is not None:
+        assert record["speedup_vs_spikingjelly"] > 0
+    assert "| resnet20 | 8 | 4 |" in (tmp_path / "benchmark.md").read_text()
