@@ -33,7 +33,8 @@ MATMUL_MAX_PIXELS = 4
 
 
 class Conv(nn.Module):
-    """Bias-free 'SAME' convolution with ``nn.Conv``'s parameter (``kernel`` [k, k, C, F]).
+    """Bias-free convolution padded by (k-1)//2 on each side, with ``nn.Conv``'s parameter
+    (``kernel`` [k, k, C, F]); at stride 2 this is PyTorch's padding, not XLA's 'SAME'.
 
     Works on any number of leading batch axes; tiny feature maps (stride 1, at most
     :data:`MATMUL_MAX_PIXELS` pixels) are computed as a sum of shifted matmuls, with the same
@@ -51,8 +52,8 @@ class Conv(nn.Module):
         )
         kernel = kernel.astype(x.dtype)
         height, width = x.shape[-3:-1]
+        low = (self.kernel - 1) // 2  # symmetric padding, as PyTorch's padding=k//2 (not XLA's 'SAME' at stride 2)
         if self.strides == 1 and height * width <= MATMUL_MAX_PIXELS:
-            low = (self.kernel - 1) // 2
             pad = [(0, 0)] * (x.ndim - 3) + [(low, self.kernel - 1 - low)] * 2 + [(0, 0)]
             padded = jnp.pad(x, pad)
             return sum(
@@ -65,7 +66,7 @@ class Conv(nn.Module):
             x.reshape((-1, *x.shape[-3:])),
             kernel,
             (self.strides, self.strides),
-            "SAME",
+            [(low, self.kernel - 1 - low)] * 2,
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
         return out.reshape((*batch_shape, *out.shape[1:]))
