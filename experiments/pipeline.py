@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import write_markdown, write_plots  # noqa: E402
 
 import offsetjax as oj  # noqa: E402
-from offsetjax import checkpoint, data, evaluate, train  # noqa: E402
+from offsetjax import checkpoint, data, evaluate, parallel, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,6 +138,7 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
         weight_decay=config.weight_decay,
     )
     state = train.create_train_state(model, tx, data.take(train_split, np.arange(2))[0], seed=config.seed)
+    mesh = parallel.data_mesh()
     latest, best = workdir / "checkpoints" / "latest", workdir / "checkpoints" / "best"
     log_path = workdir / "train_log.jsonl"
     start_epoch, best_accuracy = 0, -1.0
@@ -146,12 +148,21 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
         print(f"resumed from {latest} after epoch {start_epoch}")
     elif log_path.exists():
         log_path.unlink()
+    state = parallel.replicate(mesh, state)
     augment = data.crop_flip_cutout(pad=config.augment_pad, cutout_size=config.cutout) if config.augment_pad else None
     for epoch in range(start_epoch, config.epochs):
         began = time.perf_counter()
         metrics = []
         bar = tqdm(
-            data.batches(train_split, batch_size=config.batch_size, seed=config.seed, epoch=epoch, augment=augment),
+            data.batches(
+                train_split,
+                batch_size=config.batch_size,
+                seed=config.seed,
+                epoch=epoch,
+                augment=augment,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            ),
             total=steps_per_epoch,
             desc=f"epoch {epoch + 1}/{config.epochs}",
             unit="batch",
@@ -160,7 +171,7 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
             mininterval=2.0,
         )
         for images, labels in bar:
-            state, step_metrics = train.train_step(state, images, labels)
+            state, step_metrics = train.train_step(state, *parallel.shard_batch(mesh, images, labels))
             metrics.append(step_metrics)
             if len(metrics) % 10 == 0:
                 seen = len(metrics) * config.batch_size
@@ -170,7 +181,9 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
                     img_s=f"{seen / (time.perf_counter() - began):.0f}",
                 )
         seconds = time.perf_counter() - began
-        test_accuracy = evaluate.ann_accuracy(model, state.variables, test_split, batch_size=config.eval_batch_size)
+        test_accuracy = evaluate.ann_accuracy(
+            model, state.variables, test_split, batch_size=config.eval_batch_size, mesh=mesh
+        )
         row = {
             "epoch": epoch + 1,
             "train_loss": float(np.mean([float(m["loss"]) for m in metrics])),
@@ -206,7 +219,9 @@ def evaluate_all(config: ExperimentConfig, model, variables, test_split: data.Sp
         "arch": config.arch,
         "levels": config.levels,
         "num_test_examples": data.num_examples(test_split),
-        "ann_accuracy": evaluate.ann_accuracy(model, variables, test_split, batch_size=config.eval_batch_size),
+        "ann_accuracy": evaluate.ann_accuracy(
+            model, variables, test_split, batch_size=config.eval_batch_size, mesh=parallel.data_mesh()
+        ),
         "snn": {},
         "offset": {},
         "offset_per_layer": {},
@@ -281,4 +296,5 @@ def run(config: ExperimentConfig) -> dict:
 
 
 def main(config: ExperimentConfig, argv: list[str] | None = None) -> dict:
+    parallel.initialize_distributed()  # a no-op unless a multi-process launcher is present
     return run(parse_args(config, argv))

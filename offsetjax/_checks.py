@@ -18,6 +18,8 @@ def concrete_value(x) -> np.ndarray | None:
     """Return ``x`` as a NumPy array, or ``None`` when it is a tracer."""
     if isinstance(x, jax.core.Tracer):
         return None
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:  # multi-host: other processes hold parts
+        return None
     return np.asarray(x)
 
 

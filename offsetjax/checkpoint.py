@@ -15,19 +15,28 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 META = "meta.json"
 
 
+def _host_copy(leaf):
+    """A NumPy copy of a (replicated) array, also when other processes hold part of the mesh."""
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        return np.asarray(leaf.addressable_data(0))
+    return np.asarray(leaf)
+
+
 def _target(state) -> dict:
-    return {
+    tree = {
         "step": state.step,
         "params": state.params,
         "batch_stats": state.batch_stats,
         "opt_state": state.opt_state,
         "rng": state.rng,
     }
+    return jax.tree.map(_host_copy, tree)
 
 
 def save(directory: str | os.PathLike, state, meta: dict[str, Any]) -> None:
@@ -37,7 +46,7 @@ def save(directory: str | os.PathLike, state, meta: dict[str, Any]) -> None:
     if staging.exists():
         shutil.rmtree(staging)
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(staging / "state", jax.device_get(_target(state)))
+        checkpointer.save(staging / "state", _target(state))
     (staging / META).write_text(json.dumps(meta, indent=2))
     previous = directory.with_name(directory.name + ".previous")
     if directory.exists():
@@ -64,7 +73,7 @@ def restore(directory: str | os.PathLike, state):
     try:
         meta = json.loads((directory / META).read_text())
         with ocp.StandardCheckpointer() as checkpointer:
-            restored = checkpointer.restore(directory / "state", jax.device_get(_target(state)))
+            restored = checkpointer.restore(directory / "state", _target(state))
     except Exception as error:
         raise ValueError(
             f"checkpoint in {directory} is incomplete or corrupt: {type(error).__name__}: {error}"

@@ -256,6 +256,8 @@ def batches(
     drop_remainder: bool = True,
     start_batch: int = 0,
     augment=None,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(images, labels)`` batches; the order depends only on ``(seed, epoch)``.
 
@@ -268,9 +270,14 @@ def batches(
       drop_remainder: drop the last partial batch.
       start_batch: skip this many batches (resuming mid-epoch).
       augment: ``augment(rng, images) -> images`` applied per batch, or ``None``.
+      process_index, process_count: in a multi-host run each process yields only its
+        ``batch_size / process_count`` rows of every global batch.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size % process_count:
+        raise ValueError(f"batch_size {batch_size} must be a multiple of process_count {process_count}")
+    local = batch_size // process_count
     count = num_examples(split)
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(count) if shuffle else np.arange(count)
@@ -278,8 +285,10 @@ def batches(
     for index, begin in enumerate(range(0, stop, batch_size)):
         if index < start_batch:
             continue
-        batch_rng = np.random.default_rng([seed, epoch, index])
-        images, labels = take(split, order[begin : begin + batch_size], batch_rng)
+        # One stream per (seed, epoch, batch) and, in multi-host runs, per process.
+        batch_rng = np.random.default_rng([seed, epoch, index] + ([process_index] if process_count > 1 else []))
+        rows = order[begin : begin + batch_size][process_index * local : (process_index + 1) * local]
+        images, labels = take(split, rows, batch_rng)
         if augment is not None:
             images = augment(batch_rng, images)
         yield images, labels

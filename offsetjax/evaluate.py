@@ -10,8 +10,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import flax.linen as nn
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
+from offsetjax import parallel
 from offsetjax.convert import convert_variables, spiking_model
 from offsetjax.data import Split, StreamingSplit, num_examples, take
 from offsetjax.simulate import simulate, simulate_with_statistics
@@ -33,11 +37,30 @@ def padded_batches(split: Split | StreamingSplit, batch_size: int) -> Iterator[t
         yield images, labels, valid
 
 
-def ann_accuracy(model: nn.Module, variables: Any, split: Split, *, batch_size: int) -> float:
-    """Top-1 accuracy of the ANN in eval mode, in [0, 1]."""
+def _on_mesh(mesh: Mesh | None, images: np.ndarray):
+    """The batch as the simulator's input: sharded over ``mesh`` when one is given."""
+    if mesh is None:
+        return images
+    if jax.process_count() > 1:  # each process contributes its own rows of the global batch
+        rows = len(images) // jax.process_count()
+        images = images[jax.process_index() * rows : (jax.process_index() + 1) * rows]
+    return parallel.shard_batch(mesh, images)[0]
+
+
+def _to_host(array) -> np.ndarray:
+    if jax.process_count() > 1:
+        return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+    return np.asarray(array)
+
+
+def ann_accuracy(
+    model: nn.Module, variables: Any, split: Split | StreamingSplit, *, batch_size: int, mesh: Mesh | None = None
+) -> float:
+    """Top-1 accuracy of the ANN in eval mode, in [0, 1]; batches sharded over ``mesh`` if given."""
     correct = 0
+    variables = variables if mesh is None else parallel.replicate(mesh, variables)
     for images, labels, valid in padded_batches(split, batch_size):
-        logits = np.asarray(predict(model, variables, images))
+        logits = _to_host(predict(model, variables, _on_mesh(mesh, images)))
         correct += int(np.sum(logits[:valid].argmax(-1) == labels[:valid]))
     return correct / num_examples(split)
 
@@ -52,6 +75,7 @@ def snn_accuracy(
     iterations: int = 0,
     batch_size: int,
     progress=None,
+    mesh: Mesh | None = None,
 ) -> np.ndarray:
     """Top-1 accuracy after every step t = 1..T from one simulation, ``[T]`` in [0, 1].
 
@@ -62,12 +86,15 @@ def snn_accuracy(
       num_steps, presim_steps, iterations: T, rho, k (k = 0: the uncalibrated baseline).
       batch_size: samples per simulated batch.
       progress: optional callable ``progress(num_samples)`` after each batch.
+      mesh: shard every batch over this device mesh (the calibration is per sample, so it
+        shards with the batch); ``batch_size`` must divide over its devices.
     """
     snn = spiking_model(model, num_steps=num_steps, presim_steps=presim_steps, iterations=iterations)
     variables = convert_variables(snn, ann_variables, take(split, np.arange(1))[0])
+    variables = variables if mesh is None else parallel.replicate(mesh, variables)
     correct = np.zeros(num_steps, np.int64)
     for images, labels, valid in padded_batches(split, batch_size):
-        logits = np.asarray(simulate(snn, variables, images))  # [T, B, C]
+        logits = _to_host(simulate(snn, variables, _on_mesh(mesh, images)))  # [T, B, C]
         correct += np.sum(logits[:, :valid].argmax(-1) == labels[None, :valid], axis=1)
         if progress is not None:
             progress(valid)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from offsetjax.qcfs import QCFS
@@ -61,15 +62,21 @@ class Conv(nn.Module):
                 for i in range(self.kernel)
                 for j in range(self.kernel)
             )
+        # Fold the leading axes into one batch axis, the last of them (the sample axis) major, so a
+        # batch sharded over devices stays sharded: [T, B, ...] -> [B, T, ...] -> [B*T, ...].
         batch_shape = x.shape[:-3]
+        leading = tuple(range(len(batch_shape)))
+        order = leading[-1:] + leading[:-1]
+        folded = jnp.transpose(x, (*order, *range(len(batch_shape), x.ndim))).reshape((-1, *x.shape[-3:]))
         out = jax.lax.conv_general_dilated(
-            x.reshape((-1, *x.shape[-3:])),
+            folded,
             kernel,
             (self.strides, self.strides),
             [(low, self.kernel - 1 - low)] * 2,
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
-        return out.reshape((*batch_shape, *out.shape[1:]))
+        out = out.reshape((*(batch_shape[i] for i in order), *out.shape[1:]))
+        return jnp.transpose(out, (*np.argsort(order), *range(len(batch_shape), out.ndim)))
 
 
 class ConvBN(nn.Module):

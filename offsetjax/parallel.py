@@ -1,0 +1,86 @@
+"""Data parallelism on a device mesh: the batch axis sharded, parameters replicated.
+
+Every function in offsetjax is a ``jit``-compiled SPMD program, so data parallelism needs no
+change to the model or the simulator: place the batch with :func:`shard_batch` and the
+variables with :func:`replicate`, and XLA partitions the work (batch-norm statistics in
+training become cross-device means; the per-sample calibration of the SNN shards with the
+batch). Multi-host: call :func:`initialize_distributed` first; each process then reads only
+its own rows of every global batch (``offsetjax.data.batches(..., process_index=,
+process_count=)``) and :func:`shard_batch` assembles the global array.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+#: Name of the mesh axis the batch is split over.
+DATA_AXIS = "data"
+
+#: Environment variables that mean a multi-process launcher is present.
+LAUNCHER_VARIABLES = (
+    "JAX_COORDINATOR_ADDRESS",
+    "COORDINATOR_ADDRESS",
+    "SLURM_NTASKS",
+    "OMPI_COMM_WORLD_SIZE",
+    "TPU_WORKER_HOSTNAMES",
+    "MEGASCALE_COORDINATOR_ADDRESS",
+)
+
+
+def initialize_distributed() -> bool:
+    """``jax.distributed.initialize()`` when a launcher's environment is present; returns whether it ran.
+
+    On Cloud TPU slices, SLURM and Open MPI, JAX discovers the coordinator itself; elsewhere set
+    ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``.
+    """
+    if not any(os.environ.get(name) for name in LAUNCHER_VARIABLES):
+        return False
+    if os.environ.get("SLURM_NTASKS") == "1" or os.environ.get("OMPI_COMM_WORLD_SIZE") == "1":
+        return False
+    jax.distributed.initialize()
+    return True
+
+
+def data_mesh(devices: list | None = None) -> Mesh:
+    """A one-axis mesh named :data:`DATA_AXIS` over ``devices`` (default: every device of every process)."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def replicate(mesh: Mesh, tree: Any) -> Any:
+    """Place every leaf of ``tree`` on every device of ``mesh``."""
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def shard_batch(mesh: Mesh, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
+    """Split arrays along axis 0 over the mesh.
+
+    Single process: ``arrays`` are the global batch. Several processes: each passes its own
+    rows (the global batch is their concatenation in process order).
+
+    Raises:
+      ValueError: when the batch does not divide evenly over the devices.
+    """
+    sharding = batch_sharding(mesh)
+    out = []
+    for array in arrays:
+        local_devices = mesh.devices.size // jax.process_count()
+        if array.shape[0] % local_devices:
+            raise ValueError(
+                f"batch of {array.shape[0]} rows per process does not divide over {local_devices} local devices; "
+                "choose a batch size that is a multiple of the device count"
+            )
+        if jax.process_count() == 1:
+            out.append(jax.device_put(array, sharding))
+        else:
+            out.append(jax.make_array_from_process_local_data(sharding, array))
+    return tuple(out)
