@@ -61,6 +61,7 @@ class ExperimentConfig:
     presim_steps: int = 4  # rho
     iterations: tuple[int, ...] = (1, 2, 4)  # k of the calibrated rows
     eval_batch_size: int = 256
+    checkpoint_every: int = 0  # also checkpoint every N training batches (0: at epoch ends only)
     workdir: str = ""
     resume: bool = False
 
@@ -141,11 +142,12 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
     mesh = parallel.data_mesh()
     latest, best = workdir / "checkpoints" / "latest", workdir / "checkpoints" / "best"
     log_path = workdir / "train_log.jsonl"
-    start_epoch, best_accuracy = 0, -1.0
+    start_epoch, start_batch, best_accuracy = 0, 0, -1.0
     if config.resume:
         state, meta = checkpoint.restore(latest, state)
-        start_epoch, best_accuracy = meta["epoch"], meta["best_accuracy"]  # "epoch" counts completed epochs
-        print(f"resumed from {latest} after epoch {start_epoch}")
+        # "epoch" counts completed epochs, "batch" the batches done of the next one.
+        start_epoch, start_batch, best_accuracy = meta["epoch"], meta.get("batch", 0), meta["best_accuracy"]
+        print(f"resumed from {latest} after epoch {start_epoch}, batch {start_batch}")
     elif log_path.exists():
         log_path.unlink()
     state = parallel.replicate(mesh, state)
@@ -162,18 +164,24 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
                 augment=augment,
                 process_index=jax.process_index(),
                 process_count=jax.process_count(),
+                start_batch=start_batch if epoch == start_epoch else 0,
             ),
             total=steps_per_epoch,
+            initial=start_batch if epoch == start_epoch else 0,
             desc=f"epoch {epoch + 1}/{config.epochs}",
             unit="batch",
             leave=False,
             disable=None,
             mininterval=2.0,
         )
-        for images, labels in bar:
+        for batch, (images, labels) in enumerate(bar, start=start_batch if epoch == start_epoch else 0):
             state, step_metrics = train.train_step(state, *parallel.shard_batch(mesh, images, labels))
             metrics.append(step_metrics)
+            if config.checkpoint_every and (batch + 1) % config.checkpoint_every == 0 and batch + 1 < steps_per_epoch:
+                _check_finite_loss(step_metrics, epoch, batch)
+                checkpoint.save(latest, state, {"epoch": epoch, "batch": batch + 1, "best_accuracy": best_accuracy})
             if len(metrics) % 10 == 0:
+                _check_finite_loss(step_metrics, epoch, batch)
                 seen = len(metrics) * config.batch_size
                 bar.set_postfix(
                     loss=f"{float(step_metrics['loss']):.3f}",
@@ -181,6 +189,7 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
                     img_s=f"{seen / (time.perf_counter() - began):.0f}",
                 )
         seconds = time.perf_counter() - began
+        _check_finite_loss(step_metrics, epoch, batch)
         test_accuracy = evaluate.ann_accuracy(
             model, state.variables, test_split, batch_size=config.eval_batch_size, mesh=mesh
         )
@@ -202,6 +211,16 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
         print(json.dumps(row), flush=True)
     # Report the final (last-epoch) network: choosing the best epoch by test accuracy would tune on the test set.
     return state
+
+
+def _check_finite_loss(metrics: dict, epoch: int, batch: int) -> None:
+    """Stop before a NaN or Inf loss reaches a checkpoint (the last good one stays on disk)."""
+    loss = float(metrics["loss"])
+    if not np.isfinite(loss):
+        raise FloatingPointError(
+            f"training loss is {loss} at epoch {epoch + 1}, batch {batch + 1}; the last finite checkpoint is kept. "
+            "Lower --learning-rate, or resume with --resume after changing it"
+        )
 
 
 def methods(config: ExperimentConfig) -> dict[str, tuple[int, int]]:

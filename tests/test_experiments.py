@@ -65,6 +65,40 @@ def test_crash_after_an_epoch_then_resume_matches_uninterrupted(tmp_path, monkey
     jax.tree.map(np.testing.assert_array_equal, resumed.batch_stats, uninterrupted.batch_stats)
 
 
+def test_killed_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypatch):
+    config = dataclasses.replace(TINY, epochs=2, checkpoint_every=7)
+    model = pipeline.build_model(config, 10)
+    train_split, test_split = pipeline.load_splits(config)
+    uninterrupted = pipeline.train_ann(config, model, train_split, test_split, tmp_path / "a")
+
+    real_step, calls = pipeline.train.train_step, []
+
+    def step_then_die(state, images, labels):
+        calls.append(1)
+        if len(calls) == 60:  # epoch 2 (44 batches per epoch), 2 batches after its checkpoint at batch 14
+            raise KeyboardInterrupt("killed mid-epoch")
+        return real_step(state, images, labels)
+
+    monkeypatch.setattr(pipeline.train, "train_step", step_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.train_ann(config, model, train_split, test_split, tmp_path / "b")
+    monkeypatch.setattr(pipeline.train, "train_step", real_step)
+    meta = json.loads((tmp_path / "b" / "checkpoints" / "latest" / "meta.json").read_text())
+    assert (meta["epoch"], meta["batch"]) == (1, 14)
+    resumed = pipeline.train_ann(
+        dataclasses.replace(config, resume=True), model, train_split, test_split, tmp_path / "b"
+    )
+    jax.tree.map(np.testing.assert_array_equal, resumed.params, uninterrupted.params)
+
+
+def test_nan_loss_stops_before_it_reaches_a_checkpoint(tmp_path):
+    config = dataclasses.replace(TINY, epochs=1, learning_rate=1e30, checkpoint_every=5)
+    model = pipeline.build_model(config, 10)
+    train_split, test_split = pipeline.load_splits(config)
+    with pytest.raises(FloatingPointError, match="training loss is nan at epoch 1"):
+        pipeline.train_ann(config, model, train_split, test_split, tmp_path)
+
+
 def test_resume_without_checkpoint_is_an_error(tmp_path):
     config = dataclasses.replace(TINY, resume=True)
     model = pipeline.build_model(config, 10)
