@@ -79,3 +79,17 @@ def check_broadcastable(name: str, shape: tuple[int, ...], target: tuple[int, ..
         result = None
     if result != tuple(target):
         raise ValueError(f"{name} of shape {shape} must broadcast to {target_name} {tuple(target)}")
+
+
+def images_must_fit(run, images, what: str = "the network"):
+    """Call ``run()``; re-raise a parameter-shape error as a ValueError naming the image shape."""
+    from flax.errors import ScopeParamShapeError
+
+    try:
+        return run()
+    except (ScopeParamShapeError, TypeError) as error:
+        if "shape" not in str(error):
+            raise
+        raise ValueError(
+            f"images of shape {tuple(images.shape)} do not fit {what} (wrong size or number of channels?): {error}"
+        ) from error

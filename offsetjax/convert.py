@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from offsetjax._checks import check_positive, check_steps
+from offsetjax._checks import check_finite, check_positive, check_steps
 from offsetjax.simulate import INITIAL_POTENTIAL, IFActivation
 
 
@@ -71,6 +71,8 @@ def convert_variables(snn_model: nn.Module, ann_variables: Any, example_images: 
     expected = jax.eval_shape(functools.partial(snn_model.init, jax.random.key(0)), example)
     _check_same_tree("ann_variables['params']", ann_variables["params"], expected["params"])
     params = traverse_util.flatten_dict(ann_variables["params"])
+    for path, leaf in params.items():
+        check_finite("ann_variables['params'] at " + "/".join(path), leaf)
     potentials = {}
     for path, leaf in traverse_util.flatten_dict(expected[INITIAL_POTENTIAL]).items():
         theta = params[(*path[:-1], "threshold")]

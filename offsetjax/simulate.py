@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 from jaxtyping import Array, Float
 
-from offsetjax._checks import check_finite, check_float, check_steps
+from offsetjax._checks import check_finite, check_float, check_steps, images_must_fit
 from offsetjax.neuron import if_simulate
 from offsetjax.offset import calibrate_initial_potential
 from offsetjax.qcfs import DEFAULT_THRESHOLD
@@ -108,7 +108,8 @@ def simulate(model: nn.Module, variables: Any, images: Float[Array, "B ..."]) ->
       ``logits[t-1] = (1/t) * sum_{s<=t} out(s)``, ``[T, B, classes]``: the prediction after t
       steps is ``argmax(logits[t-1])``, and at t = T with T = L it equals the ANN's logits.
     """
-    logits, _ = _apply(model, variables, _check_images(images), False)
+    images = _check_images(images)
+    logits, _ = images_must_fit(lambda: _apply(model, variables, images, False), images)
     return logits
 
 
@@ -117,7 +118,8 @@ def simulate_with_statistics(
 ) -> tuple[Float[Array, "T B C"], dict[str, OffsetStatistics]]:
     """:func:`simulate`, also returning each site's :class:`OffsetStatistics`, keyed by the
     site's module path (``"block1/act"``) in network order."""
-    logits, sown = _apply(model, variables, _check_images(images), True)
+    images = _check_images(images)
+    logits, sown = images_must_fit(lambda: _apply(model, variables, images, True), images)
     flat = traverse_util.flatten_dict(sown[STATISTICS])
     return logits, {"/".join(path[:-1]): stats[0] for path, stats in flat.items()}
 

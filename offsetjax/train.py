@@ -13,6 +13,8 @@ import optax
 from flax import struct
 from jaxtyping import Array, Float, Int
 
+from offsetjax._checks import images_must_fit
+
 
 class TrainState(struct.PyTreeNode):
     """Everything a training run carries from step to step (a pytree; checkpointable)."""
@@ -92,7 +94,11 @@ def train_step(
     return new_state, {"loss": loss, "accuracy": accuracy}
 
 
-@functools.partial(jax.jit, static_argnums=0)
 def predict(model: nn.Module, variables: Any, images: Float[Array, "B ..."]) -> Float[Array, "B C"]:
     """ANN logits in eval mode (running batch-norm statistics)."""
+    return images_must_fit(lambda: _predict(model, variables, images), images)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _predict(model: nn.Module, variables: Any, images: Array) -> Array:
     return model.apply(variables, images, train=False)

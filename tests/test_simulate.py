@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import offsetjax as oj
+import offsetjax.train
 from offsetjax.models import VGG, ResNet
 from offsetjax.simulate import CALIBRATED_POTENTIAL
 
@@ -159,6 +160,29 @@ def test_simulate_bad_images():
         oj.simulate(snn, variables, jnp.ones((3, 8, 8, 2), jnp.int32))
     with pytest.raises(ValueError, match="images must be finite"):
         oj.simulate(snn, variables, IMAGES.at[0, 0, 0, 0].set(jnp.nan))
+
+
+def test_images_that_do_not_fit_the_network_are_named():
+    model = oj.models.small_vgg(2)
+    variables = trained_like(model, IMAGES)
+    snn = oj.spiking_model(model, num_steps=2)
+    snn_variables = oj.convert_variables(snn, variables, IMAGES)
+    with pytest.raises(ValueError, match=r"images of shape \(3, 8, 8, 3\) do not fit the network"):
+        oj.simulate(snn, snn_variables, jnp.ones((3, 8, 8, 3)))
+    with pytest.raises(ValueError, match=r"images of shape \(3, 8, 8, 5\) do not fit the network"):
+        oj.train.predict(model, variables, jnp.ones((3, 8, 8, 5)))
+
+
+def test_nan_or_inf_parameters_are_rejected_before_simulation():
+    model = oj.models.small_vgg(2)
+    variables = trained_like(model, IMAGES)
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, x: x.at[0].set(jnp.inf) if p[-1].key == "bias" and p[0].key == "classifier" else x,
+        variables["params"],
+    )
+    snn = oj.spiking_model(model, num_steps=2)
+    with pytest.raises(ValueError, match="ann_variables\\['params'\\] at classifier/bias must be finite"):
+        oj.convert_variables(snn, {**variables, "params": params}, IMAGES)
 
 
 def test_if_site_rejects_wrong_time_axis():
