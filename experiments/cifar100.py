@@ -6,7 +6,7 @@
 
 Needs the prepared TFDS dataset (``--tfds-dir``; the error message gives the command that
 prepares it). 300 epochs of SGD (momentum 0.9, weight decay 5e-4, cosine from 0.1), pad-4 crop,
-flip and Cutout 8; QCFS L = 4; SNN at T = 1..32 with rho = 4, k = 1, 2, 4.
+flip, AutoAugment's CIFAR policy and Cutout 8; QCFS L = 4; SNN at T = 1..32 with rho = 4, k = 1, 2, 4.
 Wall time per epoch: see WALL_TIME below.
 For a local smoke run: ``--epochs 1 --train-limit 512 --test-limit 256 --max-steps 4``.
 """
@@ -27,6 +27,7 @@ CONFIG = ExperimentConfig(
     learning_rate=0.1,
     weight_decay=5e-4,
     augment_pad=4,
+    autoaugment=True,
     cutout=8,
     max_steps=32,
     presim_steps=4,

@@ -53,6 +53,7 @@ class ExperimentConfig:
     seed: int = 0
     augment_pad: int = 0  # random crop padding (0: no crop / flip)
     cutout: int = 0  # Cutout square size (0: none)
+    autoaugment: bool = False  # AutoAugment's CIFAR-10 policy on the training images
     idx_dir: str = ""  # IDX directory (default: Debian's fashion-mnist)
     tfds_dir: str = ""  # TFDS data_dir
     train_limit: int = 0  # use only the first N training examples (0: all)
@@ -87,7 +88,8 @@ def parse_args(config: ExperimentConfig, argv: list[str] | None = None) -> Exper
 
 
 def load_splits(config: ExperimentConfig) -> tuple[data.Split | data.StreamingSplit, ...]:
-    """Normalised train and test splits: in memory, or streamed from TFDS for ImageNet."""
+    """Train split as stored (uint8 or [0, 1] floats; augmented and normalised per batch) and the
+    normalised test split; ImageNet is streamed from TFDS and normalised as it is read."""
     limits = {"train": config.train_limit or None, "test": config.test_limit or None}
     if config.dataset == "imagenet2012":
         source = functools.partial(data.load_tfds, "imagenet2012", data_dir=config.tfds_dir or None)
@@ -116,9 +118,16 @@ def load_splits(config: ExperimentConfig) -> tuple[data.Split | data.StreamingSp
             )
             for split in ("train", "test")
         }
-    return tuple(
-        data.Split(data.normalize(split.images[: limits[name]], config.dataset), split.labels[: limits[name]])
-        for name, split in splits.items()
+    train_split, test_split = (data.Split(s.images[: limits[n]], s.labels[: limits[n]]) for n, s in splits.items())
+    return train_split, data.Split(data.normalize(test_split.images, config.dataset), test_split.labels)
+
+
+def train_augment(config: ExperimentConfig):
+    """Per-batch augmentation and normalisation of the training split (None for streamed data)."""
+    if config.dataset == "imagenet2012":
+        return None
+    return data.train_transform(
+        config.dataset, pad=config.augment_pad, cutout_size=config.cutout, autoaugment=config.autoaugment
     )
 
 
@@ -138,7 +147,7 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
         total_steps=config.epochs * steps_per_epoch,
         weight_decay=config.weight_decay,
     )
-    state = train.create_train_state(model, tx, data.take(train_split, np.arange(2))[0], seed=config.seed)
+    state = train.create_train_state(model, tx, data.take(test_split, np.arange(2))[0], seed=config.seed)
     mesh = parallel.data_mesh()
     latest, best = workdir / "checkpoints" / "latest", workdir / "checkpoints" / "best"
     log_path = workdir / "train_log.jsonl"
@@ -151,7 +160,7 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
     elif log_path.exists():
         log_path.unlink()
     state = parallel.replicate(mesh, state)
-    augment = data.crop_flip_cutout(pad=config.augment_pad, cutout_size=config.cutout) if config.augment_pad else None
+    augment = train_augment(config)
     for epoch in range(start_epoch, config.epochs):
         began = time.perf_counter()
         metrics = []

@@ -298,11 +298,22 @@ def num_batches(count: int, batch_size: int, *, drop_remainder: bool = True) -> 
     return count // batch_size if drop_remainder else -(-count // batch_size)
 
 
-def crop_flip_cutout(*, pad: int, cutout_size: int = 0, flip: bool = True):
-    """The reference recipe's augmentation as one ``augment(rng, images)``: pad-crop, flip, Cutout."""
+def train_transform(dataset: str, *, pad: int = 0, cutout_size: int = 0, flip: bool = True, autoaugment: bool = False):
+    """The reference recipe's training augmentation as one ``augment(rng, raw_images)``.
+
+    In the reference order: AutoAugment's CIFAR policy (on uint8 pixels, when asked), random crop
+    after ``pad`` zero padding and horizontal flip (when ``pad`` > 0), normalisation for
+    ``dataset``, then Cutout (zeros in normalised space, i.e. the mean colour).
+    """
 
     def augment(rng: np.random.Generator, images: np.ndarray) -> np.ndarray:
-        images = random_crop_flip(rng, images, pad=pad, flip=flip)
+        if autoaugment:
+            from offsetjax.autoaugment import cifar10_autoaugment
+
+            images = cifar10_autoaugment(rng, images)
+        if pad:
+            images = random_crop_flip(rng, images, pad=pad, flip=flip)
+        images = normalize(images, dataset)
         return cutout(rng, images, size=cutout_size) if cutout_size else images
 
     return augment
@@ -314,7 +325,6 @@ __all__: Sequence[str] = [
     "Split",
     "StreamingSplit",
     "batches",
-    "crop_flip_cutout",
     "cutout",
     "load_digits",
     "load_idx",
@@ -328,4 +338,5 @@ __all__: Sequence[str] = [
     "read_idx",
     "source_to_split",
     "take",
+    "train_transform",
 ]

@@ -94,15 +94,17 @@ def test_batches_are_seeded_resumable_and_cover_the_data():
 
 
 def test_augmentation_shapes_and_determinism():
-    images = np.random.default_rng(0).random((5, 32, 32, 3)).astype(np.float32)
-    augment = data.crop_flip_cutout(pad=4, cutout_size=8)
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    augment = data.train_transform("cifar10", pad=4, cutout_size=8, autoaugment=True)
     out = augment(np.random.default_rng(7), images)
     np.testing.assert_array_equal(out, augment(np.random.default_rng(7), images))
-    assert out.shape == images.shape and out.dtype == images.dtype
+    assert out.shape == images.shape and out.dtype == np.float32
     zeroed = (out == 0).all(axis=-1).sum(axis=(1, 2))
     assert np.all(zeroed >= 16)  # each Cutout square keeps at least a quarter inside the image
     cropped = data.random_crop_flip(np.random.default_rng(0), images, pad=0, flip=False)
     np.testing.assert_array_equal(cropped, images)
+    plain = data.train_transform("cifar10")(np.random.default_rng(0), images)
+    np.testing.assert_array_equal(plain, data.normalize(images, "cifar10"))
 
 
 def test_normalize_checks_channels_and_dataset():
