@@ -56,12 +56,18 @@ def check_positive(name: str, value) -> None:
 
 
 def check_finite(name: str, value) -> None:
-    """Check that every element of a concrete array is finite (no NaN or Inf)."""
-    array = concrete_value(value)
-    if array is None:
+    """Check that every element of a concrete array is finite (no NaN or Inf).
+
+    Device arrays are reduced on the device; only a count comes back to the host.
+    """
+    if isinstance(value, jax.core.Tracer) or (isinstance(value, jax.Array) and not value.is_fully_addressable):
         return
-    if not np.all(np.isfinite(array)):
-        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+    if isinstance(value, jax.Array):
+        bad = int(jnp.size(value) - jnp.count_nonzero(jnp.isfinite(value)))
+    else:
+        array = np.asarray(value)
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    if bad:
         raise ValueError(f"{name} must be finite, found {bad} NaN or Inf values")
 
 
