@@ -36,6 +36,8 @@ import offsetjax as oj  # noqa: E402
 from offsetjax import checkpoint, data, evaluate, parallel, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Seconds between progress-bar refreshes: often on a terminal, every half minute in a log file.
+PROGRESS_INTERVAL = 1.0 if sys.stderr.isatty() else 30.0
 
 
 @dataclasses.dataclass
@@ -180,8 +182,7 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
             desc=f"epoch {epoch + 1}/{config.epochs}",
             unit="batch",
             leave=False,
-            disable=None,
-            mininterval=2.0,
+            mininterval=PROGRESS_INTERVAL,
         )
         for batch, (images, labels) in enumerate(bar, start=start_batch if epoch == start_epoch else 0):
             state, step_metrics = train.train_step(state, *parallel.shard_batch(mesh, images, labels))
@@ -259,7 +260,11 @@ def evaluate_all(config: ExperimentConfig, model, variables, test_split: data.Sp
     for name, (presim_steps, iterations) in methods(config).items():
         began = time.perf_counter()
         with tqdm(
-            total=data.num_examples(test_split), desc=f"SNN {name}", unit="img", leave=False, disable=None
+            total=data.num_examples(test_split),
+            desc=f"SNN {name}",
+            unit="img",
+            leave=False,
+            mininterval=PROGRESS_INTERVAL,
         ) as bar:
             accuracy = evaluate.snn_accuracy(
                 model,
