@@ -14,7 +14,7 @@ from offsetjax.offset import (
     shift_initial_potential,
 )
 from offsetjax.qcfs import QCFS, qcfs
-from offsetjax.simulate import IFActivation, simulate, simulate_with_statistics
+from offsetjax.simulate import IFActivation, calibrate_network, simulate, simulate_with_statistics
 from offsetjax.stats import PSI_BINS, OffsetStatistics, accumulate, offset_statistics, summarize
 
 __version__ = "0.1.0"
@@ -27,6 +27,7 @@ __all__ = [
     "OffsetStatistics",
     "accumulate",
     "calibrate_initial_potential",
+    "calibrate_network",
     "convert_variables",
     "if_simulate",
     "if_step",

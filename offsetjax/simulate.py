@@ -124,6 +124,24 @@ def simulate_with_statistics(
     return logits, {"/".join(path[:-1]): stats[0] for path, stats in flat.items()}
 
 
+def calibrate_network(model: nn.Module, variables: Any, images: Float[Array, "B ..."]) -> dict:
+    """The calibrated initial potentials of every site, per sample: a pytree like
+    ``variables["initial_potential"]`` whose leaves are ``[B, ...]``.
+
+    Calibration is a function from one initial-potential pytree to another: simulating the
+    uncalibrated network (``iterations=0``) from this pytree reproduces the calibrated run.
+    """
+    images = _check_images(images)
+    sown = images_must_fit(lambda: _calibrated_potentials(model, variables, images), images)
+    return jax.tree.map(lambda leaf: leaf[0], sown, is_leaf=lambda x: isinstance(x, tuple))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _calibrated_potentials(model: nn.Module, variables: Any, images: Array):
+    _, sown = model.apply(variables, images[None], mutable=[CALIBRATED_POTENTIAL])
+    return sown[CALIBRATED_POTENTIAL]
+
+
 def _check_images(images) -> Array:
     images = jnp.asarray(images)
     if images.ndim < 2:

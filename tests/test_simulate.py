@@ -87,6 +87,21 @@ def test_calibration_inside_the_network_uses_per_sample_potentials():
     assert not np.allclose(deeper[0], deeper[1])  # per sample
 
 
+def test_calibration_is_a_pytree_to_pytree_function():
+    """Simulating without calibration from the calibrated potentials reproduces the calibrated run."""
+    model = oj.models.small_resnet(4)
+    images = jax.random.normal(jax.random.key(3), (3, 8, 8, 1))
+    variables = trained_like(model, images, threshold=0.3)
+    calibrated_model = oj.spiking_model(model, num_steps=6, presim_steps=4, iterations=2)
+    snn_variables = oj.convert_variables(calibrated_model, variables, images)
+    potentials = oj.calibrate_network(calibrated_model, snn_variables, images)
+    assert jax.tree.structure(potentials) == jax.tree.structure(snn_variables["initial_potential"])
+    chex.assert_shape(potentials["stem_act"]["v0"], (3, 8, 8, 32))
+    plain_model = oj.spiking_model(model, num_steps=6)
+    replayed = oj.simulate(plain_model, {**snn_variables, "initial_potential": potentials}, images)
+    np.testing.assert_array_equal(replayed, oj.simulate(calibrated_model, snn_variables, images))
+
+
 def test_calibration_raises_zero_ratio_in_a_network():
     model = oj.models.small_vgg(4)
     images = jax.random.normal(jax.random.key(2), (4, 8, 8, 1))
