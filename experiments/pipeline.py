@@ -197,6 +197,7 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
                     loss=f"{float(step_metrics['loss']):.3f}",
                     acc=f"{float(step_metrics['accuracy']):.3f}",
                     img_s=f"{seen / (time.perf_counter() - began):.0f}",
+                    refresh=False,
                 )
         seconds = time.perf_counter() - began
         _check_finite_loss(step_metrics, epoch, batch)

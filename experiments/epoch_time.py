@@ -1,0 +1,98 @@
+"""Measure the training wall time per epoch that the CIFAR and ImageNet configs state.
+
+    python experiments/epoch_time.py [--batch 32] [--steps 3] [--workdir results/epoch_time]
+
+Times ``--steps`` jitted training steps (after one warm-up step) of each reference network at
+its dataset's image size on random data, on whatever device JAX uses, and extrapolates to one
+epoch: seconds per image x images per epoch. Writes ``epoch_time.json``.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import offsetjax as oj  # noqa: E402
+from offsetjax import train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+#: (config, arch, image side, classes, training images per epoch, the config's batch size)
+RUNS = (
+    ("cifar10", "vgg16", 32, 10, 50_000, 128),
+    ("cifar10", "resnet20", 32, 10, 50_000, 128),
+    ("cifar10", "resnet18", 32, 10, 50_000, 128),
+    ("imagenet", "vgg16", 224, 1000, 1_281_167, 256),
+    ("imagenet", "resnet34", 224, 1000, 1_281_167, 256),
+)
+
+
+def seconds_per_step(arch: str, side: int, classes: int, batch: int, steps: int) -> float:
+    model = oj.models.ARCHITECTURES[arch](classes)
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((batch, side, side, 3)).astype(np.float32)
+    labels = rng.integers(0, classes, batch).astype(np.int32)
+    state = train.create_train_state(model, train.sgd_cosine(learning_rate=0.1, total_steps=10), images[:2], seed=0)
+    state, metrics = train.train_step(state, images, labels)
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(steps):
+        began = time.perf_counter()
+        state, metrics = train.train_step(state, images, labels)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=32, help="measured batch (the estimate scales per image)")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--only", nargs="*", default=None, help="arch names to measure, e.g. vgg16 resnet20")
+    parser.add_argument("--workdir", default=str(ROOT / "results" / "epoch_time"))
+    args = parser.parse_args()
+    records = []
+    for config, arch, side, classes, images_per_epoch, config_batch in RUNS:
+        if args.only and arch not in args.only:
+            continue
+        step = seconds_per_step(arch, side, classes, args.batch, args.steps)
+        records.append(
+            {
+                "config": config,
+                "arch": arch,
+                "measured_batch": args.batch,
+                "config_batch": config_batch,
+                "seconds_per_step": step,
+                "seconds_per_epoch_estimate": step / args.batch * images_per_epoch,
+            }
+        )
+        print(json.dumps(records[-1]), flush=True)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "epoch_time.json").write_text(
+        json.dumps(
+            {
+                "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
+                "machine": {
+                    "platform": platform.platform(),
+                    "cpus": os.cpu_count(),
+                    "backend": jax.default_backend(),
+                    "devices": [str(d) for d in jax.devices()],
+                },
+                "records": records,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
