@@ -65,6 +65,7 @@ class ExperimentConfig:
     iterations: tuple[int, ...] = (1, 2, 4)  # k of the calibrated rows
     eval_batch_size: int = 256
     checkpoint_every: int = 0  # also checkpoint every N training batches (0: at epoch ends only)
+    eval_only: bool = False  # evaluate the finished run in --workdir again, without training
     workdir: str = ""
     resume: bool = False
 
@@ -307,6 +308,20 @@ def evaluate_all(config: ExperimentConfig, model, variables, test_split: data.Sp
     return results
 
 
+def restore_trained(config: ExperimentConfig, model, test_split, workdir: Path):
+    """The finished training run in ``workdir`` and its training wall time (from train_log.jsonl)."""
+    tx = train.sgd_cosine(learning_rate=config.learning_rate, total_steps=1, weight_decay=config.weight_decay)
+    state = train.create_train_state(model, tx, data.take(test_split, np.arange(2))[0], seed=config.seed)
+    state, meta = checkpoint.restore(workdir / "checkpoints" / "latest", state)
+    if meta["epoch"] != config.epochs or meta.get("batch", 0):
+        raise ValueError(
+            f"--eval-only needs a finished run of {config.epochs} epochs in {workdir}, found epoch {meta['epoch']} "
+            f"batch {meta.get('batch', 0)}; finish it with --resume"
+        )
+    log = [json.loads(line) for line in (workdir / "train_log.jsonl").read_text().splitlines()]
+    return state, sum(row["seconds"] for row in log)
+
+
 def run(config: ExperimentConfig) -> dict:
     workdir = config.resolved_workdir()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -314,8 +329,11 @@ def run(config: ExperimentConfig) -> dict:
     began = time.perf_counter()
     train_split, test_split = load_splits(config)
     model = build_model(config, num_classes=data.NUM_CLASSES[config.dataset])
-    state = train_ann(config, model, train_split, test_split, workdir)
-    train_seconds = time.perf_counter() - began
+    if config.eval_only:
+        state, train_seconds = restore_trained(config, model, test_split, workdir)
+    else:
+        state = train_ann(config, model, train_split, test_split, workdir)
+        train_seconds = time.perf_counter() - began
     results = evaluate_all(config, model, state.variables, test_split)
     results["wall_time_seconds"]["train"] = train_seconds
     results["wall_time_seconds"]["total"] = time.perf_counter() - began

@@ -120,8 +120,26 @@ def simulate_with_statistics(
     site's module path (``"block1/act"``) in network order."""
     images = _check_images(images)
     logits, sown = images_must_fit(lambda: _apply(model, variables, images, True), images)
-    flat = traverse_util.flatten_dict(sown[STATISTICS])
-    return logits, {"/".join(path[:-1]): stats[0] for path, stats in flat.items()}
+    flat = {"/".join(path[:-1]): stats[0] for path, stats in traverse_util.flatten_dict(sown[STATISTICS]).items()}
+    return logits, {name: flat[name] for name in site_order(model, images.shape[1:], images.dtype)}
+
+
+@functools.lru_cache(maxsize=128)
+def site_order(model: nn.Module, image_shape: tuple[int, ...], dtype=jnp.float32) -> tuple[str, ...]:
+    """Module paths of the network's IF sites in the order the network calls them."""
+    order: list[str] = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, IFActivation) and context.method_name == "__call__":
+            name = "/".join(context.module.path)
+            if name not in order:
+                order.append(name)
+        return next_fun(*args, **kwargs)
+
+    example = jax.ShapeDtypeStruct((1, 1, *image_shape), dtype)
+    with nn.intercept_methods(record):
+        jax.eval_shape(functools.partial(model.init, jax.random.key(0)), example)
+    return tuple(order)
 
 
 def calibrate_network(model: nn.Module, variables: Any, images: Float[Array, "B ..."]) -> dict:

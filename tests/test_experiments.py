@@ -39,6 +39,10 @@ def test_results_schema_and_outputs(tmp_path):
     for plot in ("accuracy_vs_steps.png", "psi_per_layer.png", "offset_vs_iterations.png"):
         assert (tmp_path / plot).read_bytes()[:4] == b"\x89PNG"
     assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 2
+    again = pipeline.run(dataclasses.replace(TINY, workdir=str(tmp_path), eval_only=True))
+    assert again["snn"] == results["snn"] and again["ann_accuracy"] == results["ann_accuracy"]
+    with pytest.raises(ValueError, match="--eval-only needs a finished run of 3 epochs"):
+        pipeline.run(dataclasses.replace(TINY, workdir=str(tmp_path), eval_only=True, epochs=3))
 
 
 def test_crash_after_an_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypatch):

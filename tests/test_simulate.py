@@ -96,6 +96,8 @@ def test_calibration_is_a_pytree_to_pytree_function():
     snn_variables = oj.convert_variables(calibrated_model, variables, images)
     potentials = oj.calibrate_network(calibrated_model, snn_variables, images)
     assert jax.tree.structure(potentials) == jax.tree.structure(snn_variables["initial_potential"])
+    _, per_site = oj.simulate_with_statistics(calibrated_model, snn_variables, images)
+    assert list(per_site)[:3] == ["stem_act", "stage0_block0/act_a", "stage0_block0/act_out"]  # call order
     chex.assert_shape(potentials["stem_act"]["v0"], (3, 8, 8, 32))
     plain_model = oj.spiking_model(model, num_steps=6)
     replayed = oj.simulate(plain_model, {**snn_variables, "initial_potential": potentials}, images)
@@ -110,7 +112,7 @@ def test_calibration_raises_zero_ratio_in_a_network():
     for iterations in (0, 1, 2):
         snn = oj.spiking_model(model, num_steps=4, presim_steps=4, iterations=iterations)
         _, per_site = oj.simulate_with_statistics(snn, oj.convert_variables(snn, variables, images), images)
-        assert list(per_site)[0] == "conv0_act"  # network order
+        assert list(per_site) == [f"conv{i}_act" for i in range(5)] + ["fc0_act"]  # network order
         ratios.append(oj.summarize(per_site)["all"]["zero_ratio"])
     assert ratios[0] < 1.0 and ratios[1] > ratios[0] and ratios[2] >= ratios[1]
 
