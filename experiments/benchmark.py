@@ -3,7 +3,7 @@
     python experiments/benchmark.py [--workdir results/benchmark] [--quick]
         [--networks vgg16 resnet20] [--batches 32 128] [--steps 1 4 8] [--repeats 3]
 
-Per configuration (network, batch, T), with a warm-up call and ``--repeats`` timed calls each
+Per configuration (network, batch, T), with a warm-up call and ``--repeats`` timed calls each, each framework in its own process
 (median, min, max in seconds):
 
 1. the QCFS ANN forward in offsetjax;
@@ -25,7 +25,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -243,8 +245,8 @@ def ratio(numerator, denominator):
 def records(name: str, batch: int, steps: list[int], jax_result: dict, torch_result: dict | None) -> list[dict]:
     rows = []
     for num_steps in steps:
-        j = jax_result[num_steps]
-        t = torch_result[num_steps] if torch_result else None
+        j = jax_result[str(num_steps)]
+        t = torch_result[str(num_steps)] if torch_result else None
         t_ann = {"median": num_steps * jax_result["ann"]["median"]}
         rows.append(
             {
@@ -298,6 +300,27 @@ def _torch_version() -> str | None:
     return f"torch {torch.__version__}, spikingjelly {getattr(spikingjelly, '__version__', 'unknown')}"
 
 
+def run_side(side: str, args) -> dict:
+    """Time one framework over every configuration; keys are "network/batch", then T as strings."""
+    timings = jax_timings if side == "jax" else torch_timings
+    out = {}
+    for name in args.networks:
+        for batch in args.batches:
+            began = time.perf_counter()
+            result = timings(name, batch, args.steps, args.repeats)
+            out[f"{name}/{batch}"] = None if result is None else {str(k): v for k, v in result.items()}
+            print(f"{side} {name} batch {batch}: {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
+    return out
+
+
+def run_isolated(side: str, args, argv: list[str]) -> dict:
+    """Each framework in its own process, so neither's idle worker threads slow the other."""
+    with tempfile.TemporaryDirectory() as scratch:
+        raw = Path(scratch) / f"{side}.json"
+        subprocess.run([sys.executable, __file__, *argv, "--side", side, "--raw-out", str(raw)], check=True)
+        return json.loads(raw.read_text())
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default=str(ROOT / "results" / "benchmark"))
@@ -305,37 +328,43 @@ def main(argv=None):
     parser.add_argument("--networks", nargs="+", default=["vgg16", "resnet20"], choices=["vgg16", "resnet20"])
     parser.add_argument("--batches", nargs="+", type=int, default=[32, 128])
     parser.add_argument("--steps", nargs="+", type=int, default=[1, 4, 8])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch + SpikingJelly side")
+    parser.add_argument("--side", choices=["jax", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--raw-out", help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if args.quick:
         args.networks, args.batches, args.steps, args.repeats = ["resnet20"], [8], [4], 2
+    if args.side:
+        Path(args.raw_out).write_text(json.dumps(run_side(args.side, args)))
+        return None
+    jax_results = run_isolated("jax", args, argv)
+    torch_results = {} if args.no_torch else run_isolated("torch", args, argv)
+    rows = []
+    for key, jax_result in jax_results.items():
+        name, batch = key.split("/")
+        torch_result = torch_results.get(key)
+        rows += records(name, int(batch), args.steps, jax_result, torch_result)
+    report = {
+        "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *argv]),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "jax": jax.__version__,
+            "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()],
+            "torch": _torch_version(),
+        },
+        "repeats": args.repeats,
+        "records": rows,
+    }
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name in args.networks:
-        for batch in args.batches:
-            began = time.perf_counter()
-            jax_result = jax_timings(name, batch, args.steps, args.repeats)
-            torch_result = None if args.no_torch else torch_timings(name, batch, args.steps, args.repeats)
-            rows += records(name, batch, args.steps, jax_result, torch_result)
-            print(f"{name} batch {batch}: {time.perf_counter() - began:.0f} s", flush=True)
-            report = {
-                "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
-                "machine": {
-                    "platform": platform.platform(),
-                    "cpus": os.cpu_count(),
-                    "jax": jax.__version__,
-                    "backend": jax.default_backend(),
-                    "devices": [str(d) for d in jax.devices()],
-                    "torch": _torch_version(),
-                },
-                "records": rows,
-            }
-            tmp = workdir / "benchmark.json.tmp"
-            tmp.write_text(json.dumps(report, indent=2))
-            os.replace(tmp, workdir / "benchmark.json")
-            (workdir / "benchmark.md").write_text(markdown(rows))
+    tmp = workdir / "benchmark.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, workdir / "benchmark.json")
+    (workdir / "benchmark.md").write_text(markdown(rows))
     print(markdown(rows))
     return report
 

@@ -1,0 +1,58 @@
+"""Accuracy of a finished run's ANN when its QCFS sites use L levels other than the trained L.
+
+    python experiments/levels_sweep.py --workdir results/fashion_mnist/small_resnet [--levels 1 2 3 4 8 16 1024]
+
+The uncalibrated SNN run for T steps behaves much like the QCFS ANN at L = T, and as T grows its
+rates approach the ANN at large L; this shows how much of the trained network survives either.
+Writes ``levels_sweep.json`` into the run directory.
+"""
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pipeline  # noqa: E402
+
+import offsetjax as oj  # noqa: E402
+from offsetjax import data, evaluate  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 3, 4, 8, 16, 1024])
+    args = parser.parse_args()
+    workdir = Path(args.workdir)
+    saved = json.loads((workdir / "config.json").read_text())
+    saved["iterations"] = tuple(saved["iterations"])
+    config = dataclasses.replace(pipeline.ExperimentConfig(**saved), workdir=str(workdir))
+    _, test_split = pipeline.load_splits(config)
+    model = pipeline.build_model(config, data.NUM_CLASSES[config.dataset])
+    state, _ = pipeline.restore_trained(config, model, test_split, workdir)
+    accuracy = {}
+    for levels in args.levels:
+        variant = oj.models.ARCHITECTURES[config.arch](
+            data.NUM_CLASSES[config.dataset], activation=functools.partial(oj.QCFS, levels=levels)
+        )
+        accuracy[str(levels)] = evaluate.ann_accuracy(variant, state.variables, test_split, batch_size=500)
+        print(f"L = {levels}: {100 * accuracy[str(levels)]:.2f}%", flush=True)
+    (workdir / "levels_sweep.json").write_text(
+        json.dumps(
+            {
+                "command": "python " + " ".join([os.path.relpath(sys.argv[0], pipeline.ROOT), *sys.argv[1:]]),
+                "trained_levels": config.levels,
+                "ann_accuracy_by_levels": accuracy,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
