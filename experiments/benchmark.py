@@ -297,7 +297,13 @@ def _torch_version() -> str | None:
         import torch
     except ImportError:
         return None
-    return f"torch {torch.__version__}, spikingjelly {getattr(spikingjelly, '__version__', 'unknown')}"
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        spikingjelly_version = version("spikingjelly")
+    except PackageNotFoundError:
+        spikingjelly_version = getattr(spikingjelly, "__version__", "unknown")
+    return f"torch {torch.__version__}, spikingjelly {spikingjelly_version}"
 
 
 def run_side(side: str, args) -> dict:
