@@ -11,38 +11,44 @@ import numpy as np
 import offsetjax as oj
 from offsetjax import data, parallel, train
 
-assert jax.device_count() == 8, jax.devices()
-splits = data.load_digits()
-images = data.normalize(splits["train"].images[:64], "digits")
-labels = splits["train"].labels[:64]
-model = oj.models.small_resnet(10)
-tx = train.sgd_cosine(learning_rate=0.05, total_steps=10)
-mesh = parallel.data_mesh()
 
-single = train.create_train_state(model, tx, images[:8], seed=0)
-sharded = parallel.replicate(mesh, train.create_train_state(model, tx, images[:8], seed=0))
-for step in range(3):
-    batch = slice(16 * step, 16 * step + 16)
-    single, single_metrics = train.train_step(single, images[batch], labels[batch])
-    sharded, sharded_metrics = train.train_step(sharded, *parallel.shard_batch(mesh, images[batch], labels[batch]))
-train_error = max(
-    float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(sharded.params))
-)
+def main() -> None:
+    assert jax.device_count() == 8, jax.devices()
+    splits = data.load_digits()
+    images = data.normalize(splits["train"].images[:64], "digits")
+    labels = splits["train"].labels[:64]
+    model = oj.models.small_resnet(10)
+    tx = train.sgd_cosine(learning_rate=0.05, total_steps=10)
+    mesh = parallel.data_mesh()
 
-snn = oj.spiking_model(model, num_steps=4, presim_steps=4, iterations=2)
-variables = oj.convert_variables(snn, single.variables, images[:1])
-one_device = np.asarray(oj.simulate(snn, variables, images[:32]))
-(global_images,) = parallel.shard_batch(mesh, images[:32])
-on_mesh = oj.simulate(snn, parallel.replicate(mesh, variables), global_images)
-print(
-    json.dumps(
-        {
-            "train_max_abs_diff": train_error,
-            "loss_diff": abs(float(single_metrics["loss"]) - float(sharded_metrics["loss"])),
-            "eval_identical": bool(np.array_equal(one_device, np.asarray(on_mesh))),
-            "eval_max_abs_diff": float(np.max(np.abs(one_device - np.asarray(on_mesh)))),
-            "output_sharding": str(on_mesh.sharding.spec),
-            "num_shards": len(on_mesh.addressable_shards),
-        }
+    single = train.create_train_state(model, tx, images[:8], seed=0)
+    sharded = parallel.replicate(mesh, train.create_train_state(model, tx, images[:8], seed=0))
+    for step in range(3):
+        batch = slice(16 * step, 16 * step + 16)
+        single, single_metrics = train.train_step(single, images[batch], labels[batch])
+        sharded, sharded_metrics = train.train_step(sharded, *parallel.shard_batch(mesh, images[batch], labels[batch]))
+    train_error = max(
+        float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(sharded.params))
     )
-)
+
+    snn = oj.spiking_model(model, num_steps=4, presim_steps=4, iterations=2)
+    variables = oj.convert_variables(snn, single.variables, images[:1])
+    one_device = np.asarray(oj.simulate(snn, variables, images[:32]))
+    (global_images,) = parallel.shard_batch(mesh, images[:32])
+    on_mesh = oj.simulate(snn, parallel.replicate(mesh, variables), global_images)
+    print(
+        json.dumps(
+            {
+                "train_max_abs_diff": train_error,
+                "loss_diff": abs(float(single_metrics["loss"]) - float(sharded_metrics["loss"])),
+                "eval_identical": bool(np.array_equal(one_device, np.asarray(on_mesh))),
+                "eval_max_abs_diff": float(np.max(np.abs(one_device - np.asarray(on_mesh)))),
+                "output_sharding": str(on_mesh.sharding.spec),
+                "num_shards": len(on_mesh.addressable_shards),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
