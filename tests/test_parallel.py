@@ -22,6 +22,7 @@ def test_mesh_evaluation_identical_and_training_within_tolerance():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["eval_identical"], result
     assert result["num_shards"] == 8
+    assert "data" in result["output_sharding"]  # the logits stay batch-sharded: the work was partitioned
     assert result["train_max_abs_diff"] < 1e-5 and result["loss_diff"] < 1e-5, result
 
 
