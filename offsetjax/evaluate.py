@@ -65,6 +65,12 @@ def ann_accuracy(
     return correct / num_examples(split)
 
 
+def _converted(model, ann_variables, split, num_steps: int, presim_steps: int, iterations: int):
+    """The SNN of ``model`` with this schedule, and its variables for ``split``'s image shape."""
+    snn = spiking_model(model, num_steps=num_steps, presim_steps=presim_steps, iterations=iterations)
+    return snn, convert_variables(snn, ann_variables, take(split, np.arange(1))[0])
+
+
 def snn_accuracy(
     model: nn.Module,
     ann_variables: Any,
@@ -89,8 +95,7 @@ def snn_accuracy(
       mesh: shard every batch over this device mesh (the calibration is per sample, so it
         shards with the batch); ``batch_size`` must divide over its devices.
     """
-    snn = spiking_model(model, num_steps=num_steps, presim_steps=presim_steps, iterations=iterations)
-    variables = convert_variables(snn, ann_variables, take(split, np.arange(1))[0])
+    snn, variables = _converted(model, ann_variables, split, num_steps, presim_steps, iterations)
     variables = variables if mesh is None else parallel.replicate(mesh, variables)
     correct = np.zeros(num_steps, np.int64)
     for images, labels, valid in padded_batches(split, batch_size):
@@ -115,8 +120,7 @@ def snn_offset_statistics(
 
     Returns :func:`offsetjax.summarize`'s ``{"sites": {...}, "all": {...}}``.
     """
-    snn = spiking_model(model, num_steps=num_steps, presim_steps=presim_steps, iterations=iterations)
-    variables = convert_variables(snn, ann_variables, take(split, np.arange(1))[0])
+    snn, variables = _converted(model, ann_variables, split, num_steps, presim_steps, iterations)
     totals: dict[str, OffsetStatistics] = {}
     for images, _, valid in padded_batches(split, batch_size):
         if valid < batch_size:  # statistics are sums over samples: drop the padding exactly
