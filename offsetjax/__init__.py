@@ -4,7 +4,7 @@ A JAX/Flax reimplementation of Hao et al., "Bridging the Gap Between ANNs and SN
 Calibrating Offset Spikes" (ICLR 2023). Arrays are time-major: ``[T, ...]``.
 """
 
-from offsetjax import models
+from offsetjax import checkpoint, data, evaluate, interop, models, parallel, train
 from offsetjax.convert import convert_variables, spiking_model
 from offsetjax.neuron import IFState, if_simulate, if_step
 from offsetjax.offset import (
@@ -31,7 +31,13 @@ __all__ = [
     "convert_variables",
     "if_simulate",
     "if_step",
+    "checkpoint",
+    "data",
+    "evaluate",
+    "interop",
     "models",
+    "parallel",
+    "train",
     "offset_from_residual",
     "offset_spike",
     "offset_statistics",

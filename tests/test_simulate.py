@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import offsetjax as oj
-import offsetjax.train
 from offsetjax.models import VGG, ResNet
 from offsetjax.simulate import CALIBRATED_POTENTIAL
 
