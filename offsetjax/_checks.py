@@ -14,13 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def is_abstract(x) -> bool:
+    """Whether ``x``'s values cannot be read here: a tracer, or an array other processes hold parts of."""
+    return isinstance(x, jax.core.Tracer) or (isinstance(x, jax.Array) and not x.is_fully_addressable)
+
+
 def concrete_value(x) -> np.ndarray | None:
-    """Return ``x`` as a NumPy array, or ``None`` when it is a tracer."""
-    if isinstance(x, jax.core.Tracer):
-        return None
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:  # multi-host: other processes hold parts
-        return None
-    return np.asarray(x)
+    """Return ``x`` as a NumPy array, or ``None`` when its values cannot be read (:func:`is_abstract`)."""
+    return None if is_abstract(x) else np.asarray(x)
 
 
 def check_int(name: str, value, *, minimum: int, maximum: int | None = None) -> int:
@@ -60,7 +61,7 @@ def check_finite(name: str, value) -> None:
 
     Device arrays are reduced on the device; only a count comes back to the host.
     """
-    if isinstance(value, jax.core.Tracer) or (isinstance(value, jax.Array) and not value.is_fully_addressable):
+    if is_abstract(value):
         return
     if isinstance(value, jax.Array):
         bad = int(jnp.size(value) - jnp.count_nonzero(jnp.isfinite(value)))
