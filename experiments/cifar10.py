@@ -1,4 +1,4 @@
-"""CIFAR-10 with the reference recipe (SPEC section 4), for a GPU or TPU.
+"""CIFAR-10 with the reference recipe (``docs/method.md`` section 6), for a GPU or TPU.
 
     python experiments/cifar10.py --arch vgg16    --workdir results/cifar10/vgg16
     python experiments/cifar10.py --arch resnet20 --workdir results/cifar10/resnet20

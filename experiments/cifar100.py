@@ -1,4 +1,4 @@
-"""CIFAR-100 with the reference recipe (SPEC section 4), for a GPU or TPU.
+"""CIFAR-100 with the reference recipe (``docs/method.md`` section 6), for a GPU or TPU.
 
     python experiments/cifar100.py --arch vgg16    --workdir results/cifar100/vgg16
     python experiments/cifar100.py --arch resnet20 --workdir results/cifar100/resnet20

@@ -1,4 +1,4 @@
-"""ImageNet (ILSVRC-2012) with the reference recipe (SPEC section 4), for a GPU node or TPU slice.
+"""ImageNet (ILSVRC-2012) with the reference recipe (``docs/method.md`` section 6), for a GPU node or TPU slice.
 
     python experiments/imagenet.py --arch vgg16    --tfds-dir DIR --workdir results/imagenet/vgg16
     python experiments/imagenet.py --arch resnet34 --tfds-dir DIR --workdir results/imagenet/resnet34

@@ -63,6 +63,9 @@ class ExperimentConfig:
     max_steps: int = 8  # T_max of the SNN evaluation
     presim_steps: int = 4  # rho
     iterations: tuple[int, ...] = (1, 2, 4)  # k of the calibrated rows
+    # Rule (ii) for neurons that never stayed silent, one set of calibrated rows each: "fire" (the
+    # authors' code; rows cos_kK) and/or "hold" (rows cos_kK_hold). docs/method.md section 5.
+    saturated: tuple[str, ...] = ("fire",)
     eval_batch_size: int = 256
     checkpoint_every: int = 0  # also checkpoint every N training batches (0: at epoch ends only)
     eval_only: bool = False  # evaluate the finished run in --workdir again, without training
@@ -82,11 +85,15 @@ def parse_args(config: ExperimentConfig, argv: list[str] | None = None) -> Exper
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         elif isinstance(default, tuple):
-            parser.add_argument(flag, type=int, nargs="+", default=list(default))
+            parser.add_argument(flag, type=type(default[0]), nargs="+", default=list(default))
         else:
             parser.add_argument(flag, type=type(default), default=default)
     values = vars(parser.parse_args(argv))
     values["iterations"] = tuple(values["iterations"])
+    values["saturated"] = tuple(values["saturated"])
+    for rule in values["saturated"]:
+        if rule not in oj.offset.SATURATION_RULES:
+            parser.error(f"--saturated takes {' or '.join(oj.offset.SATURATION_RULES)}, got {rule!r}")
     return dataclasses.replace(config, **values)
 
 
@@ -235,10 +242,12 @@ def _check_finite_loss(metrics: dict, epoch: int, batch: int) -> None:
         )
 
 
-def methods(config: ExperimentConfig) -> dict[str, tuple[int, int]]:
-    """Method name -> (presim_steps, iterations); ``qcfs`` is the uncalibrated baseline."""
-    rows = {"qcfs": (0, 0)}
-    rows.update({f"cos_k{k}": (config.presim_steps, k) for k in config.iterations})
+def methods(config: ExperimentConfig) -> dict[str, tuple[int, int, str]]:
+    """Method name -> (presim_steps, iterations, saturated); ``qcfs`` is the uncalibrated baseline."""
+    rows = {"qcfs": (0, 0, "fire")}
+    for rule in config.saturated:
+        suffix = "" if rule == "fire" else f"_{rule}"
+        rows.update({f"cos_k{k}{suffix}": (config.presim_steps, k, rule) for k in config.iterations})
     return rows
 
 
@@ -259,7 +268,7 @@ def evaluate_all(config: ExperimentConfig, model, variables, test_split: data.Sp
         "wall_time_seconds": {},
     }
     results["wall_time_seconds"]["ann"] = time.perf_counter() - began
-    for name, (presim_steps, iterations) in methods(config).items():
+    for name, (presim_steps, iterations, saturated) in methods(config).items():
         began = time.perf_counter()
         with tqdm(
             total=data.num_examples(test_split),
@@ -275,6 +284,7 @@ def evaluate_all(config: ExperimentConfig, model, variables, test_split: data.Sp
                 num_steps=config.max_steps,
                 presim_steps=presim_steps,
                 iterations=iterations,
+                saturated=saturated,
                 batch_size=config.eval_batch_size,
                 progress=bar.update,
             )
@@ -286,11 +296,13 @@ def evaluate_all(config: ExperimentConfig, model, variables, test_split: data.Sp
             num_steps=config.levels,
             presim_steps=min(presim_steps, config.levels),
             iterations=iterations,
+            saturated=saturated,
             batch_size=config.eval_batch_size,
         )
         results["snn"][name] = {
             "presim_steps": presim_steps,
             "iterations": iterations,
+            "saturated": saturated if iterations else None,
             "accuracy": {str(t): float(accuracy[t - 1]) for t in range(1, config.max_steps + 1)},
             "total_steps": {str(t): t + presim_steps * iterations for t in range(1, config.max_steps + 1)},
         }

@@ -91,11 +91,18 @@ def write_plots(results: dict, workdir: Path) -> list[Path]:
     written.append(_save(fig, workdir / "psi_per_layer.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    iterations = [results["snn"][n]["iterations"] for n in names]
-    axes[0].plot(iterations, [100 * results["offset"][n]["zero_ratio"] for n in names], marker="o")
+    snn = results["snn"]
+    rules = sorted({row["saturated"] for row in snn.values() if row["iterations"] and row.get("saturated")})
+    for rule in rules or [None]:  # one line per saturation rule, each starting from the baseline
+        line = [n for n in names if snn[n]["iterations"] == 0 or snn[n].get("saturated") == rule]
+        iterations = [snn[n]["iterations"] for n in line]
+        label = f"saturated={rule}" if rule else None
+        axes[0].plot(iterations, [100 * results["offset"][n]["zero_ratio"] for n in line], marker="o", label=label)
+        axes[1].plot(iterations, [results["offset"][n]["mse"] for n in line], marker="o", label=label)
     axes[0].set_ylabel("neurons with psi = 0 (%)")
-    axes[1].plot(iterations, [results["offset"][n]["mse"] for n in names], marker="o")
     axes[1].set_ylabel("MSE (SNN rate vs QCFS)")
+    if len(rules) > 1:
+        axes[1].legend()
     for axis in axes:
         axis.set_xlabel("calibration iterations k (0 = QCFS baseline)")
         axis.grid(alpha=0.3)

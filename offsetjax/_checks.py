@@ -47,6 +47,12 @@ def check_steps(*, num_steps: int, presim_steps: int, iterations: int) -> None:
         )
 
 
+def check_choice(name: str, value, choices: tuple) -> None:
+    """Check that ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
 def check_positive(name: str, value) -> None:
     """Check that every element of a concrete array is finite and > 0."""
     array = concrete_value(value)

@@ -16,7 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from offsetjax._checks import check_finite, check_positive, check_steps
+from offsetjax._checks import check_choice, check_finite, check_positive, check_steps
+from offsetjax.neuron import potential_dtype
+from offsetjax.offset import SATURATION_RULES
 from offsetjax.simulate import INITIAL_POTENTIAL, IFActivation
 
 
@@ -27,6 +29,7 @@ def spiking_model(
     presim_steps: int = 0,
     iterations: int = 0,
     eps: float = 1e-3,
+    saturated: str = "fire",
     unroll: int | bool = True,
 ) -> nn.Module:
     """The same network with every activation site an :class:`IFActivation`.
@@ -37,13 +40,23 @@ def spiking_model(
       presim_steps: rho, 0 <= rho <= T.
       iterations: k >= 0; ``presim_steps=0, iterations=0`` is the uncalibrated baseline.
       eps: relative margin of Theorem 2.
+      saturated: rule (ii) for a neuron that fired at every pre-simulation step: ``"fire"``
+        (default, as the authors' code: it fires at every later step) or ``"hold"`` (left
+        unshifted); see :func:`offsetjax.shift_initial_potential`.
       unroll: scan unroll of each site's T-step simulation.
     """
     check_steps(num_steps=num_steps, presim_steps=presim_steps, iterations=iterations)
+    check_choice("saturated", saturated, SATURATION_RULES)
     if not hasattr(model, "activation"):
         raise ValueError(f"model must have an `activation` field to swap, got {type(model).__name__}")
     site = functools.partial(
-        IFActivation, num_steps=num_steps, presim_steps=presim_steps, iterations=iterations, eps=eps, unroll=unroll
+        IFActivation,
+        num_steps=num_steps,
+        presim_steps=presim_steps,
+        iterations=iterations,
+        eps=eps,
+        saturated=saturated,
+        unroll=unroll,
     )
     return model.clone(activation=site)
 
@@ -77,7 +90,8 @@ def convert_variables(snn_model: nn.Module, ann_variables: Any, example_images: 
     for path, leaf in traverse_util.flatten_dict(expected[INITIAL_POTENTIAL]).items():
         theta = params[(*path[:-1], "threshold")]
         check_positive("threshold at " + "/".join(path[:-1]), theta)
-        potentials[path] = jnp.full(leaf.shape, 0.5 * theta, leaf.dtype)
+        theta = jnp.asarray(theta)
+        potentials[path] = jnp.full(leaf.shape, 0.5 * theta, potential_dtype(theta.dtype))
     variables = {key: value for key, value in ann_variables.items() if key in ("params", "batch_stats")}
     variables[INITIAL_POTENTIAL] = traverse_util.unflatten_dict(potentials)
     return variables

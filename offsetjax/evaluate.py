@@ -65,9 +65,11 @@ def ann_accuracy(
     return correct / num_examples(split)
 
 
-def _converted(model, ann_variables, split, num_steps: int, presim_steps: int, iterations: int):
+def _converted(model, ann_variables, split, num_steps: int, presim_steps: int, iterations: int, saturated: str):
     """The SNN of ``model`` with this schedule, and its variables for ``split``'s image shape."""
-    snn = spiking_model(model, num_steps=num_steps, presim_steps=presim_steps, iterations=iterations)
+    snn = spiking_model(
+        model, num_steps=num_steps, presim_steps=presim_steps, iterations=iterations, saturated=saturated
+    )
     return snn, convert_variables(snn, ann_variables, take(split, np.arange(1))[0])
 
 
@@ -79,6 +81,7 @@ def snn_accuracy(
     num_steps: int,
     presim_steps: int = 0,
     iterations: int = 0,
+    saturated: str = "fire",
     batch_size: int,
     progress=None,
     mesh: Mesh | None = None,
@@ -90,12 +93,13 @@ def snn_accuracy(
       ann_variables: trained ANN variables.
       split: evaluation data, already normalised.
       num_steps, presim_steps, iterations: T, rho, k (k = 0: the uncalibrated baseline).
+      saturated: rule (ii) for never-silent neurons, ``"fire"`` or ``"hold"`` (``spiking_model``).
       batch_size: samples per simulated batch.
       progress: optional callable ``progress(num_samples)`` after each batch.
       mesh: shard every batch over this device mesh (the calibration is per sample, so it
         shards with the batch); ``batch_size`` must divide over its devices.
     """
-    snn, variables = _converted(model, ann_variables, split, num_steps, presim_steps, iterations)
+    snn, variables = _converted(model, ann_variables, split, num_steps, presim_steps, iterations, saturated)
     variables = variables if mesh is None else parallel.replicate(mesh, variables)
     correct = np.zeros(num_steps, np.int64)
     for images, labels, valid in padded_batches(split, batch_size):
@@ -114,13 +118,14 @@ def snn_offset_statistics(
     num_steps: int,
     presim_steps: int = 0,
     iterations: int = 0,
+    saturated: str = "fire",
     batch_size: int,
 ) -> dict:
     """Table-3 statistics (psi against QCFS with L = ``num_steps``) over a dataset.
 
     Returns :func:`offsetjax.summarize`'s ``{"sites": {...}, "all": {...}}``.
     """
-    snn, variables = _converted(model, ann_variables, split, num_steps, presim_steps, iterations)
+    snn, variables = _converted(model, ann_variables, split, num_steps, presim_steps, iterations, saturated)
     totals: dict[str, OffsetStatistics] = {}
     for images, _, valid in padded_batches(split, batch_size):
         if valid < batch_size:  # statistics are sums over samples: drop the padding exactly

@@ -1,12 +1,14 @@
 """Integrate-and-fire neuron with reset by subtraction, simulated with ``jax.lax.scan``.
 
-Per time step t (SPEC section 1), elementwise:
+Per time step t (``docs/method.md`` section 2), elementwise:
 
     m(t) = v(t-1) + I(t)          charge
     s(t) = 1 if m(t) >= theta     fire (a value exactly at theta fires)
     v(t) = m(t) - theta * s(t)    reset by subtraction
 
 Time is axis 0 of every sequence (time-major ``[T, ...]``); everything else is elementwise.
+The potential and the carries are kept in float32 at least (:func:`potential_dtype`): in
+bfloat16 or float16 the potential could not hold Theorem 2's margin of 1e-3 theta.
 """
 
 from __future__ import annotations
@@ -34,6 +36,15 @@ class IFState(NamedTuple):
     count: Array
     min_fired_v: Array
     max_silent_v: Array
+
+
+def potential_dtype(dtype) -> jnp.dtype:
+    """The dtype membrane potentials are computed in for currents of ``dtype``: float32 at least.
+
+    >>> potential_dtype(jnp.bfloat16)
+    dtype('float32')
+    """
+    return jnp.promote_types(dtype, jnp.float32)
 
 
 def if_initial_state(v0: Float[Array, "..."]) -> IFState:
@@ -71,14 +82,16 @@ def if_simulate(
     """Simulate IF neurons over the time axis of ``currents``.
 
     Args:
-      currents: input currents I(1..T), time-major ``[T, ...]``, floating dtype.
+      currents: input currents I(1..T), time-major ``[T, ...]``, floating dtype; bfloat16 and
+        float16 currents are simulated in float32 (:func:`potential_dtype`).
       theta: firing threshold, broadcastable to ``currents.shape[1:]``, > 0.
       v0: initial potential v(0), broadcastable to ``currents.shape[1:]``.
       unroll: passed to ``jax.lax.scan``.
 
     Returns:
       ``(spikes, state)``: spikes ``[T, ...]`` in {0, 1} of ``currents``' dtype, and the
-      final :class:`IFState`, each field of shape ``currents.shape[1:]``.
+      final :class:`IFState`, each field of shape ``currents.shape[1:]`` and of dtype
+      ``potential_dtype(currents.dtype)``.
 
     >>> import jax.numpy as jnp
     >>> spikes, state = if_simulate(jnp.array([0.75, 0.75, 0.75]), 1.0, 0.5)
@@ -89,9 +102,12 @@ def if_simulate(
     if currents.ndim < 1 or currents.shape[0] < 1:
         raise ValueError(f"currents must have a leading time axis of length >= 1, got shape {currents.shape}")
     check_float("currents", currents)
+    spike_dtype = currents.dtype
+    dtype = potential_dtype(spike_dtype)
+    currents = currents.astype(dtype)
     neuron_shape = currents.shape[1:]
-    theta = jnp.asarray(theta, dtype=currents.dtype)
-    v0 = jnp.asarray(v0, dtype=currents.dtype)
+    theta = jnp.asarray(theta, dtype=dtype)
+    v0 = jnp.asarray(v0, dtype=dtype)
     check_broadcastable("theta", theta.shape, neuron_shape, "the neuron shape currents.shape[1:]")
     check_broadcastable("v0", v0.shape, neuron_shape, "the neuron shape currents.shape[1:]")
     check_positive("theta", theta)
@@ -101,4 +117,4 @@ def if_simulate(
         return if_step(state, current, theta)
 
     state, spikes = jax.lax.scan(step, if_initial_state(jnp.broadcast_to(v0, neuron_shape)), currents, unroll=unroll)
-    return spikes, state
+    return spikes.astype(spike_dtype), state

@@ -1,5 +1,5 @@
 """Offset spikes: their definition, their judgement from the residual potential, and their
-calibration by shifting the initial membrane potential (SPEC sections 2 and 3).
+calibration by shifting the initial membrane potential (``docs/method.md`` sections 3 and 4).
 
 Sign convention of the paper: psi > 0 means spikes are missing, psi < 0 means extra spikes.
 All functions are elementwise over any neuron shape ``[...]``.
@@ -7,11 +7,12 @@ All functions are elementwise over any neuron shape ``[...]``.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from offsetjax._checks import check_positive, check_steps, concrete_value
-from offsetjax.neuron import IFState, if_simulate
+from offsetjax._checks import check_choice, check_positive, check_steps, concrete_value
+from offsetjax.neuron import IFState, if_simulate, potential_dtype
 
 
 def offset_spike(
@@ -39,14 +40,11 @@ def offset_spike(
     return activation * num_steps / theta - count
 
 
-#: Residuals (in units of theta) this close to an integer are judged as that integer inside
-#: :func:`calibrate_initial_potential`: at exact ties, float32 round-off in v(T) - Delta
-#: would otherwise flip the judgement to the next integer and undo a correct spike.
-RESIDUAL_TOLERANCE = 1e-4
-
-
 def offset_from_residual(
-    v: Float[ArrayLike, "..."], theta: Float[ArrayLike, "..."], *, tolerance: float = 0.0
+    v: Float[ArrayLike, "..."],
+    theta: Float[ArrayLike, "..."],
+    *,
+    tolerance: Float[ArrayLike, "..."] | None = None,
 ) -> Float[Array, "..."]:
     """Offset spike judged from the residual potential by Theorem 3: ``psi = floor(v / theta)``.
 
@@ -57,8 +55,8 @@ def offset_from_residual(
     Args:
       v: residual potential ``[...]``.
       theta: threshold, broadcastable, > 0.
-      tolerance: ``v / theta`` within this distance of an integer counts as that integer
-        (0: the plain floor of the theorem).
+      tolerance: ``v / theta`` within this distance (in units of theta, broadcastable) of an
+        integer counts as that integer; ``None`` (default): the plain floor of the theorem.
 
     >>> offset_from_residual(jnp.array([-0.2, 0.3, 1.5]), 1.0).tolist()
     [-1.0, 0.0, 1.0]
@@ -67,10 +65,19 @@ def offset_from_residual(
     """
     v, theta = _broadcast_like_first(v, theta)
     ratio = v / theta
-    if tolerance:
+    if tolerance is not None:
         nearest = jnp.round(ratio) + 0.0  # no -0.0
         ratio = jnp.where(jnp.abs(ratio - nearest) <= tolerance, nearest, ratio)
     return jnp.floor(ratio)
+
+
+#: The conventions for a neuron that rule (ii) should lift but that never stayed silent
+#: (see :func:`shift_initial_potential`).
+SATURATION_RULES = ("fire", "hold")
+#: Rule (ii)'s "maximum potential over silent steps", in units of theta, for a neuron that was
+#: never silent under ``saturated="fire"``: the placeholder of the authors' code. It lifts v(0)
+#: by (1001 + eps) * theta.
+NEVER_SILENT_POTENTIAL = -1000.0
 
 
 def shift_initial_potential(
@@ -79,14 +86,26 @@ def shift_initial_potential(
     theta: Float[ArrayLike, "..."],
     psi: Float[ArrayLike, "..."],
     eps: float = 1e-3,
+    *,
+    saturated: str = "fire",
 ) -> Float[Array, "..."]:
     """One Theorem-2 correction of the initial potential per neuron.
 
     Where psi < 0 and the neuron fired at least once (rule i, one spike fewer):
         v0 - max(theta, min{v(t) | s(t) = 1} + eps * theta)
-    where psi > 0 and the neuron was silent at least once (rule ii, one spike more):
+    where psi > 0 (rule ii, one spike more):
         v0 + max(theta, theta + eps * theta - max{v(t) | s(t) = 0})
-    elsewhere v0 is unchanged; a neuron that fired at every step stays saturated.
+    elsewhere v0 is unchanged.
+
+    A neuron with psi > 0 that fired at every step has no silent step to take the maximum over
+    (the theorem's max over an empty set is -inf). ``saturated`` chooses what happens to it:
+
+    * ``"fire"`` (default; what the authors' code does, and so what the paper's numbers come
+      from): the maximum is taken as ``NEVER_SILENT_POTENTIAL * theta = -1000 * theta``, which
+      lifts v0 by (1001 + eps) * theta. The neuron then fires at every later step while the
+      accumulated deficit ``sum_{s<=t} (theta - I(s))`` stays below 1001 * theta -- for any
+      T <= 1000 when the currents are >= 0: the spiking counterpart of QCFS's clip at lambda.
+    * ``"hold"``: v0 is left unchanged, so the neuron may fall silent after the pre-simulation.
 
     Args:
       v0: the initial potential the run in ``state`` started from, ``[...]``.
@@ -94,19 +113,25 @@ def shift_initial_potential(
       theta: threshold, broadcastable, > 0.
       psi: judged offset spike, ``[...]`` (only its sign is used).
       eps: relative margin in (0, 1); the paper's epsilon is ``eps * theta``.
+      saturated: ``"fire"`` or ``"hold"``, as above.
 
     Returns:
-      The shifted initial potential, ``[...]``, finite wherever the inputs are.
+      The shifted initial potential, ``[...]``, in ``potential_dtype`` of ``state.v`` (float32
+      at least), finite wherever the inputs are.
     """
     eps_value = concrete_value(eps)
     if eps_value is not None and not 0.0 < float(eps_value) < 1.0:
         raise ValueError(f"eps must lie in (0, 1) (a fraction of theta), got {eps}")
+    check_choice("saturated", saturated, SATURATION_RULES)
+    state = jax.tree.map(lambda x: jnp.asarray(x, potential_dtype(jnp.result_type(state.v))), state)
     _, v0, theta, psi = _broadcast_like_first(state.v, v0, theta, psi)
+    never_silent = ~jnp.isfinite(state.max_silent_v)
     remove = (psi < 0) & (state.count > 0)
-    add = (psi > 0) & jnp.isfinite(state.max_silent_v)
+    add = (psi > 0) if saturated == "fire" else (psi > 0) & ~never_silent
     # Mask the +-inf of neurons that never fired / never stayed silent before any arithmetic.
     min_fired_v = jnp.where(remove, state.min_fired_v, 0.0)
-    max_silent_v = jnp.where(add, state.max_silent_v, 0.0)
+    max_silent_v = jnp.where(never_silent, NEVER_SILENT_POTENTIAL * theta, state.max_silent_v)
+    max_silent_v = jnp.where(add, max_silent_v, 0.0)
     down = jnp.maximum(theta, min_fired_v + eps * theta)
     up = jnp.maximum(theta, theta + eps * theta - max_silent_v)
     return jnp.where(remove, v0 - down, jnp.where(add, v0 + up, v0))
@@ -128,15 +153,31 @@ def calibrate_initial_potential(
     iterations: int,
     eps: float = 1e-3,
     *,
+    saturated: str = "fire",
     unroll: int | bool = 1,
 ) -> Float[Array, "..."]:
-    """Calibrate the initial potential by ``iterations`` rounds of pre-simulation (SPEC section 3).
+    """Calibrate the initial potential by ``iterations`` rounds of pre-simulation (``docs/method.md`` section 4).
 
-    Each round pre-simulates ``currents[:presim_steps]`` from the current v(0), judges
-    ``psi = floor((v(rho) - Delta) / theta)`` with Delta the shift accumulated so far (ties
-    within :data:`RESIDUAL_TOLERANCE` of an integer snapped to it), and
-    applies :func:`shift_initial_potential`. ``presim_steps = 0`` or ``iterations = 0`` returns
-    ``v0`` (broadcast): the uncalibrated QCFS baseline.
+    Each round pre-simulates ``currents[:presim_steps]`` from the current v(0), judges psi by
+    Theorem 3 and applies :func:`shift_initial_potential`:
+
+    * round 1 judges ``psi = floor(v(rho) / theta)``, the plain floor, exactly as the authors'
+      code (which runs only this round);
+    * round j >= 2 judges ``psi = floor((v(rho) - Delta) / theta)``, with Delta the shift
+      accumulated so far, and a round-off guard: a ratio within ``g`` of an integer is taken
+      as that integer, where, with ``u`` the unit round-off of the potential dtype,
+
+          g = (2 * rho + 4) * u * M / theta,
+          M = |v0| + |Delta| + sum_{t <= rho} |I(t)| + rho * theta.
+
+      ``M`` bounds every potential of the round, each of its 2 * rho additions and the
+      subtraction of Delta err by at most ``u * M``, so the computed ratio is within ``g`` of
+      the exact one: a residual that is an exact multiple of theta (an exact tie, common with
+      quantized inputs) is not flipped to the next integer by round-off, which would undo a
+      correct spike. (float32, rho = 4, M = 8 theta: g = 7.6e-6.)
+
+    ``presim_steps = 0`` or ``iterations = 0`` returns ``v0`` (broadcast): the uncalibrated QCFS
+    baseline. Potentials are computed in float32 at least, whatever ``currents``' dtype.
 
     Args:
       currents: input currents ``[T, ...]``; only the first ``presim_steps`` are read.
@@ -145,10 +186,13 @@ def calibrate_initial_potential(
       presim_steps: rho, 0 <= rho <= T.
       iterations: k >= 0.
       eps: relative margin of Theorem 2, in (0, 1).
+      saturated: what rule (ii) does to a neuron that never stayed silent, ``"fire"`` (the
+        authors' code) or ``"hold"`` (:func:`shift_initial_potential`).
       unroll: ``jax.lax.scan`` unroll of each pre-simulation.
 
     Returns:
-      The calibrated initial potential, ``currents.shape[1:]``.
+      The calibrated initial potential, ``currents.shape[1:]``, of dtype
+      ``potential_dtype(currents.dtype)``.
 
     >>> import jax.numpy as jnp
     >>> currents = jnp.full((4, 1), 0.3)  # QCFS wants 1 spike, the IF neuron fires 2
@@ -160,14 +204,24 @@ def calibrate_initial_potential(
     if currents.ndim < 1:
         raise ValueError(f"currents must have a leading time axis, got shape {currents.shape}")
     check_steps(num_steps=currents.shape[0], presim_steps=presim_steps, iterations=iterations)
+    check_choice("saturated", saturated, SATURATION_RULES)
+    dtype = potential_dtype(currents.dtype)
     neuron_shape = currents.shape[1:]
-    v0 = jnp.broadcast_to(jnp.asarray(v0, currents.dtype), neuron_shape)
-    if presim_steps == 0:
+    v0 = jnp.broadcast_to(jnp.asarray(v0, dtype), neuron_shape)
+    if presim_steps == 0 or iterations == 0:
         return v0
-    presim = currents[:presim_steps]
+    presim = currents[:presim_steps].astype(dtype)
+    theta = jnp.broadcast_to(jnp.asarray(theta, dtype), neuron_shape)
+    unit_roundoff = jnp.finfo(dtype).eps / 2
+    magnitude = jnp.abs(v0) + jnp.sum(jnp.abs(presim), axis=0) + presim_steps * theta
     shifted = v0
-    for _ in range(iterations):
+    for round_index in range(iterations):
         _, state = if_simulate(presim, theta, shifted, unroll=unroll)
-        psi = offset_from_residual(state.v - (shifted - v0), theta, tolerance=RESIDUAL_TOLERANCE)
-        shifted = shift_initial_potential(shifted, state, theta, psi, eps)
+        if round_index == 0:
+            psi = offset_from_residual(state.v, theta)
+        else:
+            delta = shifted - v0
+            guard = (2 * presim_steps + 4) * unit_roundoff * (magnitude + jnp.abs(delta)) / theta
+            psi = offset_from_residual(state.v - delta, theta, tolerance=guard)
+        shifted = shift_initial_potential(shifted, state, theta, psi, eps, saturated=saturated)
     return shifted

@@ -1,4 +1,4 @@
-"""QCFS activation: quantization, clip, floor, shift (Bu et al., ICLR 2022; SPEC section 1).
+"""QCFS activation: quantization, clip, floor, shift (Bu et al., ICLR 2022; ``docs/method.md`` section 1).
 
     a = lambda * clip(floor(z * L / lambda + 1/2) / L, 0, 1)
 
@@ -15,7 +15,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from offsetjax._checks import check_int, check_positive
 
-#: The threshold every activation site starts from (SPEC section 1).
+#: The threshold every activation site starts from (``docs/method.md`` section 1).
 DEFAULT_THRESHOLD = 8.0
 
 

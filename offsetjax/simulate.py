@@ -25,9 +25,9 @@ import jax.numpy as jnp
 from flax import traverse_util
 from jaxtyping import Array, Float
 
-from offsetjax._checks import check_finite, check_float, check_steps, images_must_fit
-from offsetjax.neuron import if_simulate
-from offsetjax.offset import calibrate_initial_potential
+from offsetjax._checks import check_choice, check_finite, check_float, check_steps, images_must_fit
+from offsetjax.neuron import if_simulate, potential_dtype
+from offsetjax.offset import SATURATION_RULES, calibrate_initial_potential
 from offsetjax.qcfs import DEFAULT_THRESHOLD
 from offsetjax.stats import OffsetStatistics, offset_statistics
 
@@ -50,6 +50,9 @@ class IFActivation(nn.Module):
       presim_steps: rho, the pre-simulation length of calibration (0: none).
       iterations: k, calibration rounds (0: the uncalibrated QCFS baseline).
       eps: relative margin of Theorem 2.
+      saturated: rule (ii) for a neuron that never stayed silent in the pre-simulation:
+        ``"fire"`` (the authors' code, default) or ``"hold"``
+        (:func:`offsetjax.shift_initial_potential`).
       unroll: ``jax.lax.scan`` unroll of the T-step simulation.
       threshold_init: initial threshold, as QCFS's.
     """
@@ -58,11 +61,13 @@ class IFActivation(nn.Module):
     presim_steps: int = 0
     iterations: int = 0
     eps: float = 1e-3
+    saturated: str = "fire"
     unroll: int | bool = True
     threshold_init: float = DEFAULT_THRESHOLD
 
     def __post_init__(self):
         check_steps(num_steps=self.num_steps, presim_steps=self.presim_steps, iterations=self.iterations)
+        check_choice("saturated", self.saturated, SATURATION_RULES)
         super().__post_init__()
 
     @nn.compact
@@ -75,7 +80,7 @@ class IFActivation(nn.Module):
                 "through offsetjax.simulate"
             )
         theta = self.param("threshold", nn.initializers.constant(self.threshold_init), (), jnp.float32)
-        theta = theta.astype(currents.dtype)
+        theta = theta.astype(potential_dtype(currents.dtype))
         neuron_shape = currents.shape[2:]
         v0 = self.variable(INITIAL_POTENTIAL, "v0", lambda: jnp.full(neuron_shape, 0.5 * theta)).value
         currents = jnp.broadcast_to(currents, (self.num_steps, *currents.shape[1:]))
@@ -86,14 +91,15 @@ class IFActivation(nn.Module):
             presim_steps=self.presim_steps,
             iterations=self.iterations,
             eps=self.eps,
+            saturated=self.saturated,
             unroll=self.unroll,
         )
         spikes, state = if_simulate(currents, theta, calibrated, unroll=self.unroll)
         if self.is_mutable_collection(STATISTICS):
-            self.sow(STATISTICS, "site", offset_statistics(currents, state.count, theta))
+            self.sow(STATISTICS, "site", offset_statistics(currents.astype(theta.dtype), state.count, theta))
         if self.is_mutable_collection(CALIBRATED_POTENTIAL):
             self.sow(CALIBRATED_POTENTIAL, "v0", calibrated)
-        return spikes * theta
+        return (spikes * theta).astype(currents.dtype)
 
 
 def simulate(model: nn.Module, variables: Any, images: Float[Array, "B ..."]) -> Float[Array, "T B C"]:

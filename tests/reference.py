@@ -1,7 +1,8 @@
-"""An independent NumPy reference of SPEC section 5: plain Python loops over time and neurons.
+"""An independent reference of the neuron and the calibration: plain Python loops over time and
+neurons, in float64.
 
-Written from SPEC.md alone, sharing no code with ``offsetjax``, so agreement means two
-readings of the specification agree.
+Written from the mathematics (docs/method.md) alone, sharing no code with ``offsetjax``, so
+agreement means two readings of it agree.
 """
 
 from __future__ import annotations
@@ -34,22 +35,26 @@ def simulate_neuron(currents, theta: float, v0: float):
     return spikes, v, float(sum(spikes)), min_fired, max_silent
 
 
-def shift(v0: float, count: float, min_fired: float, max_silent: float, theta: float, psi: float, eps: float):
+def shift(v0, count, min_fired, max_silent, theta, psi, eps, saturated="fire"):
+    """Theorem 2; a neuron that never stayed silent counts its silent maximum as -1000 theta
+    (``saturated="fire"``) or is left alone (``"hold"``)."""
     if psi < 0 and count > 0:
         return v0 - max(theta, min_fired + eps * theta)
+    if psi > 0 and max_silent == -math.inf and saturated == "fire":
+        max_silent = -1000.0 * theta
     if psi > 0 and max_silent > -math.inf:
         return v0 + max(theta, theta + eps * theta - max_silent)
     return v0
 
 
-def calibrate(currents, theta: float, v0: float, presim_steps: int, iterations: int, eps: float) -> float:
+def calibrate(currents, theta, v0, presim_steps, iterations, eps, saturated="fire") -> float:
     shifted = v0
     if presim_steps == 0:
         return v0
     for _ in range(iterations):
         _, v, count, min_fired, max_silent = simulate_neuron(currents[:presim_steps], theta, shifted)
         psi = math.floor((v - (shifted - v0)) / theta)
-        shifted = shift(shifted, count, min_fired, max_silent, theta, psi, eps)
+        shifted = shift(shifted, count, min_fired, max_silent, theta, psi, eps, saturated)
     return shifted
 
 

@@ -7,13 +7,31 @@ Shapes come from a short fixed list, so generated examples reuse compiled code.
 
 from __future__ import annotations
 
+import contextlib
+
+import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import strategies as st
 
 NUM_NEURONS = 8
 STEPS = (1, 2, 3, 4, 8)
 THETAS = (0.5, 1.0, 2.0, 4.0)
 GRID = 16
+
+#: The dtypes the theorem properties run in. The grid values are exact in all three (at most
+#: 7 significant bits); bfloat16 currents are simulated in float32 by the library.
+DTYPES = [
+    pytest.param(jnp.float32, id="float32"),
+    pytest.param(jnp.bfloat16, id="bfloat16"),
+    pytest.param(jnp.float64, id="float64"),
+]
+
+
+def precision(dtype):
+    """A context in which arrays of ``dtype`` exist: 64-bit mode for float64."""
+    return jax.enable_x64(True) if dtype == jnp.float64 else contextlib.nullcontext()
 
 
 def _grid(draw, low: int, high: int, steps: int) -> np.ndarray:

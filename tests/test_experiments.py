@@ -27,7 +27,8 @@ def test_results_schema_and_outputs(tmp_path):
     assert on_disk["dataset"] == "digits" and on_disk["levels"] == 4 and 0 <= on_disk["ann_accuracy"] <= 1
     assert list(on_disk["snn"]) == ["qcfs", "cos_k1", "cos_k2"]
     for name, row in on_disk["snn"].items():
-        assert set(row) == {"presim_steps", "iterations", "accuracy", "total_steps"}
+        assert set(row) == {"presim_steps", "iterations", "saturated", "accuracy", "total_steps"}
+        assert row["saturated"] == (None if name == "qcfs" else "fire")
         assert list(row["accuracy"]) == ["1", "2", "3", "4"]
         assert all(0 <= a <= 1 for a in row["accuracy"].values())
         assert row["total_steps"]["2"] == 2 + row["presim_steps"] * row["iterations"]
@@ -39,8 +40,12 @@ def test_results_schema_and_outputs(tmp_path):
     for plot in ("accuracy_vs_steps.png", "psi_per_layer.png", "offset_vs_iterations.png"):
         assert (tmp_path / plot).read_bytes()[:4] == b"\x89PNG"
     assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 2
-    again = pipeline.run(dataclasses.replace(TINY, workdir=str(tmp_path), eval_only=True))
-    assert again["snn"] == results["snn"] and again["ann_accuracy"] == results["ann_accuracy"]
+    again = pipeline.run(dataclasses.replace(TINY, workdir=str(tmp_path), eval_only=True, saturated=("fire", "hold")))
+    assert list(again["snn"]) == ["qcfs", "cos_k1", "cos_k2", "cos_k1_hold", "cos_k2_hold"]
+    assert again["snn"]["cos_k2_hold"]["saturated"] == "hold"
+    assert {k: again["snn"][k] for k in results["snn"]} == results["snn"]
+    assert again["ann_accuracy"] == results["ann_accuracy"]
+    assert json.loads((tmp_path / "config.json").read_text())["saturated"] == ["fire", "hold"]
     with pytest.raises(ValueError, match="--eval-only needs a finished run of 3 epochs"):
         pipeline.run(dataclasses.replace(TINY, workdir=str(tmp_path), eval_only=True, epochs=3))
 
@@ -119,6 +124,13 @@ def test_command_line_overrides_every_field():
     assert (config.epochs, config.iterations, config.arch, config.resume) == (3, (1, 4), "small_resnet", True)
     assert config.resolved_workdir() == Path("/tmp/x")
     assert pipeline.parse_args(quickstart.CONFIG, []).resolved_workdir().parts[-2:] == ("results", "quickstart")
+    assert pipeline.parse_args(quickstart.CONFIG, ["--saturated", "fire", "hold"]).saturated == ("fire", "hold")
+
+
+def test_unknown_saturation_rule_is_named(capsys):
+    with pytest.raises(SystemExit):
+        pipeline.parse_args(quickstart.CONFIG, ["--saturated", "clip"])
+    assert "--saturated takes fire or hold, got 'clip'" in capsys.readouterr().err
 
 
 def test_unknown_architecture_is_named():

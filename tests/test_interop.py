@@ -10,107 +10,15 @@ import offsetjax as oj
 from offsetjax.interop import load_torch_state_dict
 
 torch = pytest.importorskip("torch")
-nn = torch.nn
 
-#: Fine quantization, so float rounding differences between torch and XLA cannot flip a level
-#: by more than theta / LEVELS.
-LEVELS = 2**14
-
-
-class QCFS(nn.Module):
-    """The reference's activation: threshold ``up`` of shape [1]."""
-
-    def __init__(self, levels=LEVELS):
-        super().__init__()
-        self.up = nn.Parameter(torch.tensor([1.0]))
-        self.levels = levels
-
-    def forward(self, x):
-        return self.up * torch.clamp(torch.floor(x / self.up * self.levels + 0.5) / self.levels, 0, 1)
-
-
-def reference_vgg16(num_classes):
-    groups = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]
-    model, channels = nn.Module(), 3
-    for g, widths in enumerate(groups, start=1):
-        layers = []
-        for width in widths:
-            layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), QCFS(), nn.Dropout(0)]
-            channels = width
-        setattr(model, f"layer{g}", nn.Sequential(*layers, nn.AvgPool2d(2)))
-    model.classifier = nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(512, 4096),
-        QCFS(),
-        nn.Dropout(0),
-        nn.Linear(4096, 4096),
-        QCFS(),
-        nn.Dropout(0),
-        nn.Linear(4096, num_classes),
-    )
-    model.forward = lambda x: model.classifier(model.layer5(model.layer4(model.layer3(model.layer2(model.layer1(x))))))
-    return model
-
-
-class Block(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.residual_function = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
-            nn.BatchNorm2d(cout),
-            QCFS(),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(cout),
-        )
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-        self.relu = QCFS()
-
-    def forward(self, x):
-        return self.relu(self.residual_function(x) + self.shortcut(x))
-
-
-class ReferenceResNet(nn.Module):
-    def __init__(self, blocks, widths, num_classes):
-        super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv2d(3, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), QCFS())
-        channels = widths[0]
-        for stage, (count, width) in enumerate(zip(blocks, widths)):
-            layers = []
-            for b in range(count):
-                layers.append(Block(channels, width, 2 if stage and not b else 1))
-                channels = width
-            setattr(self, f"conv{stage + 2}_x", nn.Sequential(*layers))
-        self.stages = len(blocks)
-        self.fc = nn.Linear(channels, num_classes)
-
-    def forward(self, x):
-        x = self.conv1(x)
-        for stage in range(self.stages):
-            x = getattr(self, f"conv{stage + 2}_x")(x)
-        return self.fc(x.mean(dim=(2, 3)))
-
-
-def randomized(model):
-    """Random batch-norm statistics and thresholds, so the import is checked on every tensor."""
-    generator = torch.Generator().manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2, generator=generator)
-            module.running_var.uniform_(0.5, 1.5, generator=generator)
-            module.weight.data.uniform_(0.5, 1.5, generator=generator)
-            module.bias.data.uniform_(-0.1, 0.3, generator=generator)
-        if isinstance(module, QCFS):
-            module.up.data.uniform_(0.5, 2.0, generator=generator)
-    return model.eval()
+from tests.torch_models import LEVELS, ReferenceResNet, ReferenceVGG16, randomized  # noqa: E402
 
 
 @pytest.mark.parametrize(
     ("arch", "build"),
     [
         ("resnet20", lambda: ReferenceResNet((3, 3, 3), (16, 32, 64), 10)),
-        ("vgg16", lambda: reference_vgg16(10)),
+        ("vgg16", lambda: ReferenceVGG16(10)),
     ],
 )
 def test_imported_ann_reproduces_the_torch_logits(arch, build, tmp_path):

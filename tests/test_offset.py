@@ -1,4 +1,5 @@
-"""The paper's theorems as properties, and the SPEC section 5 functions against the reference."""
+"""The paper's theorems as properties (in float32, bfloat16 and float64), and the offset-spike
+functions against the float64 Python reference."""
 
 import chex
 import jax
@@ -10,58 +11,84 @@ from hypothesis import strategies as st
 
 import offsetjax as oj
 from tests import reference
-from tests.strategies import NUM_NEURONS, STEPS, currents_and_theta
+from tests.strategies import DTYPES, NUM_NEURONS, STEPS, currents_and_theta, precision
 
 EPS = 1e-3
 
-# Jitted once per shape: generated examples reuse the compiled code.
+# Jitted once per shape and dtype: generated examples reuse the compiled code.
 if_simulate = jax.jit(oj.if_simulate)
-shift_initial_potential = jax.jit(oj.shift_initial_potential)
-calibrate_initial_potential = jax.jit(oj.calibrate_initial_potential, static_argnums=(3, 4, 5))
+shift_initial_potential = jax.jit(oj.shift_initial_potential, static_argnames="saturated")
+calibrate_initial_potential = jax.jit(
+    oj.calibrate_initial_potential, static_argnums=(3, 4, 5), static_argnames="saturated"
+)
 
 
 def true_offset(currents, theta, count):
-    """Definition 1 against QCFS with L = T of the mean current."""
+    """Definition 1 against QCFS with L = T of the mean current, in float64.
+
+    With L = T, ``a * T / theta = clip(floor(sum_t I(t) / theta + 1/2), 0, T)``: the same value
+    as ``qcfs(mean, theta, T) * T / theta`` without the rounding of the mean.
+    """
+    currents = np.asarray(currents, np.float64)
     num_steps = currents.shape[0]
-    activation = oj.qcfs(jnp.mean(currents, axis=0), theta, num_steps)
-    return np.asarray(oj.offset_spike(activation, count, theta, num_steps))
+    wanted = np.clip(np.floor(currents.sum(axis=0) / theta + 0.5), 0, num_steps)
+    return wanted - np.asarray(count, np.float64)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("saturated", oj.offset.SATURATION_RULES)
 @given(currents_and_theta(), st.sampled_from([-1.0, 1.0]), st.integers(-8, 8))
-def test_theorem2_one_correction_changes_count_by_exactly_one(data, direction, v0_units):
+def test_theorem2_one_correction_changes_count_by_exactly_one(dtype, saturated, data, direction, v0_units):
     currents, theta = data
-    v0 = jnp.full((NUM_NEURONS,), v0_units / 8 * theta, jnp.float32)
-    _, state = if_simulate(currents, theta, v0)
-    shifted = shift_initial_potential(v0, state, theta, jnp.full_like(v0, direction), EPS)
-    _, new_state = if_simulate(currents, theta, shifted)
     num_steps = currents.shape[0]
-    applies = state.count > 0 if direction < 0 else state.count < num_steps
-    expected = np.where(applies, state.count + direction, state.count)
-    np.testing.assert_array_equal(new_state.count, expected)
-    np.testing.assert_array_equal(shifted[~applies], v0[~applies])
+    with precision(dtype):
+        currents = jnp.asarray(currents, dtype)
+        v0 = jnp.full((NUM_NEURONS,), v0_units / 8 * theta, dtype)
+        _, state = if_simulate(currents, theta, v0)
+        shifted = shift_initial_potential(v0, state, theta, jnp.full_like(v0, direction), EPS, saturated=saturated)
+        _, new_state = if_simulate(currents, theta, shifted)
+        assert shifted.dtype == oj.neuron.potential_dtype(dtype)
+        shifted, v0 = np.asarray(shifted, np.float64), np.asarray(v0, np.float64)
+    count, new_count = np.asarray(state.count), np.asarray(new_state.count)
     assert np.all(np.isfinite(shifted))
+    if direction < 0:  # rule (i): one spike fewer wherever there was one
+        applies = count > 0
+        np.testing.assert_array_equal(new_count, np.where(applies, count - 1, count))
+        np.testing.assert_array_equal(shifted[~applies], v0[~applies])
+        return
+    # Rule (ii): one spike more wherever a step stayed silent.
+    room = count < num_steps
+    np.testing.assert_array_equal(new_count[room], count[room] + 1)
+    full = ~room  # fired at every step: saturates ("fire") or is left alone ("hold")
+    np.testing.assert_array_equal(new_count[full], num_steps)
+    lift = (1001 + EPS) * theta if saturated == "fire" else 0.0
+    np.testing.assert_allclose(shifted[full] - v0[full], lift, rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @given(currents_and_theta())
-def test_theorem3_residual_gives_offset_inside_the_interval(data):
+def test_theorem3_residual_gives_offset_inside_the_interval(dtype, data):
     currents, theta = data
     num_steps = currents.shape[0]
-    _, state = if_simulate(currents, theta, 0.5 * theta)
+    with precision(dtype):
+        _, state = if_simulate(jnp.asarray(currents, dtype), theta, 0.5 * theta)
+        judged = np.asarray(oj.offset_from_residual(state.v, theta))
     psi = true_offset(currents, theta, state.count)
-    judged = np.asarray(oj.offset_from_residual(state.v, theta))
-    total = np.asarray(currents.sum(axis=0))
+    total = currents.sum(axis=0)
     inside = (total >= -theta / 2) & (total < theta * num_steps + theta / 2)
     np.testing.assert_array_equal(judged[inside], psi[inside])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @given(currents_and_theta())
-def test_theorem3_clipped_cases_are_decided_by_the_count(data):
+def test_theorem3_clipped_cases_are_decided_by_the_count(dtype, data):
     currents, theta = data
     num_steps = currents.shape[0]
-    _, state = if_simulate(currents, theta, 0.5 * theta)
+    with precision(dtype):
+        _, state = if_simulate(jnp.asarray(currents, dtype), theta, 0.5 * theta)
+        judged = np.asarray(oj.offset_from_residual(state.v, theta))
     psi = true_offset(currents, theta, state.count)
-    judged = np.asarray(oj.offset_from_residual(state.v, theta))
-    total = np.asarray(currents.sum(axis=0))
+    total = currents.sum(axis=0)
     count = np.asarray(state.count)
     below, above = total < -theta / 2, total >= theta * num_steps + theta / 2
     np.testing.assert_array_equal(psi[below], -count[below])  # a = 0
@@ -82,15 +109,19 @@ def test_qcfs_equivalence_constant_input(num_steps, theta, units):
     np.testing.assert_allclose(state.count * theta / num_steps, oj.qcfs(z, theta, num_steps), rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("saturated", oj.offset.SATURATION_RULES)
 @given(currents_and_theta())
-def test_iterations_never_increase_offset(data):
+def test_iterations_never_increase_offset(dtype, saturated, data):
     """With the accumulated-shift judgement |psi| never grows and the zero ratio never falls."""
     currents, theta = data
     num_steps = currents.shape[0]
     previous = None
     for iterations in range(5):
-        v0 = calibrate_initial_potential(currents, theta, 0.5 * theta, num_steps, iterations, EPS)
-        _, state = if_simulate(currents, theta, v0)
+        with precision(dtype):
+            typed = jnp.asarray(currents, dtype)
+            v0 = calibrate_initial_potential(typed, theta, 0.5 * theta, num_steps, iterations, EPS, saturated=saturated)
+            _, state = if_simulate(typed, theta, v0)
         magnitude = np.abs(true_offset(currents, theta, state.count))
         if previous is not None:
             assert np.all(magnitude <= previous)
@@ -100,8 +131,47 @@ def test_iterations_never_increase_offset(data):
         previous = magnitude
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("iterations", [1, 2])
+@given(currents_and_theta())
+def test_low_precision_currents_fire_as_float32(dtype, iterations, data):
+    """bfloat16/float16 currents are calibrated and simulated in float32: the same spikes and v(0)."""
+    currents, theta = data
+    low = jnp.asarray(currents, dtype)
+    num_steps = currents.shape[0]
+    got = calibrate_initial_potential(low, theta, 0.5 * theta, num_steps, iterations, EPS)
+    want = calibrate_initial_potential(low.astype(jnp.float32), theta, 0.5 * theta, num_steps, iterations, EPS)
+    assert got.dtype == jnp.float32
+    np.testing.assert_array_equal(got, want)
+    spikes, _ = if_simulate(low, theta, got)
+    assert spikes.dtype == dtype
+    np.testing.assert_array_equal(spikes.astype(jnp.float32), if_simulate(low.astype(jnp.float32), theta, want)[0])
+
+
+@given(
+    st.sampled_from([8, 64, 512]),
+    st.sampled_from([0.5, 1.0, 2.0]),
+    st.lists(st.integers(0, 64), min_size=NUM_NEURONS, max_size=NUM_NEURONS),
+    st.integers(0, 2**31 - 1),
+)
+def test_saturated_neuron_fires_at_every_step_of_any_run(num_steps, theta, later_units, seed):
+    """A neuron that fired at every pre-simulation step with psi > 0 keeps firing for the whole
+    run ("fire", the default) when the later currents are >= 0, whatever T <= 1000."""
+    presim_steps = 4
+    rng = np.random.default_rng(seed)
+    first = np.full((presim_steps, NUM_NEURONS), 1.5 * theta, np.float32)  # v(rho) = 2.5 theta: psi = 2
+    later = rng.uniform(0, 1, (num_steps - presim_steps, NUM_NEURONS)) * np.asarray(later_units) / 16 * theta
+    currents = jnp.asarray(np.concatenate([first, later.astype(np.float32)]))
+    v0 = calibrate_initial_potential(currents, theta, 0.5 * theta, presim_steps, 1, EPS, saturated="fire")
+    _, state = if_simulate(currents, theta, v0)
+    np.testing.assert_array_equal(state.count, num_steps)
+    assert np.all(np.isfinite(state.v))
+    held = calibrate_initial_potential(currents, theta, 0.5 * theta, presim_steps, 1, EPS, saturated="hold")
+    np.testing.assert_array_equal(held, 0.5 * theta)
+
+
 def test_without_accumulated_shift_a_corrected_neuron_is_corrected_again():
-    """Why the judgement subtracts Delta: judging v(T) alone overshoots (SPEC section 2)."""
+    """Why the judgement subtracts Delta: judging v(T) alone overshoots (``docs/method.md`` section 3)."""
     # Sum 0.75: QCFS (L = 4) wants 1 spike; from theta/2 the neuron fires 2 (psi = -1), v(T) = -0.75.
     currents = jnp.array([[0.625], [0.875], [-0.5], [-0.25]])
     v0 = 0.5
@@ -116,24 +186,29 @@ def test_without_accumulated_shift_a_corrected_neuron_is_corrected_again():
     assert float(oj.if_simulate(currents, 1.0, calibrated)[1].count[0]) == 1.0
 
 
+@pytest.mark.parametrize("saturated", oj.offset.SATURATION_RULES)
 @given(currents_and_theta(), st.sampled_from([0, 1, 2, 4]), st.integers(0, 8))
-def test_calibrate_matches_reference(data, iterations, presim_units):
+def test_calibrate_matches_reference(saturated, data, iterations, presim_units):
     currents, theta = data
     presim_steps = min(presim_units, currents.shape[0])
     if iterations > 0:
         presim_steps = max(presim_steps, 1)
-    got = calibrate_initial_potential(currents, theta, 0.5 * theta, presim_steps, iterations, EPS)
-    want = reference.per_neuron(reference.calibrate, currents, theta, 0.5 * theta, presim_steps, iterations, EPS)
+    got = calibrate_initial_potential(currents, theta, 0.5 * theta, presim_steps, iterations, EPS, saturated=saturated)
+    want = reference.per_neuron(
+        reference.calibrate, currents, theta, 0.5 * theta, presim_steps, iterations, EPS, saturated
+    )
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("saturated", oj.offset.SATURATION_RULES)
 @given(currents_and_theta(), st.integers(-3, 3))
-def test_shift_matches_reference(data, psi):
+def test_shift_matches_reference(saturated, data, psi):
     currents, theta = data
     _, state = if_simulate(currents, theta, 0.5 * theta)
-    got = shift_initial_potential(0.5 * theta, state, theta, jnp.full((NUM_NEURONS,), float(psi)), EPS)
+    psi_array = jnp.full((NUM_NEURONS,), float(psi))
+    got = shift_initial_potential(0.5 * theta, state, theta, psi_array, EPS, saturated=saturated)
     want = [
-        reference.shift(0.5 * theta, c, lo, hi, theta, psi, EPS)
+        reference.shift(0.5 * theta, c, lo, hi, theta, psi, EPS, saturated)
         for _, _, c, lo, hi in reference.per_neuron(reference.simulate_neuron, currents, theta, 0.5 * theta)
     ]
     np.testing.assert_allclose(got, want, rtol=1e-6)
@@ -156,6 +231,14 @@ def test_exact_ties_after_a_shift_are_not_overcorrected(column, theta):
         again = oj.calibrate_initial_potential(currents, theta, 0.5 * theta, num_steps, iterations)
         np.testing.assert_array_equal(again, once)
     assert float(true_offset(currents, theta, oj.if_simulate(currents, theta, once)[1].count)[0]) == 0.0
+
+
+def test_first_round_judges_by_the_plain_floor():
+    """No tolerance in round 1 (as the authors' code): a residual a hair below 0 is psi = -1."""
+    currents = jnp.array([[0.5], [-1e-5]])  # fires at t = 1 (v = 0), then v(2) = -1e-5
+    v0 = oj.calibrate_initial_potential(currents, 1.0, 0.5, presim_steps=2, iterations=1)
+    np.testing.assert_allclose(v0, [0.5 - 1.0], rtol=0)
+    assert float(oj.if_simulate(currents, 1.0, v0)[1].count[0]) == 0.0
 
 
 def test_offset_spike_and_residual_on_edge_values():
@@ -217,6 +300,7 @@ class TestCalibrationTransforms(chex.TestCase):
         ({"theta": 0.0}, "theta must be finite and > 0"),
         ({"eps": 1.5}, r"eps must lie in \(0, 1\)"),
         ({"presim_steps": 2.0}, "presim_steps must be an integer"),
+        ({"saturated": "clip"}, r"saturated must be one of \('fire', 'hold'\), got 'clip'"),
     ],
 )
 def test_calibration_bad_input(kwargs, message):

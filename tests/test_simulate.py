@@ -76,10 +76,15 @@ def test_calibration_inside_the_network_uses_per_sample_potentials():
     _, sown = snn.apply(snn_variables, images[None], mutable=[CALIBRATED_POTENTIAL])
     stem = sown[CALIBRATED_POTENTIAL]["stem_act"]["v0"][0]
     chex.assert_shape(stem, (2, 8, 8, 32))
-    # The stem's input is constant in time: with T = L no offset spike, so nothing moves.
-    np.testing.assert_array_equal(
-        stem, np.broadcast_to(snn_variables["initial_potential"]["stem_act"]["v0"], stem.shape)
-    )
+    # The stem's input is constant in time: with T = L no offset spike, so nothing moves but the
+    # neurons that fire at every step with a residual >= theta, lifted by rule (ii) ("fire").
+    unshifted = np.broadcast_to(snn_variables["initial_potential"]["stem_act"]["v0"], stem.shape)
+    lifted = stem != unshifted
+    assert 0 < lifted.mean() < 1
+    np.testing.assert_allclose(stem[lifted] - unshifted[lifted], (1001 + 1e-3) * 0.3, rtol=1e-6)
+    held = oj.spiking_model(model, num_steps=4, presim_steps=4, iterations=1, saturated="hold")
+    _, sown_held = held.apply(snn_variables, images[None], mutable=[CALIBRATED_POTENTIAL])
+    np.testing.assert_array_equal(sown_held[CALIBRATED_POTENTIAL]["stem_act"]["v0"][0], unshifted)
     deeper = sown[CALIBRATED_POTENTIAL]["stage1_block0"]["act_out"]["v0"][0]
     chex.assert_shape(deeper, (2, 4, 4, 64))
     assert not np.allclose(deeper, 0.15) and np.all(np.isfinite(deeper))

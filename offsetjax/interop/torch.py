@@ -131,9 +131,12 @@ def torch_key_map(arch: str, num_classes: int, *, image_size: int = 32) -> dict[
 
 
 def _to_numpy(value) -> np.ndarray:
+    """A tensor as a NumPy array: float64 stays float64 (a double-precision checkpoint imports
+    without rounding), every other dtype becomes float32."""
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
-    return np.asarray(value, np.float32)
+    value = np.asarray(value)
+    return value if value.dtype == np.float64 else value.astype(np.float32)
 
 
 def load_torch_state_dict(
@@ -146,6 +149,10 @@ def load_torch_state_dict(
       arch: ``vgg16``, ``resnet18``, ``resnet20`` or ``resnet34``.
       num_classes: classes of the classifier.
       image_size: input side (32 for CIFAR, 224 for ImageNet); fixes VGG-16's classifier width.
+
+    Returns:
+      ``{"params", "batch_stats"}`` of NumPy arrays, float32 (float64 where the checkpoint holds
+      float64 tensors).
 
     Raises:
       ValueError: naming every missing, unexpected or mis-shaped key.
