@@ -96,7 +96,8 @@ def jax_memory(snn, variables, images) -> dict:
     """Compiled memory of one simulation against the largest site's currents and spikes."""
     lowered = jax.jit(lambda v, x: snn.apply(v, x[None])).lower(variables, images)
     analysis = lowered.compile().memory_analysis()
-    sites = jax.tree.leaves(variables["initial_potential"])
+    # The neuron shape of every site (converted variables hold one scalar v(0) per site).
+    sites = jax.tree.leaves(jax.eval_shape(snn.init, jax.random.key(0), images[None])["initial_potential"])
     largest = max(int(np.prod(v.shape)) for v in sites)
     num_steps = jax.eval_shape(lambda v, x: snn.apply(v, x[None]), variables, images).shape[0]
     return {

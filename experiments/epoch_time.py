@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import offsetjax as oj  # noqa: E402
-from offsetjax import train  # noqa: E402
+from offsetjax import training  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 #: (config, arch, image side, classes, training images per epoch, the config's batch size)
@@ -40,13 +40,15 @@ def seconds_per_step(arch: str, side: int, classes: int, batch: int, steps: int)
     rng = np.random.default_rng(0)
     images = rng.standard_normal((batch, side, side, 3)).astype(np.float32)
     labels = rng.integers(0, classes, batch).astype(np.int32)
-    state = train.create_train_state(model, train.sgd_cosine(learning_rate=0.1, total_steps=10), images[:2], seed=0)
-    state, metrics = train.train_step(state, images, labels)
+    state = training.create_train_state(
+        model, training.sgd_cosine(learning_rate=0.1, total_steps=10), images[:2], seed=0
+    )
+    state, metrics = training.train_step(state, images, labels)
     jax.block_until_ready(metrics)
     times = []
     for _ in range(steps):
         began = time.perf_counter()
-        state, metrics = train.train_step(state, images, labels)
+        state, metrics = training.train_step(state, images, labels)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - began)
     return statistics.median(times)

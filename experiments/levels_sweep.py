@@ -9,7 +9,6 @@ Writes ``levels_sweep.json`` into the run directory.
 
 import argparse
 import dataclasses
-import functools
 import json
 import os
 import sys
@@ -20,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pipeline  # noqa: E402
 
 import offsetjax as oj  # noqa: E402
-from offsetjax import data, evaluate  # noqa: E402
+from offsetjax import evaluate  # noqa: E402
+from offsetjax.training import data  # noqa: E402
 
 
 def main() -> None:
@@ -31,6 +31,7 @@ def main() -> None:
     workdir = Path(args.workdir)
     saved = json.loads((workdir / "config.json").read_text())
     saved["iterations"] = tuple(saved["iterations"])
+    saved["saturated"] = tuple(saved.get("saturated", ("fire",)))
     config = dataclasses.replace(pipeline.ExperimentConfig(**saved), workdir=str(workdir))
     _, test_split = pipeline.load_splits(config)
     model = pipeline.build_model(config, data.NUM_CLASSES[config.dataset])
@@ -38,7 +39,7 @@ def main() -> None:
     accuracy = {}
     for levels in args.levels:
         variant = oj.models.ARCHITECTURES[config.arch](
-            data.NUM_CLASSES[config.dataset], activation=functools.partial(oj.QCFS, levels=levels)
+            data.NUM_CLASSES[config.dataset], activation=oj.models.Activation(oj.QCFS, levels=levels)
         )
         accuracy[str(levels)] = evaluate.ann_accuracy(variant, state.variables, test_split, batch_size=500)
         print(f"L = {levels}: {100 * accuracy[str(levels)]:.2f}%", flush=True)

@@ -24,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -33,7 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import write_markdown, write_plots  # noqa: E402
 
 import offsetjax as oj  # noqa: E402
-from offsetjax import checkpoint, data, evaluate, parallel, train  # noqa: E402
+from offsetjax import (  # noqa: E402
+    evaluate,
+    parallel,
+    training,  # noqa: E402
+)
+from offsetjax.training import checkpoint, data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Seconds between progress-bar refreshes: often on a terminal, every half minute in a log file.
@@ -145,19 +149,20 @@ def build_model(config: ExperimentConfig, num_classes: int):
     if config.arch not in oj.models.ARCHITECTURES:
         raise ValueError(f"arch must be one of {sorted(oj.models.ARCHITECTURES)}, got {config.arch!r}")
     return oj.models.ARCHITECTURES[config.arch](
-        num_classes, activation=functools.partial(oj.QCFS, levels=config.levels)
+        num_classes, activation=oj.models.Activation(oj.QCFS, levels=config.levels)
     )
 
 
 def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_split: data.Split, workdir: Path):
-    """Train with a progress bar, checkpoint every epoch; returns the best state and its log."""
+    """Train with :func:`offsetjax.training.fit`, a progress bar per epoch and a checkpoint after
+    every epoch (and every ``checkpoint_every`` batches); returns the final state."""
     steps_per_epoch = data.num_batches(data.num_examples(train_split), config.batch_size)
-    tx = train.sgd_cosine(
+    tx = training.sgd_cosine(
         learning_rate=config.learning_rate,
         total_steps=config.epochs * steps_per_epoch,
         weight_decay=config.weight_decay,
     )
-    state = train.create_train_state(model, tx, data.take(test_split, np.arange(2))[0], seed=config.seed)
+    state = training.create_train_state(model, tx, data.take(test_split, np.arange(2))[0], seed=config.seed)
     mesh = parallel.data_mesh()
     latest, best = workdir / "checkpoints" / "latest", workdir / "checkpoints" / "best"
     log_path = workdir / "train_log.jsonl"
@@ -169,57 +174,42 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
         print(f"resumed from {latest} after epoch {start_epoch}, batch {start_batch}")
     elif log_path.exists():
         log_path.unlink()
-    state = parallel.replicate(mesh, state)
-    augment = train_augment(config)
-    for epoch in range(start_epoch, config.epochs):
-        began = time.perf_counter()
-        metrics = []
-        bar = tqdm(
-            data.batches(
-                train_split,
-                batch_size=config.batch_size,
-                seed=config.seed,
-                epoch=epoch,
-                augment=augment,
-                process_index=jax.process_index(),
-                process_count=jax.process_count(),
-                start_batch=start_batch if epoch == start_epoch else 0,
-            ),
-            total=steps_per_epoch,
-            initial=start_batch if epoch == start_epoch else 0,
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            unit="batch",
-            leave=False,
-            mininterval=PROGRESS_INTERVAL,
-        )
-        for batch, (images, labels) in enumerate(bar, start=start_batch if epoch == start_epoch else 0):
-            state, step_metrics = train.train_step(state, *parallel.shard_batch(mesh, images, labels))
-            metrics.append(step_metrics)
-            if config.checkpoint_every and (batch + 1) % config.checkpoint_every == 0 and batch + 1 < steps_per_epoch:
-                _check_finite_loss(step_metrics, epoch, batch)
-                checkpoint.save(latest, state, {"epoch": epoch, "batch": batch + 1, "best_accuracy": best_accuracy})
-            if len(metrics) % 10 == 0:
-                _check_finite_loss(step_metrics, epoch, batch)
-                seen = len(metrics) * config.batch_size
-                bar.set_postfix(
-                    loss=f"{float(step_metrics['loss']):.3f}",
-                    acc=f"{float(step_metrics['accuracy']):.3f}",
-                    img_s=f"{seen / (time.perf_counter() - began):.0f}",
-                    refresh=False,
-                )
-        seconds = time.perf_counter() - began
-        _check_finite_loss(step_metrics, epoch, batch)
+    bars: dict[int, tqdm] = {}
+
+    def after_batch(state, epoch, batch, metrics):
+        if epoch not in bars:
+            began = start_batch if epoch == start_epoch else 0
+            bars[epoch] = tqdm(
+                total=steps_per_epoch,
+                initial=began,
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+                unit="batch",
+                leave=False,
+                mininterval=PROGRESS_INTERVAL,
+            )
+            bars[epoch].began = time.perf_counter()
+        bar = bars[epoch]
+        bar.update(1)
+        if config.checkpoint_every and (batch + 1) % config.checkpoint_every == 0 and batch + 1 < steps_per_epoch:
+            training.check_finite_loss(metrics, epoch, batch)
+            checkpoint.save(latest, state, {"epoch": epoch, "batch": batch + 1, "best_accuracy": best_accuracy})
+        if bar.n % 10 == 0:
+            seen = (bar.n - bar.initial) * config.batch_size
+            bar.set_postfix(
+                loss=f"{float(metrics['loss']):.3f}",
+                acc=f"{float(metrics['accuracy']):.3f}",
+                img_s=f"{seen / (time.perf_counter() - bar.began):.0f}",
+                refresh=False,
+            )
+
+    def after_epoch(state, epoch, row):
+        nonlocal best_accuracy
+        if epoch in bars:
+            bars.pop(epoch).close()
         test_accuracy = evaluate.ann_accuracy(
             model, state.variables, test_split, batch_size=config.eval_batch_size, mesh=mesh
         )
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": float(np.mean([float(m["loss"]) for m in metrics])),
-            "train_accuracy": float(np.mean([float(m["accuracy"]) for m in metrics])),
-            "test_accuracy": test_accuracy,
-            "seconds": seconds,
-            "images_per_second": len(metrics) * config.batch_size / seconds,
-        }
+        row = {**row, "test_accuracy": test_accuracy}
         best_accuracy = max(best_accuracy, test_accuracy)
         meta = {**row, "best_accuracy": best_accuracy}
         checkpoint.save(latest, state, meta)
@@ -228,18 +218,26 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
         with log_path.open("a") as log:
             log.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
+        return {"test_accuracy": test_accuracy}
+
+    state, _ = training.fit(
+        model,
+        train_split,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        augment=train_augment(config),
+        mesh=mesh,
+        state=state,
+        start_epoch=start_epoch,
+        start_batch=start_batch,
+        after_batch=after_batch,
+        after_epoch=after_epoch,
+    )
     # Report the final (last-epoch) network: choosing the best epoch by test accuracy would tune on the test set.
     return state
-
-
-def _check_finite_loss(metrics: dict, epoch: int, batch: int) -> None:
-    """Stop before a NaN or Inf loss reaches a checkpoint (the last good one stays on disk)."""
-    loss = float(metrics["loss"])
-    if not np.isfinite(loss):
-        raise FloatingPointError(
-            f"training loss is {loss} at epoch {epoch + 1}, batch {batch + 1}; the last finite checkpoint is kept. "
-            "Lower --learning-rate, or resume with --resume after changing it"
-        )
 
 
 def methods(config: ExperimentConfig) -> dict[str, tuple[int, int, str]]:
@@ -254,13 +252,14 @@ def methods(config: ExperimentConfig) -> dict[str, tuple[int, int, str]]:
 def evaluate_all(config: ExperimentConfig, model, variables, test_split: data.Split) -> dict:
     """ANN accuracy, every method's accuracy at t = 1..T_max, and Table-3 statistics at T = L."""
     began = time.perf_counter()
+    mesh = parallel.data_mesh()
     results = {
         "dataset": config.dataset,
         "arch": config.arch,
         "levels": config.levels,
         "num_test_examples": data.num_examples(test_split),
         "ann_accuracy": evaluate.ann_accuracy(
-            model, variables, test_split, batch_size=config.eval_batch_size, mesh=parallel.data_mesh()
+            model, variables, test_split, batch_size=config.eval_batch_size, mesh=mesh
         ),
         "snn": {},
         "offset": {},
@@ -270,6 +269,18 @@ def evaluate_all(config: ExperimentConfig, model, variables, test_split: data.Sp
     results["wall_time_seconds"]["ann"] = time.perf_counter() - began
     for name, (presim_steps, iterations, saturated) in methods(config).items():
         began = time.perf_counter()
+        run = functools.partial(
+            evaluate.evaluate_snn,
+            model,
+            variables,
+            test_split,
+            iterations=iterations,
+            saturated=saturated,
+            batch_size=config.eval_batch_size,
+            mesh=mesh,
+        )
+        # Table-3 statistics are taken at T = L: from the same pass when T_max = L.
+        same_pass = config.max_steps == config.levels
         with tqdm(
             total=data.num_examples(test_split),
             desc=f"SNN {name}",
@@ -277,28 +288,17 @@ def evaluate_all(config: ExperimentConfig, model, variables, test_split: data.Sp
             leave=False,
             mininterval=PROGRESS_INTERVAL,
         ) as bar:
-            accuracy = evaluate.snn_accuracy(
-                model,
-                variables,
-                test_split,
-                num_steps=config.max_steps,
-                presim_steps=presim_steps,
-                iterations=iterations,
-                saturated=saturated,
-                batch_size=config.eval_batch_size,
-                progress=bar.update,
+            evaluation = run(
+                num_steps=config.max_steps, presim_steps=presim_steps, statistics=same_pass, progress=bar.update
             )
+        accuracy = evaluation.accuracy
         results["wall_time_seconds"][name] = time.perf_counter() - began
-        stats = evaluate.snn_offset_statistics(
-            model,
-            variables,
-            test_split,
-            num_steps=config.levels,
-            presim_steps=min(presim_steps, config.levels),
-            iterations=iterations,
-            saturated=saturated,
-            batch_size=config.eval_batch_size,
-        )
+        if same_pass:
+            stats = evaluation.statistics
+        else:
+            stats = run(
+                num_steps=config.levels, presim_steps=min(presim_steps, config.levels), statistics=True
+            ).statistics
         results["snn"][name] = {
             "presim_steps": presim_steps,
             "iterations": iterations,
@@ -322,8 +322,8 @@ def evaluate_all(config: ExperimentConfig, model, variables, test_split: data.Sp
 
 def restore_trained(config: ExperimentConfig, model, test_split, workdir: Path):
     """The finished training run in ``workdir`` and its training wall time (from train_log.jsonl)."""
-    tx = train.sgd_cosine(learning_rate=config.learning_rate, total_steps=1, weight_decay=config.weight_decay)
-    state = train.create_train_state(model, tx, data.take(test_split, np.arange(2))[0], seed=config.seed)
+    tx = training.sgd_cosine(learning_rate=config.learning_rate, total_steps=1, weight_decay=config.weight_decay)
+    state = training.create_train_state(model, tx, data.take(test_split, np.arange(2))[0], seed=config.seed)
     state, meta = checkpoint.restore(workdir / "checkpoints" / "latest", state)
     if meta["epoch"] != config.epochs or meta.get("batch", 0):
         raise ValueError(

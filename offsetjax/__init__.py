@@ -1,11 +1,20 @@
 """offsetjax: QCFS ANNs converted to IF spiking networks, calibrated by offset spikes.
 
 A JAX/Flax reimplementation of Hao et al., "Bridging the Gap Between ANNs and SNNs by
-Calibrating Offset Spikes" (ICLR 2023). Arrays are time-major: ``[T, ...]``.
+Calibrating Offset Spikes" (ICLR 2023). Arrays are time-major: ``[T, ...]``. The mathematics
+and the symbols are in ``docs/method.md``.
+
+The top level is the core: the activation, the neuron, offset spikes and their calibration,
+conversion, simulation, statistics, evaluation, networks (``offsetjax.models``) and device
+meshes (``offsetjax.parallel``). Training, data readers and checkpoints are the subpackage
+``offsetjax.training``; checkpoint import from PyTorch is ``offsetjax.interop``. Neither is
+loaded by ``import offsetjax``.
 """
 
-from offsetjax import checkpoint, data, evaluate, interop, models, parallel, train
+from offsetjax import models, parallel
+from offsetjax.activation import QCFS, qcfs
 from offsetjax.convert import convert_variables, spiking_model
+from offsetjax.evaluate import SNNEvaluation, ann_accuracy, evaluate_snn, predict
 from offsetjax.neuron import IFState, if_simulate, if_step
 from offsetjax.offset import (
     calibrate_initial_potential,
@@ -13,11 +22,11 @@ from offsetjax.offset import (
     offset_spike,
     shift_initial_potential,
 )
-from offsetjax.qcfs import QCFS, qcfs
-from offsetjax.simulate import IFActivation, calibrate_network, simulate, simulate_with_statistics
+from offsetjax.simulation import calibrate_network, simulate, simulate_with_statistics
+from offsetjax.site import IFActivation
 from offsetjax.stats import PSI_BINS, OffsetStatistics, accumulate, offset_statistics, summarize
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "PSI_BINS",
@@ -25,22 +34,21 @@ __all__ = [
     "IFActivation",
     "IFState",
     "OffsetStatistics",
+    "SNNEvaluation",
     "accumulate",
+    "ann_accuracy",
     "calibrate_initial_potential",
     "calibrate_network",
     "convert_variables",
+    "evaluate_snn",
     "if_simulate",
     "if_step",
-    "checkpoint",
-    "data",
-    "evaluate",
-    "interop",
     "models",
-    "parallel",
-    "train",
     "offset_from_residual",
     "offset_spike",
     "offset_statistics",
+    "parallel",
+    "predict",
     "qcfs",
     "shift_initial_potential",
     "simulate",

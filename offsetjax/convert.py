@@ -17,9 +17,10 @@ import numpy as np
 from flax import traverse_util
 
 from offsetjax._checks import check_choice, check_finite, check_positive, check_steps
+from offsetjax.models.layers import Activation
 from offsetjax.neuron import potential_dtype
 from offsetjax.offset import SATURATION_RULES
-from offsetjax.simulate import INITIAL_POTENTIAL, IFActivation
+from offsetjax.site import INITIAL_POTENTIAL, IFActivation
 
 
 def spiking_model(
@@ -49,7 +50,7 @@ def spiking_model(
     check_choice("saturated", saturated, SATURATION_RULES)
     if not hasattr(model, "activation"):
         raise ValueError(f"model must have an `activation` field to swap, got {type(model).__name__}")
-    site = functools.partial(
+    site = Activation(
         IFActivation,
         num_steps=num_steps,
         presim_steps=presim_steps,
@@ -61,37 +62,42 @@ def spiking_model(
     return model.clone(activation=site)
 
 
-def convert_variables(snn_model: nn.Module, ann_variables: Any, example_images: jax.Array) -> dict:
+def convert_variables(snn_model: nn.Module, ann_variables: Any, example_images: jax.Array | None = None) -> dict:
     """SNN variables from trained ANN variables.
 
     Args:
       snn_model: the network from :func:`spiking_model`.
       ann_variables: ``{"params": ..., "batch_stats": ...}`` of the trained QCFS ANN.
-      example_images: an input batch ``[B, ...]`` (only its shape is used) that fixes the
-        neuron shape of every site.
+      example_images: optional input batch ``[B, ...]`` (only its shape is used); when given,
+        the ANN's params are checked against the network built for that input, so a mismatch
+        raises here instead of at the first simulation.
 
     Returns:
       ``{"params", "batch_stats" (if any), "initial_potential"}``: the ANN's params and batch
-      statistics unchanged, and v(0) = theta/2 per neuron ``[...]`` (no batch axis) per site.
+      statistics unchanged, and per site the scalar v(0) = theta/2, which the site broadcasts
+      over its neurons (a per-neuron array of the neuron shape works too).
 
     Raises:
-      ValueError: when the ANN's params do not match the network's, or a threshold is <= 0.
+      ValueError: when the ANN's params do not match the network's, or a threshold is not
+        finite and > 0.
     """
     ann_variables = dict(ann_variables)
     if "params" not in ann_variables:
         raise ValueError(f"ann_variables must hold 'params', got collections {sorted(ann_variables)}")
-    example = jax.ShapeDtypeStruct((1, *np.shape(example_images)), jnp.float32)
-    expected = jax.eval_shape(functools.partial(snn_model.init, jax.random.key(0)), example)
-    _check_same_tree("ann_variables['params']", ann_variables["params"], expected["params"])
+    if example_images is not None:
+        example = jax.ShapeDtypeStruct((1, *np.shape(example_images)), jnp.float32)
+        expected = jax.eval_shape(functools.partial(snn_model.init, jax.random.key(0)), example)
+        _check_same_tree("ann_variables['params']", ann_variables["params"], expected["params"])
     params = traverse_util.flatten_dict(ann_variables["params"])
+    potentials = {}
     for path, leaf in params.items():
         check_finite("ann_variables['params'] at " + "/".join(path), leaf)
-    potentials = {}
-    for path, leaf in traverse_util.flatten_dict(expected[INITIAL_POTENTIAL]).items():
-        theta = params[(*path[:-1], "threshold")]
-        check_positive("threshold at " + "/".join(path[:-1]), theta)
-        theta = jnp.asarray(theta)
-        potentials[path] = jnp.full(leaf.shape, 0.5 * theta, potential_dtype(theta.dtype))
+        if path[-1] == "threshold":
+            check_positive("threshold at " + "/".join(path[:-1]), leaf)
+            theta = jnp.asarray(leaf)
+            potentials[(*path[:-1], "v0")] = (0.5 * theta).astype(potential_dtype(theta.dtype))
+    if not potentials:
+        raise ValueError("ann_variables['params'] holds no activation site (no 'threshold' parameter)")
     variables = {key: value for key, value in ann_variables.items() if key in ("params", "batch_stats")}
     variables[INITIAL_POTENTIAL] = traverse_util.unflatten_dict(potentials)
     return variables

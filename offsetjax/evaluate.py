@@ -1,32 +1,61 @@
-"""Evaluating a trained QCFS ANN and its converted SNNs over a dataset, batch by batch.
+"""Evaluating a trained QCFS ANN and its converted SNN over a dataset, batch by batch.
 
-Every function pads the last batch to the batch size (so one compiled program serves all
-batches) and masks the padding out of the counts.
+:func:`evaluate_snn` is the one call for the SNN: accuracy after every step t = 1..T and, on
+request, the Table-3 statistics, from the same simulation. Every batch, the last one included,
+is padded to one fixed size (a multiple of the mesh's device count), so one compiled program
+serves the whole dataset, and the padding is masked out of every count.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
+from jaxtyping import Array, Float
 
 from offsetjax import parallel
+from offsetjax._checks import check_int, images_must_fit
 from offsetjax.convert import convert_variables, spiking_model
-from offsetjax.data import Split, StreamingSplit, num_examples, take
-from offsetjax.simulate import simulate, simulate_with_statistics
+from offsetjax.simulation import simulate, simulate_with_statistics
 from offsetjax.stats import OffsetStatistics, accumulate, summarize
-from offsetjax.train import predict
+from offsetjax.training.data import Split, StreamingSplit, num_examples, take
 
 
-def padded_batches(split: Split | StreamingSplit, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-    """Yield ``(images, labels, valid)`` in order; the last batch is zero-padded to ``batch_size``."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+class SNNEvaluation(NamedTuple):
+    """What :func:`evaluate_snn` measured.
+
+    Attributes:
+      accuracy: ``[T]`` top-1 accuracy after t = 1..T steps, in [0, 1].
+      statistics: :func:`offsetjax.summarize`'s ``{"sites": ..., "all": ...}`` (psi against QCFS
+        with L = T), or ``None`` when not requested.
+    """
+
+    accuracy: np.ndarray
+    statistics: dict | None
+
+
+def predict(model: nn.Module, variables: Any, images: Float[Array, "B ..."]) -> Float[Array, "B C"]:
+    """ANN logits in eval mode (running batch-norm statistics)."""
+    return images_must_fit(lambda: _predict(model, variables, images), images)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _predict(model: nn.Module, variables: Any, images: Array) -> Array:
+    return model.apply(variables, images, train=False)
+
+
+def padded_batches(
+    split: Split | StreamingSplit, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield ``(images, labels, mask)`` in order, every batch of exactly ``batch_size`` rows;
+    the last one is zero-padded and ``mask`` ``[batch_size]`` marks the real rows."""
+    check_int("batch_size", batch_size, minimum=1)
     count = num_examples(split)
     for begin in range(0, count, batch_size):
         images, labels = take(split, np.arange(begin, min(begin + batch_size, count)))
@@ -34,23 +63,30 @@ def padded_batches(split: Split | StreamingSplit, batch_size: int) -> Iterator[t
         if valid < batch_size:
             images = np.concatenate([images, np.zeros((batch_size - valid, *images.shape[1:]), images.dtype)])
             labels = np.concatenate([labels, np.zeros(batch_size - valid, labels.dtype)])
-        yield images, labels, valid
+        yield images, labels, np.arange(batch_size) < valid
 
 
-def _on_mesh(mesh: Mesh | None, images: np.ndarray):
+def _device_batch(batch_size: int, mesh: Mesh | None) -> int:
+    """``batch_size`` rounded up to a multiple of the mesh's device count."""
+    check_int("batch_size", batch_size, minimum=1)
+    devices = 1 if mesh is None else mesh.devices.size
+    return -(-batch_size // devices) * devices
+
+
+def _on_mesh(mesh: Mesh | None, *arrays: np.ndarray):
     """The batch as the simulator's input: sharded over ``mesh`` when one is given."""
     if mesh is None:
-        return images
+        return arrays
     if jax.process_count() > 1:  # each process contributes its own rows of the global batch
-        rows = len(images) // jax.process_count()
-        images = images[jax.process_index() * rows : (jax.process_index() + 1) * rows]
-    return parallel.shard_batch(mesh, images)[0]
+        rows = len(arrays[0]) // jax.process_count()
+        arrays = tuple(a[jax.process_index() * rows : (jax.process_index() + 1) * rows] for a in arrays)
+    return parallel.shard_batch(mesh, *arrays)
 
 
-def _to_host(array) -> np.ndarray:
+def _to_host(tree):
     if jax.process_count() > 1:
-        return np.asarray(multihost_utils.process_allgather(array, tiled=True))
-    return np.asarray(array)
+        return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+    return jax.tree.map(np.asarray, tree)
 
 
 def ann_accuracy(
@@ -59,34 +95,28 @@ def ann_accuracy(
     """Top-1 accuracy of the ANN in eval mode, in [0, 1]; batches sharded over ``mesh`` if given."""
     correct = 0
     variables = variables if mesh is None else parallel.replicate(mesh, variables)
-    for images, labels, valid in padded_batches(split, batch_size):
-        logits = _to_host(predict(model, variables, _on_mesh(mesh, images)))
-        correct += int(np.sum(logits[:valid].argmax(-1) == labels[:valid]))
+    for images, labels, mask in padded_batches(split, _device_batch(batch_size, mesh)):
+        (images,) = _on_mesh(mesh, images)
+        logits = _to_host(predict(model, variables, images))
+        correct += int(np.sum((logits.argmax(-1) == labels) & mask))
     return correct / num_examples(split)
 
 
-def _converted(model, ann_variables, split, num_steps: int, presim_steps: int, iterations: int, saturated: str):
-    """The SNN of ``model`` with this schedule, and its variables for ``split``'s image shape."""
-    snn = spiking_model(
-        model, num_steps=num_steps, presim_steps=presim_steps, iterations=iterations, saturated=saturated
-    )
-    return snn, convert_variables(snn, ann_variables, take(split, np.arange(1))[0])
-
-
-def snn_accuracy(
+def evaluate_snn(
     model: nn.Module,
     ann_variables: Any,
-    split: Split,
+    split: Split | StreamingSplit,
     *,
     num_steps: int,
     presim_steps: int = 0,
     iterations: int = 0,
     saturated: str = "fire",
     batch_size: int,
-    progress=None,
+    statistics: bool = False,
     mesh: Mesh | None = None,
-) -> np.ndarray:
-    """Top-1 accuracy after every step t = 1..T from one simulation, ``[T]`` in [0, 1].
+    progress: Callable[[int], Any] | None = None,
+) -> SNNEvaluation:
+    """Convert ``model`` to an SNN and evaluate it over ``split`` in one pass.
 
     Args:
       model: the ANN definition (its activation is swapped for IF sites here).
@@ -94,43 +124,34 @@ def snn_accuracy(
       split: evaluation data, already normalised.
       num_steps, presim_steps, iterations: T, rho, k (k = 0: the uncalibrated baseline).
       saturated: rule (ii) for never-silent neurons, ``"fire"`` or ``"hold"`` (``spiking_model``).
-      batch_size: samples per simulated batch.
+      batch_size: samples per simulated batch, rounded up to a multiple of the mesh's devices.
+      statistics: also return the Table-3 statistics (psi against QCFS with L = ``num_steps``).
+      mesh: shard every batch over this device mesh; the calibration is per sample, so it
+        shards with the batch, and the result equals the single-device one.
       progress: optional callable ``progress(num_samples)`` after each batch.
-      mesh: shard every batch over this device mesh (the calibration is per sample, so it
-        shards with the batch); ``batch_size`` must divide over its devices.
+
+    Returns:
+      :class:`SNNEvaluation` with ``accuracy`` ``[T]`` and ``statistics``.
     """
-    snn, variables = _converted(model, ann_variables, split, num_steps, presim_steps, iterations, saturated)
+    snn = spiking_model(
+        model, num_steps=num_steps, presim_steps=presim_steps, iterations=iterations, saturated=saturated
+    )
+    variables = convert_variables(snn, ann_variables)
     variables = variables if mesh is None else parallel.replicate(mesh, variables)
     correct = np.zeros(num_steps, np.int64)
-    for images, labels, valid in padded_batches(split, batch_size):
-        logits = _to_host(simulate(snn, variables, _on_mesh(mesh, images)))  # [T, B, C]
-        correct += np.sum(logits[:, :valid].argmax(-1) == labels[None, :valid], axis=1)
-        if progress is not None:
-            progress(valid)
-    return correct / num_examples(split)
-
-
-def snn_offset_statistics(
-    model: nn.Module,
-    ann_variables: Any,
-    split: Split,
-    *,
-    num_steps: int,
-    presim_steps: int = 0,
-    iterations: int = 0,
-    saturated: str = "fire",
-    batch_size: int,
-) -> dict:
-    """Table-3 statistics (psi against QCFS with L = ``num_steps``) over a dataset.
-
-    Returns :func:`offsetjax.summarize`'s ``{"sites": {...}, "all": {...}}``.
-    """
-    snn, variables = _converted(model, ann_variables, split, num_steps, presim_steps, iterations, saturated)
     totals: dict[str, OffsetStatistics] = {}
-    for images, _, valid in padded_batches(split, batch_size):
-        if valid < batch_size:  # statistics are sums over samples: drop the padding exactly
-            images = images[:valid]
-        _, per_site = simulate_with_statistics(snn, variables, images)
-        for name, stats in per_site.items():
-            totals[name] = accumulate(totals.get(name), stats)
-    return summarize(totals)
+    for images, labels, mask in padded_batches(split, _device_batch(batch_size, mesh)):
+        if statistics:
+            sharded_images, sharded_mask = _on_mesh(mesh, images, mask)
+            logits, per_site = _to_host(
+                simulate_with_statistics(snn, variables, sharded_images, sample_mask=sharded_mask)
+            )
+            for name, stats in per_site.items():
+                totals[name] = accumulate(totals.get(name), stats)
+        else:
+            (sharded_images,) = _on_mesh(mesh, images)
+            logits = _to_host(simulate(snn, variables, sharded_images))  # [T, B, C]
+        correct += np.sum((logits.argmax(-1) == labels[None]) & mask[None], axis=1)
+        if progress is not None:
+            progress(int(mask.sum()))
+    return SNNEvaluation(correct / num_examples(split), summarize(totals) if statistics else None)

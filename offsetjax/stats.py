@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from offsetjax.activation import qcfs
 from offsetjax.offset import offset_spike
-from offsetjax.qcfs import qcfs
 
 #: Bins of the |psi| histogram: 0, 1, 2 and >= 3.
 PSI_BINS = ("0", "1", "2", ">=3")
@@ -65,6 +65,23 @@ def offset_statistics(
         spike_count=jnp.sum(count),
         num_neurons=jnp.asarray(count.size, jnp.int32),
         num_steps=jnp.asarray(num_steps, jnp.int32),
+    )
+
+
+def masked_total(per_sample: OffsetStatistics, mask: Array) -> OffsetStatistics:
+    """Sum statistics with a leading sample axis ``[B, ...]`` over the samples where the
+    boolean ``mask`` ``[B]`` is true (padding rows excluded); jit-compatible."""
+
+    def total(x):
+        keep = mask.reshape(mask.shape + (1,) * (x.ndim - 1))
+        return jnp.sum(jnp.where(keep, x, jnp.zeros_like(x)), axis=0)
+
+    return OffsetStatistics(
+        histogram=total(per_sample.histogram),
+        squared_error=total(per_sample.squared_error),
+        spike_count=total(per_sample.spike_count),
+        num_neurons=total(per_sample.num_neurons),
+        num_steps=per_sample.num_steps[0],
     )
 
 

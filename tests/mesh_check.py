@@ -3,13 +3,15 @@
 Prints one JSON line comparing one device with the 8-device mesh.
 """
 
+import functools
 import json
 
 import jax
 import numpy as np
 
 import offsetjax as oj
-from offsetjax import data, parallel, train
+from offsetjax import parallel, training
+from offsetjax.training import data
 
 
 def main() -> None:
@@ -18,15 +20,17 @@ def main() -> None:
     images = data.normalize(splits["train"].images[:64], "digits")
     labels = splits["train"].labels[:64]
     model = oj.models.small_resnet(10)
-    tx = train.sgd_cosine(learning_rate=0.05, total_steps=10)
+    tx = training.sgd_cosine(learning_rate=0.05, total_steps=10)
     mesh = parallel.data_mesh()
 
-    single = train.create_train_state(model, tx, images[:8], seed=0)
-    sharded = parallel.replicate(mesh, train.create_train_state(model, tx, images[:8], seed=0))
+    single = training.create_train_state(model, tx, images[:8], seed=0)
+    sharded = parallel.replicate(mesh, training.create_train_state(model, tx, images[:8], seed=0))
     for step in range(3):
         batch = slice(16 * step, 16 * step + 16)
-        single, single_metrics = train.train_step(single, images[batch], labels[batch])
-        sharded, sharded_metrics = train.train_step(sharded, *parallel.shard_batch(mesh, images[batch], labels[batch]))
+        single, single_metrics = training.train_step(single, images[batch], labels[batch])
+        sharded, sharded_metrics = training.train_step(
+            sharded, *parallel.shard_batch(mesh, images[batch], labels[batch])
+        )
     train_error = max(
         float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(sharded.params))
     )
@@ -36,6 +40,18 @@ def main() -> None:
     one_device = np.asarray(oj.simulate(snn, variables, images[:32]))
     (global_images,) = parallel.shard_batch(mesh, images[:32])
     on_mesh = oj.simulate(snn, parallel.replicate(mesh, variables), global_images)
+
+    # One evaluation call, 60 images in batches of 20 (rounded up to 24 for 8 devices, the last padded).
+    split = data.Split(images[:60], labels[:60])
+    evaluate = functools.partial(
+        oj.evaluate_snn, model, single.variables, split, num_steps=4, presim_steps=4, iterations=1, statistics=True
+    )
+    alone, meshed = evaluate(batch_size=60), evaluate(batch_size=20, mesh=mesh)
+    try:  # a batch the 8 devices do not divide is refused
+        parallel.shard_batch(mesh, images[:9])
+        rejected = ""
+    except ValueError as error:
+        rejected = str(error)
     print(
         json.dumps(
             {
@@ -45,6 +61,10 @@ def main() -> None:
                 "eval_max_abs_diff": float(np.max(np.abs(one_device - np.asarray(on_mesh)))),
                 "output_sharding": str(on_mesh.sharding.spec),
                 "num_shards": len(on_mesh.addressable_shards),
+                "evaluate_accuracy_equal": bool(np.array_equal(alone.accuracy, meshed.accuracy)),
+                "evaluate_zero_ratio": [alone.statistics["all"]["zero_ratio"], meshed.statistics["all"]["zero_ratio"]],
+                "evaluate_neurons": [alone.statistics["all"]["num_neurons"], meshed.statistics["all"]["num_neurons"]],
+                "uneven_rejected": rejected,
             }
         )
     )

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from offsetjax.autoaugment import CIFAR10_POLICY, apply_operation, cifar10_autoaugment
+from offsetjax.training.autoaugment import CIFAR10_POLICY, apply_operation, cifar10_autoaugment
 
 PIL = pytest.importorskip("PIL")
 from PIL import Image, ImageEnhance, ImageOps  # noqa: E402

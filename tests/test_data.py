@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from offsetjax import data
+from offsetjax.training import data
 
 
 def write_idx(path, array: np.ndarray, compress: bool):

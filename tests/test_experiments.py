@@ -16,6 +16,8 @@ sys.path.insert(0, str(EXPERIMENTS))
 import pipeline  # noqa: E402
 import quickstart  # noqa: E402
 
+from offsetjax.training import loop  # noqa: E402
+
 TINY = dataclasses.replace(quickstart.CONFIG, epochs=2, max_steps=4, iterations=(1, 2), eval_batch_size=120)
 
 
@@ -80,7 +82,7 @@ def test_killed_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypatc
     train_split, test_split = pipeline.load_splits(config)
     uninterrupted = pipeline.train_ann(config, model, train_split, test_split, tmp_path / "a")
 
-    real_step, calls = pipeline.train.train_step, []
+    real_step, calls = loop.train_step, []
 
     def step_then_die(state, images, labels):
         calls.append(1)
@@ -88,10 +90,10 @@ def test_killed_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypatc
             raise KeyboardInterrupt("killed mid-epoch")
         return real_step(state, images, labels)
 
-    monkeypatch.setattr(pipeline.train, "train_step", step_then_die)
+    monkeypatch.setattr(loop, "train_step", step_then_die)
     with pytest.raises(KeyboardInterrupt):
         pipeline.train_ann(config, model, train_split, test_split, tmp_path / "b")
-    monkeypatch.setattr(pipeline.train, "train_step", real_step)
+    monkeypatch.setattr(loop, "train_step", real_step)
     meta = json.loads((tmp_path / "b" / "checkpoints" / "latest" / "meta.json").read_text())
     assert (meta["epoch"], meta["batch"]) == (1, 14)
     resumed = pipeline.train_ann(

@@ -1,6 +1,5 @@
 """PyTorch checkpoint import: state dicts of the reference code's layout, built here with torch."""
 
-import functools
 
 import jax
 import numpy as np
@@ -30,7 +29,7 @@ def test_imported_ann_reproduces_the_torch_logits(arch, build, tmp_path):
     path = tmp_path / "model.pth"
     torch.save(reference.state_dict(), path)
     variables = load_torch_state_dict(path, arch, 10)
-    model = oj.models.ARCHITECTURES[arch](10, activation=functools.partial(oj.QCFS, levels=LEVELS))
+    model = oj.models.ARCHITECTURES[arch](10, activation=oj.models.Activation(oj.QCFS, levels=LEVELS))
     nhwc = images.permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(model.apply(variables, nhwc), expected, rtol=1e-3, atol=1e-3)
     # The imported network converts like any other.

@@ -20,7 +20,8 @@ from flax import traverse_util
 
 import offsetjax as oj
 from offsetjax.interop import load_torch_state_dict
-from offsetjax.simulate import CALIBRATED_POTENTIAL, IFActivation, site_order
+from offsetjax.simulation import site_order
+from offsetjax.site import CALIBRATED_POTENTIAL, IFActivation
 
 torch = pytest.importorskip("torch")
 

@@ -1,6 +1,5 @@
 """Network level: conversion, the layer-by-layer simulator and its statistics."""
 
-import functools
 
 import chex
 import jax
@@ -10,7 +9,7 @@ import pytest
 
 import offsetjax as oj
 from offsetjax.models import VGG, ResNet
-from offsetjax.simulate import CALIBRATED_POTENTIAL
+from offsetjax.site import CALIBRATED_POTENTIAL
 
 IMAGES = jax.random.uniform(jax.random.key(0), (3, 8, 8, 2))
 
@@ -26,7 +25,7 @@ def trained_like(model, images, seed=0, threshold=1.0):
 
 def test_single_site_network_reproduces_qcfs_logits_at_t_equals_l():
     """Constant input to the only site, T = L, v(0) = theta/2: the SNN equals the ANN exactly."""
-    model = VGG(features=(), hidden=(32,), num_classes=5, activation=functools.partial(oj.QCFS, levels=4))
+    model = VGG(features=(), hidden=(32,), num_classes=5, activation=oj.models.Activation(oj.QCFS, levels=4))
     variables = trained_like(model, IMAGES, threshold=0.5)
     snn = oj.spiking_model(model, num_steps=4)
     logits = oj.simulate(snn, oj.convert_variables(snn, variables, IMAGES), IMAGES)
@@ -191,7 +190,7 @@ def test_images_that_do_not_fit_the_network_are_named():
     with pytest.raises(ValueError, match=r"images of shape \(3, 8, 8, 3\) do not fit the network"):
         oj.simulate(snn, snn_variables, jnp.ones((3, 8, 8, 3)))
     with pytest.raises(ValueError, match=r"images of shape \(3, 8, 8, 5\) do not fit the network"):
-        oj.train.predict(model, variables, jnp.ones((3, 8, 8, 5)))
+        oj.evaluate.predict(model, variables, jnp.ones((3, 8, 8, 5)))
 
 
 def test_nan_or_inf_parameters_are_rejected_before_simulation():

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import offsetjax as oj
-from offsetjax import checkpoint, data, evaluate, train
+from offsetjax import evaluate, training
+from offsetjax.training import checkpoint, data
 
 
 @functools.cache
@@ -15,11 +16,11 @@ def trained_digits(epochs: int = 8):
     splits = data.load_digits()
     train_split, test_split = (data.Split(data.normalize(s.images, "digits"), s.labels) for s in splits.values())
     model = oj.models.small_vgg(10)
-    tx = train.sgd_cosine(learning_rate=0.05, total_steps=epochs * data.num_batches(len(train_split.labels), 32))
-    state = train.create_train_state(model, tx, train_split.images[:32], seed=0)
+    tx = training.sgd_cosine(learning_rate=0.05, total_steps=epochs * data.num_batches(len(train_split.labels), 32))
+    state = training.create_train_state(model, tx, train_split.images[:32], seed=0)
     for epoch in range(epochs):
         for images, labels in data.batches(train_split, batch_size=32, seed=0, epoch=epoch):
-            state, _ = train.train_step(state, images, labels)
+            state, _ = training.train_step(state, images, labels)
     return model, state, test_split
 
 
@@ -27,24 +28,29 @@ def test_digits_calibration_beats_baseline_at_t_up_to_l():
     """A briefly trained QCFS CNN (L = 4) on digits: calibrated SNN > uncalibrated for T <= L."""
     model, state, test_split = trained_digits()
     assert evaluate.ann_accuracy(model, state.variables, test_split, batch_size=180) > 0.9
-    baseline = evaluate.snn_accuracy(model, state.variables, test_split, num_steps=4, batch_size=180)
-    calibrated = evaluate.snn_accuracy(
-        model, state.variables, test_split, num_steps=4, presim_steps=4, iterations=1, batch_size=180
-    )
-    assert np.all(calibrated > baseline), (baseline, calibrated)
-    stats = [
-        evaluate.snn_offset_statistics(
-            model, state.variables, test_split, num_steps=4, presim_steps=4, iterations=k, batch_size=180
-        )["all"]
+    runs = [
+        evaluate.evaluate_snn(
+            model,
+            state.variables,
+            test_split,
+            num_steps=4,
+            presim_steps=4 if k else 0,
+            iterations=k,
+            batch_size=180,
+            statistics=True,
+        )
         for k in (0, 1, 2)
     ]
+    baseline, calibrated = runs[0].accuracy, runs[1].accuracy
+    assert np.all(calibrated > baseline), (baseline, calibrated)
+    stats = [run.statistics["all"] for run in runs]
     assert stats[0]["zero_ratio"] < stats[1]["zero_ratio"] <= stats[2]["zero_ratio"]
     assert stats[0]["mse"] > stats[1]["mse"] >= stats[2]["mse"]
 
 
 def test_checkpoint_round_trip_and_corruption(tmp_path):
     model, state, _ = trained_digits()
-    fresh = train.create_train_state(model, state.tx, np.zeros((2, 8, 8, 1), np.float32), seed=5)
+    fresh = training.create_train_state(model, state.tx, np.zeros((2, 8, 8, 1), np.float32), seed=5)
     checkpoint.save(tmp_path / "latest", state, {"epoch": 3})
     restored, meta = checkpoint.restore(tmp_path / "latest", fresh)
     assert meta == {"epoch": 3}
@@ -66,4 +72,25 @@ def test_checkpoint_round_trip_and_corruption(tmp_path):
 
 def test_optimizer_rejects_empty_schedule():
     with pytest.raises(ValueError, match="total_steps must be >= 1"):
-        train.sgd_cosine(learning_rate=0.1, total_steps=0)
+        training.sgd_cosine(learning_rate=0.1, total_steps=0)
+
+
+def test_evaluation_masks_the_padding_of_the_last_batch():
+    """Batches of 100 over 359 images (the last one padded): the same accuracy and statistics as
+    one batch of all 359, from one compiled program."""
+    model, state, test_split = trained_digits(epochs=1)
+    run = functools.partial(
+        evaluate.evaluate_snn,
+        model,
+        state.variables,
+        test_split,
+        num_steps=4,
+        presim_steps=4,
+        iterations=1,
+        statistics=True,
+    )
+    whole, padded = run(batch_size=len(test_split.labels)), run(batch_size=100)
+    np.testing.assert_array_equal(padded.accuracy, whole.accuracy)
+    assert padded.statistics["all"]["num_neurons"] == whole.statistics["all"]["num_neurons"]
+    for key in ("zero_ratio", "mse", "firing_rate"):
+        np.testing.assert_allclose(padded.statistics["all"][key], whole.statistics["all"][key], rtol=1e-6)

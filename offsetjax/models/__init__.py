@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 
-from offsetjax.models.layers import ActivationFactory, qcfs_l4
+from offsetjax.models.layers import Activation, ActivationFactory, qcfs_l4
 from offsetjax.models.resnet import BasicBlock, ResNet, resnet18, resnet20, resnet34, small_resnet
 from offsetjax.models.vgg import VGG, small_vgg, vgg16
 
@@ -18,6 +18,7 @@ ARCHITECTURES: dict[str, Callable] = {
 
 __all__ = [
     "ARCHITECTURES",
+    "Activation",
     "ActivationFactory",
     "BasicBlock",
     "ResNet",

@@ -12,6 +12,7 @@ Images are ``[N, H, W, C]`` (uint8 or float in [0, 1]), labels ``[N]`` int. Thre
 from __future__ import annotations
 
 import gzip
+import importlib
 import os
 import struct
 from collections.abc import Iterator, Sequence
@@ -19,6 +20,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+
+def _optional(module: str, package: str):
+    """Import an optional dependency, or say which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(f"{module} is needed here: pip install 'offsetjax[data]' (or {package})") from error
+
 
 #: Where Debian's and Ubuntu's ``dataset-fashion-mnist`` package installs the IDX files.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -85,7 +95,7 @@ def take(split: Split | StreamingSplit, indices, rng: np.random.Generator | None
 
 
 def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    from PIL import Image
+    Image = _optional("PIL.Image", "pillow")
 
     return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
 
@@ -117,7 +127,7 @@ def imagenet_eval_preprocess(_rng, image: np.ndarray, *, resize: int = 256, size
 
 def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> dict[str, Split]:
     """scikit-learn's 1797 8x8 digits as ``{"train", "test"}``, split by a seeded permutation."""
-    from sklearn.datasets import load_digits as sklearn_digits
+    sklearn_digits = _optional("sklearn.datasets", "scikit-learn").load_digits
 
     digits = sklearn_digits()
     images = (digits.images / 16.0).astype(np.float32)[..., None]
@@ -186,7 +196,7 @@ def load_tfds(name: str, split: str, *, data_dir: str | os.PathLike | None = Non
       FileNotFoundError: when the dataset is not prepared in ``data_dir``, with the command
         that prepares it (which needs TensorFlow and the network).
     """
-    import tensorflow_datasets as tfds
+    tfds = _optional("tensorflow_datasets", "tensorflow-datasets")
 
     try:
         return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
@@ -308,7 +318,7 @@ def train_transform(dataset: str, *, pad: int = 0, cutout_size: int = 0, flip: b
 
     def augment(rng: np.random.Generator, images: np.ndarray) -> np.ndarray:
         if autoaugment:
-            from offsetjax.autoaugment import cifar10_autoaugment
+            from offsetjax.training.autoaugment import cifar10_autoaugment
 
             images = cifar10_autoaugment(rng, images)
         if pad:

@@ -1,0 +1,129 @@
+"""Layer-by-layer SNN evaluation with or without offset-spike calibration.
+
+An :class:`offsetjax.IFActivation` (``offsetjax/site.py``) replaces each QCFS site of a network
+(see :func:`offsetjax.spiking_model`). In SNN mode every array flowing through the network is
+time-major ``[T', B, ...]`` with ``T'`` either ``T`` or 1: the image enters as ``[1, B, ...]``,
+so the first layer's static input current is computed once, and every linear op (conv,
+eval-mode batch norm, pooling, dense, residual add) runs once over the time axis folded into
+the batch. Each site then, per sample and per neuron:
+
+    currents [T, B, ...] -> pre-simulate rho steps, k times -> shifted v(0)
+                         -> scan T steps -> spikes * theta -> next layer
+
+The network output is accumulated over time; :func:`simulate` returns its running mean, so
+the logits at every t <= T come from one run.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+from jaxtyping import Array, Bool, Float
+
+from offsetjax._checks import check_finite, check_float, images_must_fit
+from offsetjax.site import CALIBRATED_POTENTIAL, STATISTICS, IFActivation
+from offsetjax.stats import OffsetStatistics, masked_total
+
+
+def simulate(model: nn.Module, variables: Any, images: Float[Array, "B ..."]) -> Float[Array, "T B C"]:
+    """Run a spiking network and return its time-averaged accumulated logits.
+
+    Args:
+      model: a network whose activation is :class:`IFActivation` (``offsetjax.spiking_model``).
+      variables: SNN variables (``offsetjax.convert_variables``).
+      images: a batch of inputs ``[B, ...]`` (e.g. ``[B, H, W, C]``), presented at every step.
+
+    Returns:
+      ``logits[t-1] = (1/t) * sum_{s<=t} out(s)``, ``[T, B, classes]``: the prediction after t
+      steps is ``argmax(logits[t-1])``, and at t = T with T = L it equals the ANN's logits.
+    """
+    images = _check_images(images)
+    logits, _ = images_must_fit(lambda: _apply(model, variables, images, None), images)
+    return logits
+
+
+def simulate_with_statistics(
+    model: nn.Module, variables: Any, images: Float[Array, "B ..."], *, sample_mask: Bool[Array, " B"] | None = None
+) -> tuple[Float[Array, "T B C"], dict[str, OffsetStatistics]]:
+    """:func:`simulate`, also returning each site's :class:`OffsetStatistics`, keyed by the
+    site's module path (``"block1/act"``) in network order.
+
+    Args:
+      model, variables, images: as :func:`simulate`.
+      sample_mask: optional boolean ``[B]``: the statistics count only the samples where it is
+        true (for a batch padded to a fixed size). Default: every sample.
+    """
+    images = _check_images(images)
+    if sample_mask is None:
+        sample_mask = jnp.ones(images.shape[:1], bool)
+    if tuple(sample_mask.shape) != images.shape[:1]:
+        raise ValueError(f"sample_mask must have shape {images.shape[:1]} (one per image), got {sample_mask.shape}")
+    logits, sown = images_must_fit(lambda: _apply(model, variables, images, sample_mask), images)
+    flat = {"/".join(path[:-1]): stats for path, stats in traverse_util.flatten_dict(sown).items()}
+    return logits, {name: flat[name] for name in site_order(model, images.shape[1:], images.dtype)}
+
+
+@functools.lru_cache(maxsize=128)
+def site_order(model: nn.Module, image_shape: tuple[int, ...], dtype=jnp.float32) -> tuple[str, ...]:
+    """Module paths of the network's IF sites in the order the network calls them."""
+    order: list[str] = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, IFActivation) and context.method_name == "__call__":
+            name = "/".join(context.module.path)
+            if name not in order:
+                order.append(name)
+        return next_fun(*args, **kwargs)
+
+    example = jax.ShapeDtypeStruct((1, 1, *image_shape), dtype)
+    with nn.intercept_methods(record):
+        jax.eval_shape(functools.partial(model.init, jax.random.key(0)), example)
+    return tuple(order)
+
+
+def calibrate_network(model: nn.Module, variables: Any, images: Float[Array, "B ..."]) -> dict:
+    """The calibrated initial potentials of every site, per sample: a pytree like
+    ``variables["initial_potential"]`` whose leaves are ``[B, ...]``.
+
+    Calibration is a function from one initial-potential pytree to another: simulating the
+    uncalibrated network (``iterations=0``) from this pytree reproduces the calibrated run.
+    """
+    images = _check_images(images)
+    sown = images_must_fit(lambda: _calibrated_potentials(model, variables, images), images)
+    return jax.tree.map(lambda leaf: leaf[0], sown, is_leaf=lambda x: isinstance(x, tuple))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _calibrated_potentials(model: nn.Module, variables: Any, images: Array):
+    _, sown = model.apply(variables, images[None], mutable=[CALIBRATED_POTENTIAL])
+    return sown[CALIBRATED_POTENTIAL]
+
+
+def _check_images(images) -> Array:
+    images = jnp.asarray(images)
+    if images.ndim < 2:
+        raise ValueError(f"images must be a batch [B, ...] with B >= 1, got shape {images.shape}")
+    check_float("images", images)
+    check_finite("images", images)
+    return images
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(model: nn.Module, variables: Any, images: Array, sample_mask: Array | None):
+    """Running-mean logits and, when ``sample_mask`` is given, each site's masked statistics."""
+    if sample_mask is None:
+        out, sown = model.apply(variables, images[None]), {}
+    else:
+        out, collections = model.apply(variables, images[None], mutable=[STATISTICS])
+        sown = jax.tree.map(
+            lambda stats: masked_total(stats[0], sample_mask),
+            collections[STATISTICS],
+            is_leaf=lambda x: isinstance(x, tuple) and not isinstance(x, OffsetStatistics),
+        )
+    steps = jnp.arange(1, out.shape[0] + 1, dtype=out.dtype).reshape((-1,) + (1,) * (out.ndim - 1))
+    return jnp.cumsum(out, axis=0) / steps, sown

@@ -1,0 +1,94 @@
+"""The IF activation site: the SNN counterpart of a QCFS activation inside a network.
+
+A site receives time-major currents ``[T or 1, B, ...]`` from the linear layers before it,
+calibrates its per-sample initial potential from a rho-step pre-simulation (``docs/method.md``
+section 4), scans the T steps and emits ``theta * s(t)``, ``[T, B, ...]``. Its threshold is the
+QCFS parameter ``params[...]["threshold"]``; its unshifted v(0) lives in the
+``initial_potential`` collection. When the caller makes them mutable, it sows its Table-3
+statistics per sample (:class:`offsetjax.OffsetStatistics` with a leading batch axis) and its
+calibrated v(0) ``[B, ...]``.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from offsetjax._checks import check_choice, check_steps
+from offsetjax.activation import DEFAULT_THRESHOLD
+from offsetjax.neuron import if_simulate, potential_dtype
+from offsetjax.offset import SATURATION_RULES, calibrate_initial_potential
+from offsetjax.stats import offset_statistics
+
+#: Variable collection holding each site's initial potential v(0) (per neuron, no batch axis).
+INITIAL_POTENTIAL = "initial_potential"
+#: Collection the sites sow their :class:`OffsetStatistics` into when it is mutable.
+STATISTICS = "offset_statistics"
+#: Collection the sites sow their calibrated per-sample v(0) ``[B, ...]`` into when mutable.
+CALIBRATED_POTENTIAL = "calibrated_potential"
+
+
+class IFActivation(nn.Module):
+    """An IF activation site: the SNN counterpart of :class:`offsetjax.QCFS`.
+
+    Reads the threshold from ``params['threshold']`` (the QCFS lambda) and v(0) from the
+    ``initial_potential`` collection (theta/2 at init).
+
+    Attributes:
+      num_steps: T, the number of simulated steps.
+      presim_steps: rho, the pre-simulation length of calibration (0: none).
+      iterations: k, calibration rounds (0: the uncalibrated QCFS baseline).
+      eps: relative margin of Theorem 2.
+      saturated: rule (ii) for a neuron that never stayed silent in the pre-simulation:
+        ``"fire"`` (the authors' code, default) or ``"hold"``
+        (:func:`offsetjax.shift_initial_potential`).
+      unroll: ``jax.lax.scan`` unroll of the T-step simulation.
+      threshold_init: initial threshold, as QCFS's.
+    """
+
+    num_steps: int
+    presim_steps: int = 0
+    iterations: int = 0
+    eps: float = 1e-3
+    saturated: str = "fire"
+    unroll: int | bool = True
+    threshold_init: float = DEFAULT_THRESHOLD
+
+    def __post_init__(self):
+        check_steps(num_steps=self.num_steps, presim_steps=self.presim_steps, iterations=self.iterations)
+        check_choice("saturated", self.saturated, SATURATION_RULES)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, currents: Float[Array, "Tp B ..."]) -> Float[Array, "T B ..."]:
+        """Spike outputs ``theta * s(t)``, ``[T, B, ...]``, from currents ``[T or 1, B, ...]``."""
+        if currents.ndim < 2 or currents.shape[0] not in (1, self.num_steps):
+            raise ValueError(
+                f"an IFActivation with num_steps={self.num_steps} needs time-major currents "
+                f"[{self.num_steps} or 1, batch, ...], got shape {currents.shape}; run the network "
+                "through offsetjax.simulate"
+            )
+        theta = self.param("threshold", nn.initializers.constant(self.threshold_init), (), jnp.float32)
+        theta = theta.astype(potential_dtype(currents.dtype))
+        neuron_shape = currents.shape[2:]
+        v0 = self.variable(INITIAL_POTENTIAL, "v0", lambda: jnp.full(neuron_shape, 0.5 * theta)).value
+        currents = jnp.broadcast_to(currents, (self.num_steps, *currents.shape[1:]))
+        calibrated = calibrate_initial_potential(
+            currents,
+            theta,
+            v0,
+            presim_steps=self.presim_steps,
+            iterations=self.iterations,
+            eps=self.eps,
+            saturated=self.saturated,
+            unroll=self.unroll,
+        )
+        spikes, state = if_simulate(currents, theta, calibrated, unroll=self.unroll)
+        if self.is_mutable_collection(STATISTICS):
+            per_sample = jax.vmap(offset_statistics, in_axes=(1, 0, None))  # fields [B, ...]
+            self.sow(STATISTICS, "site", per_sample(currents.astype(theta.dtype), state.count, theta))
+        if self.is_mutable_collection(CALIBRATED_POTENTIAL):
+            self.sow(CALIBRATED_POTENTIAL, "v0", calibrated)
+        return (spikes * theta).astype(currents.dtype)

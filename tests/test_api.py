@@ -1,0 +1,80 @@
+"""The library as a user imports it: value-equal models, a lean import, a README that runs."""
+
+import contextlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import offsetjax as oj
+
+ROOT = Path(__file__).resolve().parent.parent
+_COMPILES: list[str] = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda name, *args, **kwargs: (
+        _COMPILES.append(name) if name == "/jax/core/compile/backend_compile_duration" else None
+    )
+)
+
+
+@contextlib.contextmanager
+def count_compilations():
+    """Yield a list that, after the block, holds one entry per XLA compilation inside it."""
+    start = len(_COMPILES)
+    seen: list[str] = []
+    yield seen
+    seen.extend(_COMPILES[start:])
+
+
+def test_equal_settings_give_equal_models_and_one_compilation():
+    model = oj.models.small_resnet(4, activation=oj.models.Activation(oj.QCFS, levels=4))
+    images = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
+    first = oj.spiking_model(model, num_steps=3, presim_steps=2, iterations=1)
+    second = oj.spiking_model(oj.models.small_resnet(4), num_steps=3, presim_steps=2, iterations=1)
+    assert first == second and hash(first) == hash(second)
+    assert first != oj.spiking_model(model, num_steps=3, presim_steps=2, iterations=1, saturated="hold")
+    variables = oj.convert_variables(first, model.init(jax.random.key(1), images))
+    logits = oj.simulate(first, variables, images)  # compiles the network once
+    with count_compilations() as compiled:
+        again = oj.simulate(second, variables, images)
+    assert not compiled, compiled
+    oj.simulate_with_statistics(first, variables, images)
+    with count_compilations() as compiled:
+        oj.simulate_with_statistics(second, variables, images)
+    assert not compiled, compiled
+    np.testing.assert_array_equal(logits, again)
+
+
+def test_conversion_needs_no_images_and_calibration_keeps_the_batch_axis():
+    model = oj.models.small_vgg(3)
+    images = jax.random.normal(jax.random.key(2), (5, 8, 8, 1))
+    snn = oj.spiking_model(model, num_steps=4, presim_steps=4, iterations=1)
+    variables = oj.convert_variables(snn, model.init(jax.random.key(3), images))
+    assert all(leaf.shape == () for leaf in jax.tree.leaves(variables["initial_potential"]))
+    potentials = oj.calibrate_network(snn, variables, images)
+    assert potentials["conv0_act"]["v0"].shape == (5, 8, 8, 32)
+
+
+def test_import_offsetjax_loads_no_training_data_or_torch_modules():
+    code = (
+        "import sys, offsetjax; "
+        "print(sorted(m for m in ('tensorflow_datasets', 'orbax', 'orbax.checkpoint', 'torch', 'tqdm', 'matplotlib', "
+        "'sklearn') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_readme_python_blocks_run_as_printed():
+    """Every ```python block of README.md, in order, in one namespace (```py blocks are
+    illustrations that need files a reader has)."""
+    blocks = re.findall(r"^```python\n(.*?)^```", (ROOT / "README.md").read_text(), flags=re.S | re.M)
+    assert len(blocks) >= 2
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+    assert namespace["result"].accuracy.shape == (8,)
+    assert namespace["accuracy_per_t"][-1] > 0.8
