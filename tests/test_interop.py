@@ -1,6 +1,5 @@
 """PyTorch checkpoint import: state dicts of the reference code's layout, built here with torch."""
 
-
 import jax
 import numpy as np
 import pytest

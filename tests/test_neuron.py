@@ -62,15 +62,6 @@ class TestTransforms(chex.TestCase):
         np.testing.assert_allclose(grad_v0, 1.0)
         np.testing.assert_allclose(grad_currents, 1.0)
 
-    def test_no_retracing_for_same_shapes(self):
-        @jax.jit
-        @chex.assert_max_traces(n=1)
-        def run(currents):
-            return oj.if_simulate(currents, 1.0, 0.5)
-
-        for seed in range(3):
-            run(jax.random.normal(jax.random.key(seed), (4, 6)))
-
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_spikes_keep_the_dtype_and_potentials_are_float32_at_least(dtype):

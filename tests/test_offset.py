@@ -113,9 +113,12 @@ def test_qcfs_equivalence_constant_input(num_steps, theta, units):
 @pytest.mark.parametrize("saturated", oj.offset.SATURATION_RULES)
 @given(currents_and_theta())
 def test_iterations_never_increase_offset(dtype, saturated, data):
-    """With the accumulated-shift judgement |psi| never grows and the zero ratio never falls."""
+    """With the accumulated-shift judgement |psi| never grows and the zero ratio never falls; inside
+    Theorem 3's interval (rho = T) every round removes exactly one: |psi_k| = max(|psi_0| - k, 0)."""
     currents, theta = data
     num_steps = currents.shape[0]
+    total = currents.sum(axis=0)
+    inside = (total >= -theta / 2) & (total < theta * num_steps + theta / 2)
     previous = None
     for iterations in range(5):
         with precision(dtype):
@@ -123,6 +126,9 @@ def test_iterations_never_increase_offset(dtype, saturated, data):
             v0 = calibrate_initial_potential(typed, theta, 0.5 * theta, num_steps, iterations, EPS, saturated=saturated)
             _, state = if_simulate(typed, theta, v0)
         magnitude = np.abs(true_offset(currents, theta, state.count))
+        if previous is None:
+            initial = magnitude
+        np.testing.assert_array_equal(magnitude[inside], np.maximum(initial[inside] - iterations, 0))
         if previous is not None:
             assert np.all(magnitude <= previous)
             assert np.mean(magnitude == 0) >= np.mean(previous == 0)

@@ -1,6 +1,5 @@
 """Network level: conversion, the layer-by-layer simulator and its statistics."""
 
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -132,13 +131,17 @@ def test_convert_variables_builds_half_threshold_potentials():
 
 
 def test_jit_vmap_over_simulate_and_dtype():
+    """simulate under jit(vmap(...)) over single images equals the batched call: the
+    calibration is per sample and nothing couples the samples of a batch."""
     model = oj.models.small_vgg(3)
     variables = trained_like(model, IMAGES)
     snn = oj.spiking_model(model, num_steps=3, presim_steps=2, iterations=1)
-    snn_variables = oj.convert_variables(snn, variables, IMAGES)
+    snn_variables = oj.convert_variables(snn, variables)
     logits = oj.simulate(snn, snn_variables, IMAGES)
     assert logits.dtype == jnp.float32
-    per_sample = jnp.stack([oj.simulate(snn, snn_variables, IMAGES[i : i + 1])[:, 0] for i in range(3)], axis=1)
+    one_image = lambda variables, image: oj.simulate(snn, variables, image[None])[:, 0]  # [T, C]
+    per_sample = jax.jit(jax.vmap(one_image, in_axes=(None, 0), out_axes=1))(snn_variables, IMAGES)
+    chex.assert_shape(per_sample, logits.shape)
     np.testing.assert_allclose(per_sample, logits, rtol=1e-5, atol=1e-5)
 
 

@@ -17,7 +17,7 @@ class BasicBlock(nn.Module):
     activation: ActivationFactory
 
     @nn.compact
-    def __call__(self, x: Float[Array, "*batch H W C"], train: bool) -> Float[Array, "*batch h w F"]:
+    def __call__(self, x: Float[Array, "*lead H W C"], train: bool) -> Float[Array, "*out h w F"]:
         residual = ConvBN(self.features, self.strides, name="conv_a")(x, train)
         residual = self.activation(name="act_a")(residual)
         residual = ConvBN(self.features, name="conv_b")(residual, train)
@@ -29,6 +29,10 @@ class BasicBlock(nn.Module):
 
 class ResNet(nn.Module):
     """3x3 stem, stages of :class:`BasicBlock`, global average pool, dense classifier.
+
+    Shapes: the ANN maps ``[B, H, W, C]`` to logits ``[B, classes]``; the SNN
+    (:func:`offsetjax.spiking_model`) maps the image entered once, ``[1, B, H, W, C]``, to the
+    output of every step, ``[T, B, classes]``.
 
     Attributes:
       stage_sizes: blocks per stage.
@@ -43,7 +47,7 @@ class ResNet(nn.Module):
     activation: ActivationFactory = qcfs_l4
 
     @nn.compact
-    def __call__(self, x: Float[Array, "*batch H W C"], train: bool = False) -> Float[Array, "*batch classes"]:
+    def __call__(self, x: Float[Array, "*lead H W C"], train: bool = False) -> Float[Array, "*out classes"]:
         if len(self.stage_sizes) != len(self.widths):
             raise ValueError(f"stage_sizes {self.stage_sizes} and widths {self.widths} must have equal length")
         x = ConvBN(self.widths[0], name="stem")(x, train)

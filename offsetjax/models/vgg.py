@@ -14,6 +14,10 @@ VGG16_FEATURES = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512,
 class VGG(nn.Module):
     """Conv-BN-activation stacks, average pools, then a dense classifier.
 
+    Shapes: the ANN maps ``[B, H, W, C]`` to logits ``[B, classes]``; the SNN
+    (:func:`offsetjax.spiking_model`) maps the image entered once, ``[1, B, H, W, C]``, to the
+    output of every step, ``[T, B, classes]``.
+
     Attributes:
       features: channel counts, with ``"M"`` for a 2x2 average pool.
       hidden: widths of the hidden dense layers of the classifier.
@@ -29,7 +33,7 @@ class VGG(nn.Module):
     dropout_rate: float = 0.0
 
     @nn.compact
-    def __call__(self, x: Float[Array, "*batch H W C"], train: bool = False) -> Float[Array, "*batch classes"]:
+    def __call__(self, x: Float[Array, "*lead H W C"], train: bool = False) -> Float[Array, "*out classes"]:
         conv_index = 0
         for spec in self.features:
             if spec == "M":
