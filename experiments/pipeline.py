@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -52,6 +53,7 @@ class ExperimentConfig:
     dataset: str  # digits | fashion_mnist | mnist | cifar10 | cifar100 | imagenet2012
     arch: str  # a key of offsetjax.models.ARCHITECTURES
     levels: int = 4  # QCFS quantization levels L
+    compute_dtype: str = "float32"  # float32 | bfloat16: convolutions, batch norm and dense layers
     epochs: int = 10
     batch_size: int = 128
     learning_rate: float = 0.1
@@ -148,8 +150,12 @@ def train_augment(config: ExperimentConfig):
 def build_model(config: ExperimentConfig, num_classes: int):
     if config.arch not in oj.models.ARCHITECTURES:
         raise ValueError(f"arch must be one of {sorted(oj.models.ARCHITECTURES)}, got {config.arch!r}")
+    if config.compute_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"compute_dtype must be float32 or bfloat16, got {config.compute_dtype!r}")
     return oj.models.ARCHITECTURES[config.arch](
-        num_classes, activation=oj.models.Activation(oj.QCFS, levels=config.levels)
+        num_classes,
+        activation=oj.models.Activation(oj.QCFS, levels=config.levels),
+        dtype=jnp.bfloat16 if config.compute_dtype == "bfloat16" else None,
     )
 
 

@@ -63,5 +63,7 @@ class QCFS(nn.Module):
 
     @nn.compact
     def __call__(self, z: Float[Array, "..."]) -> Float[Array, "..."]:
+        """QCFS of ``z``, computed in float32 at least and returned in ``z``'s dtype."""
         threshold = self.param("threshold", nn.initializers.constant(self.threshold_init), (), jnp.float32)
-        return qcfs(z, threshold.astype(z.dtype), self.levels)
+        wide = jnp.promote_types(z.dtype, jnp.float32)
+        return qcfs(z.astype(wide), threshold.astype(wide), self.levels).astype(z.dtype)

@@ -70,18 +70,22 @@ class Conv(nn.Module):
 
     Works on any number of leading batch axes; on the CPU backend, tiny feature maps (stride 1,
     at most :data:`MATMUL_MAX_PIXELS` pixels) are computed as a sum of shifted matmuls, with the
-    same result up to float rounding.
+    same result up to float rounding. ``dtype`` (e.g. ``jnp.bfloat16``) is the computation dtype
+    (input and kernel are cast to it); ``None`` computes in the input's dtype.
     """
 
     features: int
     kernel: int = 3
     strides: int = 1
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Float[Array, "*batch H W C"]) -> Float[Array, "*batch h w F"]:
         kernel = self.param(
             "kernel", nn.initializers.lecun_normal(), (self.kernel, self.kernel, x.shape[-1], self.features)
         )
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
         kernel = kernel.astype(x.dtype)
         height, width = x.shape[-3:-1]
         low = (self.kernel - 1) // 2  # symmetric padding, as PyTorch's padding=k//2 (not XLA's 'SAME' at stride 2)
@@ -111,16 +115,18 @@ class Conv(nn.Module):
 
 
 class ConvBN(nn.Module):
-    """3x3 (or ``kernel``) convolution without bias, then batch norm."""
+    """3x3 (or ``kernel``) convolution without bias, then batch norm, both computed in ``dtype``
+    (``None``: the input's); parameters and batch statistics stay float32."""
 
     features: int
     strides: int = 1
     kernel: int = 3
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Float[Array, "*batch H W C"], train: bool) -> Float[Array, "*batch h w F"]:
-        x = Conv(self.features, self.kernel, self.strides, name="Conv_0")(x)
-        return BatchNorm(use_running_average=not train)(x)
+        x = Conv(self.features, self.kernel, self.strides, dtype=self.dtype, name="Conv_0")(x)
+        return BatchNorm(use_running_average=not train, dtype=self.dtype)(x)
 
 
 def avg_pool(x: Float[Array, "*batch H W C"], size: int = 2) -> Float[Array, "*batch h w C"]:

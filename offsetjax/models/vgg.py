@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
+import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from offsetjax.models.layers import ActivationFactory, ConvBN, avg_pool, flatten, qcfs_l4
@@ -24,6 +27,9 @@ class VGG(nn.Module):
       num_classes: output classes.
       activation: activation-site factory (QCFS for the ANN, IF for the SNN).
       dropout_rate: dropout after each hidden dense layer, in training only.
+      dtype: computation dtype of convolutions, batch norm and dense layers (``jnp.bfloat16``
+        for mixed precision); parameters stay float32, activation sites compute in float32 at
+        least, and the logits come back in float32 at least. ``None``: the input's dtype.
     """
 
     features: tuple
@@ -31,6 +37,7 @@ class VGG(nn.Module):
     num_classes: int
     activation: ActivationFactory = qcfs_l4
     dropout_rate: float = 0.0
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Float[Array, "*lead H W C"], train: bool = False) -> Float[Array, "*out classes"]:
@@ -39,26 +46,27 @@ class VGG(nn.Module):
             if spec == "M":
                 x = avg_pool(x)
                 continue
-            x = ConvBN(spec, name=f"conv{conv_index}")(x, train)
+            x = ConvBN(spec, dtype=self.dtype, name=f"conv{conv_index}")(x, train)
             x = self.activation(name=f"conv{conv_index}_act")(x)
             conv_index += 1
         x = flatten(x)
         for index, width in enumerate(self.hidden):
-            x = nn.Dense(width, name=f"fc{index}")(x)
+            x = nn.Dense(width, dtype=self.dtype, name=f"fc{index}")(x)
             x = self.activation(name=f"fc{index}_act")(x)
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, name="classifier")(x)
+        logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
+        return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
 
-def vgg16(num_classes: int, *, activation: ActivationFactory = qcfs_l4) -> VGG:
+def vgg16(num_classes: int, *, activation: ActivationFactory = qcfs_l4, dtype: Any = None) -> VGG:
     """VGG-16 with batch norm after every conv and a 4096-4096 classifier with dropout 0.5.
 
     The classifier's input width follows the image size: 512 for 32x32 (CIFAR heads),
     25088 = 7*7*512 for 224x224 (ImageNet heads).
     """
-    return VGG(VGG16_FEATURES, (4096, 4096), num_classes, activation, dropout_rate=0.5)
+    return VGG(VGG16_FEATURES, (4096, 4096), num_classes, activation, dropout_rate=0.5, dtype=dtype)
 
 
-def small_vgg(num_classes: int, *, activation: ActivationFactory = qcfs_l4) -> VGG:
+def small_vgg(num_classes: int, *, activation: ActivationFactory = qcfs_l4, dtype: Any = None) -> VGG:
     """A CPU-sized VGG-style network: 32-32-M-64-64-M-128-M, then 256 -> C."""
-    return VGG((32, 32, "M", 64, 64, "M", 128, "M"), (256,), num_classes, activation)
+    return VGG((32, 32, "M", 64, 64, "M", 128, "M"), (256,), num_classes, activation, dtype=dtype)
