@@ -67,8 +67,8 @@ def padded_batches(
 
 
 def _device_batch(batch_size: int, mesh: Mesh | None) -> int:
-    """``batch_size`` rounded up to a multiple of the mesh's device count."""
-    check_int("batch_size", batch_size, minimum=1)
+    """``batch_size`` rounded up to a multiple of the mesh's device count (checked by
+    :func:`padded_batches`)."""
     devices = 1 if mesh is None else mesh.devices.size
     return -(-batch_size // devices) * devices
 

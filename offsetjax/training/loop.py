@@ -155,11 +155,12 @@ def fit(
         before ``after_batch`` sees the step).
     """
     steps_per_epoch = num_batches(num_examples(train_split), batch_size)
+    example = np.asarray(take(train_split, np.arange(2))[0])
+    if augment is None and example.dtype == np.uint8:
+        raise ValueError("train_split holds uint8 images: pass an augment that normalises them (data.train_transform)")
     if state is None:
         tx = sgd_cosine(learning_rate=learning_rate, total_steps=epochs * steps_per_epoch, weight_decay=weight_decay)
-        state = create_train_state(model, tx, take(train_split, np.arange(2))[0].astype(np.float32), seed=seed)
-    if augment is None and np.asarray(take(train_split, np.arange(1))[0]).dtype == np.uint8:
-        raise ValueError("train_split holds uint8 images: pass an augment that normalises them (data.train_transform)")
+        state = create_train_state(model, tx, example.astype(np.float32), seed=seed)
     shard = (lambda *arrays: arrays) if mesh is None else functools.partial(parallel.shard_batch, mesh)
     if mesh is not None:
         state = parallel.replicate(mesh, state)
