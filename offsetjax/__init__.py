@@ -15,7 +15,7 @@ from offsetjax import models, parallel
 from offsetjax.activation import QCFS, qcfs
 from offsetjax.convert import convert_variables, spiking_model
 from offsetjax.evaluate import SNNEvaluation, ann_accuracy, evaluate_snn, predict
-from offsetjax.neuron import IFState, if_simulate, if_step
+from offsetjax.neuron import IFState, if_simulate, if_step, scan_unroll
 from offsetjax.offset import (
     calibrate_initial_potential,
     offset_from_residual,
@@ -51,6 +51,7 @@ __all__ = [
     "predict",
     "qcfs",
     "shift_initial_potential",
+    "scan_unroll",
     "simulate",
     "simulate_with_statistics",
     "spiking_model",

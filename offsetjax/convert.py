@@ -18,7 +18,7 @@ from flax import traverse_util
 
 from offsetjax._checks import check_choice, check_finite, check_positive, check_steps
 from offsetjax.models.layers import Activation
-from offsetjax.neuron import potential_dtype
+from offsetjax.neuron import potential_dtype, resolve_unroll
 from offsetjax.offset import SATURATION_RULES
 from offsetjax.site import INITIAL_POTENTIAL, IFActivation
 
@@ -31,7 +31,7 @@ def spiking_model(
     iterations: int = 0,
     eps: float = 1e-3,
     saturated: str = "fire",
-    unroll: int | bool = True,
+    unroll: int | None = None,
 ) -> nn.Module:
     """The same network with every activation site an :class:`IFActivation`.
 
@@ -44,10 +44,12 @@ def spiking_model(
       saturated: rule (ii) for a neuron that fired at every pre-simulation step: ``"fire"``
         (default, as the authors' code: it fires at every later step) or ``"hold"`` (left
         unshifted); see :func:`offsetjax.shift_initial_potential`.
-      unroll: scan unroll of each site's T-step simulation.
+      unroll: scan unroll of each site's time loops, an int >= 1; ``None`` (default):
+        :func:`offsetjax.scan_unroll` of the loop's length, chosen to bound compile time.
     """
     check_steps(num_steps=num_steps, presim_steps=presim_steps, iterations=iterations)
     check_choice("saturated", saturated, SATURATION_RULES)
+    resolve_unroll(unroll, num_steps)
     if not hasattr(model, "activation"):
         raise ValueError(f"model must have an `activation` field to swap, got {type(model).__name__}")
     site = Activation(

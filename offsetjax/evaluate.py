@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from offsetjax import parallel
 from offsetjax._checks import check_int, images_must_fit
@@ -40,7 +40,7 @@ class SNNEvaluation(NamedTuple):
     statistics: dict | None
 
 
-def predict(model: nn.Module, variables: Any, images: Float[Array, "B ..."]) -> Float[Array, "B C"]:
+def predict(model: nn.Module, variables: Any, images: Float[ArrayLike, "B ..."]) -> Float[Array, "B C"]:
     """ANN logits in eval mode (running batch-norm statistics)."""
     return images_must_fit(lambda: _predict(model, variables, images), images)
 

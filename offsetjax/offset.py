@@ -85,7 +85,7 @@ def shift_initial_potential(
     state: IFState,
     theta: Float[ArrayLike, "..."],
     psi: Float[ArrayLike, "..."],
-    eps: float = 1e-3,
+    eps: Float[ArrayLike, ""] = 1e-3,
     *,
     saturated: str = "fire",
 ) -> Float[Array, "..."]:
@@ -151,10 +151,10 @@ def calibrate_initial_potential(
     v0: Float[ArrayLike, "..."],
     presim_steps: int,
     iterations: int,
-    eps: float = 1e-3,
+    eps: Float[ArrayLike, ""] = 1e-3,
     *,
     saturated: str = "fire",
-    unroll: int | bool = 1,
+    unroll: int | None = None,
 ) -> Float[Array, "..."]:
     """Calibrate the initial potential by ``iterations`` rounds of pre-simulation (``docs/method.md`` section 4).
 
@@ -188,7 +188,7 @@ def calibrate_initial_potential(
       eps: relative margin of Theorem 2, in (0, 1).
       saturated: what rule (ii) does to a neuron that never stayed silent, ``"fire"`` (the
         authors' code) or ``"hold"`` (:func:`shift_initial_potential`).
-      unroll: ``jax.lax.scan`` unroll of each pre-simulation.
+      unroll: ``jax.lax.scan`` unroll of each pre-simulation (:func:`offsetjax.if_simulate`).
 
     Returns:
       The calibrated initial potential, ``currents.shape[1:]``, of dtype

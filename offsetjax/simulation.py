@@ -23,14 +23,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import traverse_util
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from offsetjax._checks import check_finite, check_float, images_must_fit
 from offsetjax.site import CALIBRATED_POTENTIAL, STATISTICS, IFActivation
 from offsetjax.stats import OffsetStatistics, masked_total
 
 
-def simulate(model: nn.Module, variables: Any, images: Float[Array, "B ..."]) -> Float[Array, "T B C"]:
+def simulate(model: nn.Module, variables: Any, images: Float[ArrayLike, "B ..."]) -> Float[Array, "T B C"]:
     """Run a spiking network and return its time-averaged accumulated logits.
 
     Args:
@@ -48,7 +48,11 @@ def simulate(model: nn.Module, variables: Any, images: Float[Array, "B ..."]) ->
 
 
 def simulate_with_statistics(
-    model: nn.Module, variables: Any, images: Float[Array, "B ..."], *, sample_mask: Bool[Array, " B"] | None = None
+    model: nn.Module,
+    variables: Any,
+    images: Float[ArrayLike, "B ..."],
+    *,
+    sample_mask: Bool[ArrayLike, " B"] | None = None,
 ) -> tuple[Float[Array, "T B C"], dict[str, OffsetStatistics]]:
     """:func:`simulate`, also returning each site's :class:`OffsetStatistics`, keyed by the
     site's module path (``"block1/act"``) in network order.
@@ -86,7 +90,7 @@ def site_order(model: nn.Module, image_shape: tuple[int, ...], dtype=jnp.float32
     return tuple(order)
 
 
-def calibrate_network(model: nn.Module, variables: Any, images: Float[Array, "B ..."]) -> dict:
+def calibrate_network(model: nn.Module, variables: Any, images: Float[ArrayLike, "B ..."]) -> dict:
     """The calibrated initial potentials of every site, per sample: a pytree like
     ``variables["initial_potential"]`` whose leaves are ``[B, ...]``.
 

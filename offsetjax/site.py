@@ -18,7 +18,7 @@ from jaxtyping import Array, Float
 
 from offsetjax._checks import check_choice, check_steps
 from offsetjax.activation import DEFAULT_THRESHOLD
-from offsetjax.neuron import if_simulate, potential_dtype
+from offsetjax.neuron import if_simulate, potential_dtype, resolve_unroll
 from offsetjax.offset import SATURATION_RULES, calibrate_initial_potential
 from offsetjax.stats import offset_statistics
 
@@ -44,7 +44,8 @@ class IFActivation(nn.Module):
       saturated: rule (ii) for a neuron that never stayed silent in the pre-simulation:
         ``"fire"`` (the authors' code, default) or ``"hold"``
         (:func:`offsetjax.shift_initial_potential`).
-      unroll: ``jax.lax.scan`` unroll of the T-step simulation.
+      unroll: ``jax.lax.scan`` unroll of the T-step simulation and of each pre-simulation, an
+        int >= 1; ``None`` (default): :func:`offsetjax.scan_unroll` of each scan's length.
       threshold_init: initial threshold, as QCFS's.
     """
 
@@ -53,12 +54,13 @@ class IFActivation(nn.Module):
     iterations: int = 0
     eps: float = 1e-3
     saturated: str = "fire"
-    unroll: int | bool = True
+    unroll: int | None = None
     threshold_init: float = DEFAULT_THRESHOLD
 
     def __post_init__(self):
         check_steps(num_steps=self.num_steps, presim_steps=self.presim_steps, iterations=self.iterations)
         check_choice("saturated", self.saturated, SATURATION_RULES)
+        resolve_unroll(self.unroll, self.num_steps)
         super().__post_init__()
 
     @nn.compact

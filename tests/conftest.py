@@ -2,10 +2,18 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# Check every jaxtyping annotation in offsetjax at call time (shapes and dtypes), as a user's
+# own type-checked code would. Installed before anything imports offsetjax.
+import jaxtyping  # noqa: E402
+import pytest  # noqa: E402
+
+jaxtyping.install_import_hook("offsetjax", "beartype.beartype")
+
 import jax  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 settings.register_profile(
     "ci",
@@ -16,3 +24,14 @@ settings.register_profile(
 )
 settings.register_profile("thorough", deadline=None, max_examples=1000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def without_type_checker():
+    """Run a test with jaxtyping's checks off: what a user calling offsetjax without a type
+    checker sees, e.g. the library's own message for integer images rather than the checker's."""
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", False)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 import offsetjax as oj
 
@@ -78,3 +79,19 @@ def test_readme_python_blocks_run_as_printed():
         exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
     assert namespace["result"].accuracy.shape == (8,)
     assert namespace["accuracy_per_t"][-1] > 0.8
+
+
+def test_scan_unroll_follows_t_and_changes_compilation_not_results():
+    assert [oj.scan_unroll(t) for t in (1, 4, 8, 9, 64)] == [1, 4, 8, 1, 1]
+    model = oj.models.small_vgg(2)
+    # True == 1 in Python: a bool would make a fully unrolled model equal to a rolled one.
+    with pytest.raises(ValueError, match=r"unroll must be None .* got True"):
+        oj.spiking_model(model, num_steps=8, unroll=True)
+    images = jax.random.normal(jax.random.key(4), (3, 8, 8, 1))
+    variables = model.init(jax.random.key(5), images)
+    logits = {}
+    for unroll in (None, 1, 3):
+        snn = oj.spiking_model(model, num_steps=12, presim_steps=4, iterations=2, unroll=unroll)
+        logits[unroll] = oj.simulate(snn, oj.convert_variables(snn, variables), images)
+    np.testing.assert_array_equal(logits[None], logits[1])
+    np.testing.assert_array_equal(logits[3], logits[1])

@@ -107,6 +107,7 @@ def test_per_neuron_thresholds_and_potentials_broadcast():
         ((jnp.ones((2, 3)), 1.0, jnp.ones((2, 3))), r"v0 of shape \(2, 3\) must broadcast"),
     ],
 )
+@pytest.mark.usefixtures("without_type_checker")
 def test_bad_input_is_named(args, message):
     with pytest.raises(ValueError, match=message):
         oj.if_simulate(*args)

@@ -309,6 +309,7 @@ class TestCalibrationTransforms(chex.TestCase):
         ({"saturated": "clip"}, r"saturated must be one of \('fire', 'hold'\), got 'clip'"),
     ],
 )
+@pytest.mark.usefixtures("without_type_checker")
 def test_calibration_bad_input(kwargs, message):
     args = {"currents": jnp.ones((4, 3)), "theta": 1.0, "v0": 0.5, "presim_steps": 4, "iterations": 1} | kwargs
     with pytest.raises(ValueError, match=message):

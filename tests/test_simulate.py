@@ -3,6 +3,7 @@
 import chex
 import jax
 import jax.numpy as jnp
+import jaxtyping
 import numpy as np
 import pytest
 
@@ -173,6 +174,7 @@ def test_convert_rejects_mismatched_and_nonpositive_thresholds():
         oj.convert_variables(snn, variables, jnp.ones((1, 16, 16, 2)))
 
 
+@pytest.mark.usefixtures("without_type_checker")
 def test_simulate_bad_images():
     model = oj.models.small_vgg(2)
     snn = oj.spiking_model(model, num_steps=2)
@@ -183,6 +185,15 @@ def test_simulate_bad_images():
         oj.simulate(snn, variables, jnp.ones((3, 8, 8, 2), jnp.int32))
     with pytest.raises(ValueError, match="images must be finite"):
         oj.simulate(snn, variables, IMAGES.at[0, 0, 0, 0].set(jnp.nan))
+
+
+def test_annotations_are_checked_under_test():
+    """conftest.py installs jaxtyping's import hook: an annotation that the call violates fails."""
+    model = oj.models.small_vgg(2)
+    snn = oj.spiking_model(model, num_steps=2)
+    variables = oj.convert_variables(snn, trained_like(model, IMAGES))
+    with pytest.raises(jaxtyping.TypeCheckError, match="images"):
+        oj.simulate(snn, variables, jnp.ones((3, 8, 8, 2), jnp.int32))
 
 
 def test_images_that_do_not_fit_the_network_are_named():

@@ -1,13 +1,23 @@
-"""SNN simulation time against the scan unroll of each site's time loop.
+"""Compile time and run time of one SNN evaluation against the scan unroll of its time loops.
 
-    python experiments/probes/scan_unroll.py [--network resnet20] [--batch 32] [--steps 8]
+    python experiments/probes/scan_unroll.py [--networks vgg16 resnet20] [--steps 4 8 16 32 64]
+        [--unrolls full 1 auto] [--batch 16] [--repeats 3] [--out results/probes/scan_unroll]
 
-Prints median seconds (5 calls after a warm-up) of the uncalibrated and the calibrated
-(rho = 4, k = 1) simulation for unroll = full, 1, 2, 4, and T x the ANN forward.
+For each network, T and unroll, the calibrated SNN (rho = 4, k = 1, the CIFAR setting) is
+lowered and compiled from scratch (a new model, so no cache hit), then run once and
+``--repeats`` more times. ``auto`` is the library's default (:func:`offsetjax.scan_unroll`).
+Writes ``<out>.json`` (every timing, the backend and the machine) and ``<out>.md`` (the table:
+compile s, first run s, steady run s, and compile over the better of full and 1 unrolling).
 """
 
+from __future__ import annotations
+
 import argparse
+import json
+import platform
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -17,27 +27,82 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import benchmark  # noqa: E402
 
 import offsetjax as oj  # noqa: E402
+from offsetjax import simulation  # noqa: E402
+
+PRESIM_STEPS, ITERATIONS = 4, 1
+
+
+def measure(model, variables, images, num_steps: int, unroll, repeats: int) -> dict:
+    snn = oj.spiking_model(model, num_steps=num_steps, presim_steps=PRESIM_STEPS, iterations=ITERATIONS, unroll=unroll)
+    snn_variables = oj.convert_variables(snn, variables)
+    began = time.perf_counter()
+    compiled = simulation._apply.lower(snn, snn_variables, images, None).compile()
+    compile_s = time.perf_counter() - began
+    began = time.perf_counter()
+    jax.block_until_ready(compiled(snn_variables, images, None))
+    first_s = time.perf_counter() - began
+    runs = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        jax.block_until_ready(compiled(snn_variables, images, None))
+        runs.append(time.perf_counter() - began)
+    return {"compile_s": compile_s, "first_run_s": first_s, "run_s": statistics.median(runs), "runs_s": runs}
+
+
+def table(records: list[dict]) -> str:
+    lines = [
+        "| network | T | unroll | resolved | compile s | first run s | steady run s | compile / better extreme |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        key = (r["network"], r["num_steps"])
+        extremes = [
+            x["compile_s"] for x in records if (x["network"], x["num_steps"]) == key and x["unroll"] in ("full", "1")
+        ]
+        ratio = f"{r['compile_s'] / min(extremes):.2f}" if extremes else "-"
+        lines.append(
+            f"| {r['network']} | {r['num_steps']} | {r['unroll']} | {r['resolved']} | {r['compile_s']:.2f} "
+            f"| {r['first_run_s']:.3f} | {r['run_s']:.3f} | {ratio} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--network", default="resnet20", choices=["vgg16", "resnet20"])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--networks", nargs="+", default=["vgg16", "resnet20"], choices=["vgg16", "resnet20"])
+    parser.add_argument("--steps", nargs="+", type=int, default=[4, 8, 16, 32, 64])
+    parser.add_argument("--unrolls", nargs="+", default=["full", "1", "auto"])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("results/probes/scan_unroll"))
     args = parser.parse_args()
-    model, variables, images = benchmark.jax_network(args.network, args.batch)
-    ann = jax.jit(lambda v, x: model.apply(v, x))
-    t_ann = args.steps * benchmark.timed(lambda: ann(variables, images).block_until_ready(), 5)["median"]
-    print(f"T x ANN: {1000 * t_ann:.0f} ms")
-    for unroll in (True, 1, 2, 4):
-        for presim, iterations in ((0, 0), (4, 1)):
-            snn = oj.spiking_model(
-                model, num_steps=args.steps, presim_steps=presim, iterations=iterations, unroll=unroll
-            )
-            snn_variables = oj.convert_variables(snn, variables, images)
-            seconds = benchmark.timed(lambda s=snn, v=snn_variables: oj.simulate(s, v, images).block_until_ready(), 5)
-            label = "full" if unroll is True else unroll
-            print(f"unroll {label}, rho {presim}, k {iterations}: {1000 * seconds['median']:.0f} ms", flush=True)
+    records = []
+    for network in args.networks:
+        model, variables, images = benchmark.jax_network(network, args.batch)
+        for num_steps in args.steps:
+            for choice in args.unrolls:
+                unroll = {"full": num_steps, "auto": None}[choice] if choice in ("full", "auto") else int(choice)
+                resolved = oj.scan_unroll(num_steps) if unroll is None else unroll
+                record = {"network": network, "num_steps": num_steps, "unroll": choice, "resolved": resolved}
+                record.update(measure(model, variables, images, num_steps, unroll, args.repeats))
+                records.append(record)
+                print(json.dumps({k: v for k, v in record.items() if k != "runs_s"}), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "backend": jax.default_backend(),
+        "machine": f"{platform.processor() or platform.machine()}, {len(jax.devices())} device(s)",
+        "batch": args.batch,
+        "presim_steps": PRESIM_STEPS,
+        "iterations": ITERATIONS,
+        "jax": jax.__version__,
+    }
+    Path(f"{args.out}.json").write_text(json.dumps({"meta": meta, "records": records}, indent=1) + "\n")
+    header = (
+        f"Backend {meta['backend']} ({meta['machine']}), jax {meta['jax']}, batch {args.batch}, "
+        f"rho = {PRESIM_STEPS}, k = {ITERATIONS}.\n\n"
+    )
+    Path(f"{args.out}.md").write_text(header + table(records))
+    print(header + table(records))
 
 
 if __name__ == "__main__":

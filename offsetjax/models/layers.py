@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from offsetjax.activation import QCFS
 
@@ -80,7 +80,7 @@ class Conv(nn.Module):
     dtype: Any = None
 
     @nn.compact
-    def __call__(self, x: Float[Array, "*batch H W C"]) -> Float[Array, "*batch h w F"]:
+    def __call__(self, x: Float[ArrayLike, "*batch H W C"]) -> Float[Array, "*batch h w F"]:
         kernel = self.param(
             "kernel", nn.initializers.lecun_normal(), (self.kernel, self.kernel, x.shape[-1], self.features)
         )
@@ -124,21 +124,24 @@ class ConvBN(nn.Module):
     dtype: Any = None
 
     @nn.compact
-    def __call__(self, x: Float[Array, "*batch H W C"], train: bool) -> Float[Array, "*batch h w F"]:
+    def __call__(self, x: Float[ArrayLike, "*batch H W C"], train: bool) -> Float[Array, "*batch h w F"]:
         x = Conv(self.features, self.kernel, self.strides, dtype=self.dtype, name="Conv_0")(x)
         return BatchNorm(use_running_average=not train, dtype=self.dtype)(x)
 
 
-def avg_pool(x: Float[Array, "*batch H W C"], size: int = 2) -> Float[Array, "*batch h w C"]:
+def avg_pool(x: Float[ArrayLike, "*batch H W C"], size: int = 2) -> Float[Array, "*batch h w C"]:
     """Non-overlapping average pooling (the converted network's replacement for max pooling)."""
-    return nn.avg_pool(x, (size, size), strides=(size, size))
+    window = (size, size)
+    # Summed, then divided by a Python int (weakly typed), so that bfloat16 stays bfloat16 and
+    # strict dtype promotion holds (flax's avg_pool divides by a NumPy integer).
+    return nn.pool(x, jnp.zeros((), x.dtype), jax.lax.add, window, window, "VALID") / (size * size)
 
 
-def flatten(x: Float[Array, "*batch H W C"]) -> Float[Array, "*batch F"]:
+def flatten(x: Float[ArrayLike, "*batch H W C"]) -> Float[Array, "*batch F"]:
     """Flatten the three trailing axes."""
     return x.reshape((*x.shape[:-3], -1))
 
 
-def global_avg_pool(x: Float[Array, "*batch H W C"]) -> Float[Array, "*batch C"]:
+def global_avg_pool(x: Float[ArrayLike, "*batch H W C"]) -> Float[Array, "*batch C"]:
     """Mean over the two spatial axes."""
     return jnp.mean(x, axis=(-3, -2))

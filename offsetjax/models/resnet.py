@@ -7,7 +7,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from offsetjax.models.layers import ActivationFactory, ConvBN, global_avg_pool, qcfs_l4
 
@@ -21,7 +21,7 @@ class BasicBlock(nn.Module):
     dtype: Any = None
 
     @nn.compact
-    def __call__(self, x: Float[Array, "*lead H W C"], train: bool) -> Float[Array, "*out h w F"]:
+    def __call__(self, x: Float[ArrayLike, "*lead H W C"], train: bool) -> Float[Array, "*out h w F"]:
         residual = ConvBN(self.features, self.strides, dtype=self.dtype, name="conv_a")(x, train)
         residual = self.activation(name="act_a")(residual)
         residual = ConvBN(self.features, dtype=self.dtype, name="conv_b")(residual, train)
@@ -55,7 +55,7 @@ class ResNet(nn.Module):
     dtype: Any = None
 
     @nn.compact
-    def __call__(self, x: Float[Array, "*lead H W C"], train: bool = False) -> Float[Array, "*out classes"]:
+    def __call__(self, x: Float[ArrayLike, "*lead H W C"], train: bool = False) -> Float[Array, "*out classes"]:
         if len(self.stage_sizes) != len(self.widths):
             raise ValueError(f"stage_sizes {self.stage_sizes} and widths {self.widths} must have equal length")
         x = ConvBN(self.widths[0], dtype=self.dtype, name="stem")(x, train)

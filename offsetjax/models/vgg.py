@@ -6,7 +6,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from offsetjax.models.layers import ActivationFactory, ConvBN, avg_pool, flatten, qcfs_l4
 
@@ -40,7 +40,7 @@ class VGG(nn.Module):
     dtype: Any = None
 
     @nn.compact
-    def __call__(self, x: Float[Array, "*lead H W C"], train: bool = False) -> Float[Array, "*out classes"]:
+    def __call__(self, x: Float[ArrayLike, "*lead H W C"], train: bool = False) -> Float[Array, "*out classes"]:
         conv_index = 0
         for spec in self.features:
             if spec == "M":

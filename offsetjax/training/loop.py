@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from flax import struct
 from jax.sharding import Mesh
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int
 
 from offsetjax import parallel
 from offsetjax.training.data import Split, StreamingSplit, batches, num_batches, num_examples, take
@@ -50,7 +50,7 @@ def sgd_cosine(
 
 
 def create_train_state(
-    model: nn.Module, tx: optax.GradientTransformation, example_images: Float[Array, "B ..."], *, seed: int
+    model: nn.Module, tx: optax.GradientTransformation, example_images: Float[ArrayLike, "B ..."], *, seed: int
 ) -> TrainState:
     """Initialise parameters, batch statistics and optimizer state from ``seed``."""
     init_rng, rng = jax.random.split(jax.random.key(seed))
@@ -73,7 +73,7 @@ def cross_entropy(logits: Float[Array, "B C"], labels: Int[Array, " B"]) -> Arra
 
 @functools.partial(jax.jit, donate_argnums=0)
 def train_step(
-    state: TrainState, images: Float[Array, "B ..."], labels: Int[Array, " B"]
+    state: TrainState, images: Float[ArrayLike, "B ..."], labels: Int[ArrayLike, " B"]
 ) -> tuple[TrainState, dict[str, Array]]:
     """One SGD step on a batch; returns the new state and ``{"loss", "accuracy"}``."""
     step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
