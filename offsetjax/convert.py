@@ -83,6 +83,12 @@ def convert_variables(snn_model: nn.Module, ann_variables: Any, example_images: 
       ValueError: when the ANN's params do not match the network's, or a threshold is not
         finite and > 0.
     """
+    activation = getattr(snn_model, "activation", None)
+    if isinstance(activation, Activation) and not issubclass(activation.module, IFActivation):
+        raise ValueError(
+            f"snn_model has {activation!r} sites, not IFActivation: pass the spiking network, "
+            "offsetjax.spiking_model(model, num_steps=...), not the ANN"
+        )
     ann_variables = dict(ann_variables)
     if "params" not in ann_variables:
         raise ValueError(f"ann_variables must hold 'params', got collections {sorted(ann_variables)}")

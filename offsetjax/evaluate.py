@@ -22,7 +22,7 @@ from jaxtyping import Array, ArrayLike, Float
 from offsetjax import parallel
 from offsetjax._checks import check_int, images_must_fit
 from offsetjax.convert import convert_variables, spiking_model
-from offsetjax.simulation import simulate, simulate_with_statistics
+from offsetjax.simulation import check_images, simulate, simulate_with_statistics
 from offsetjax.stats import OffsetStatistics, accumulate, summarize
 from offsetjax.training.data import Split, StreamingSplit, num_examples, take
 
@@ -41,13 +41,24 @@ class SNNEvaluation(NamedTuple):
 
 
 def predict(model: nn.Module, variables: Any, images: Float[ArrayLike, "B ..."]) -> Float[Array, "B C"]:
-    """ANN logits in eval mode (running batch-norm statistics)."""
+    """ANN logits in eval mode (running batch-norm statistics).
+
+    ``images`` must be a non-empty, floating, finite batch (normalised as in training; raw
+    ``uint8`` images are refused).
+    """
+    images = check_images(images)
     return images_must_fit(lambda: _predict(model, variables, images), images)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _predict(model: nn.Module, variables: Any, images: Array) -> Array:
-    return model.apply(variables, images, train=False)
+    logits = model.apply(variables, images, train=False)
+    if logits.ndim != 2:  # static: raised once, while tracing
+        raise ValueError(
+            f"images of shape {images.shape} gave logits of shape {logits.shape}, not [B, classes]: "
+            "images must be one batch [B, H, W, C]"
+        )
+    return logits
 
 
 def padded_batches(
@@ -57,6 +68,8 @@ def padded_batches(
     the last one is zero-padded and ``mask`` ``[batch_size]`` marks the real rows."""
     check_int("batch_size", batch_size, minimum=1)
     count = num_examples(split)
+    if count == 0:
+        raise ValueError("split has no examples to evaluate")
     for begin in range(0, count, batch_size):
         images, labels = take(split, np.arange(begin, min(begin + batch_size, count)))
         valid = len(labels)

@@ -22,11 +22,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from offsetjax._checks import check_finite, check_float, images_must_fit
-from offsetjax.site import CALIBRATED_POTENTIAL, STATISTICS, IFActivation
+from offsetjax.site import CALIBRATED_POTENTIAL, INITIAL_POTENTIAL, STATISTICS, IFActivation
 from offsetjax.stats import OffsetStatistics, masked_total
 
 
@@ -42,7 +43,7 @@ def simulate(model: nn.Module, variables: Any, images: Float[ArrayLike, "B ..."]
       ``logits[t-1] = (1/t) * sum_{s<=t} out(s)``, ``[T, B, classes]``: the prediction after t
       steps is ``argmax(logits[t-1])``, and at t = T with T = L it equals the ANN's logits.
     """
-    images = _check_images(images)
+    images = _check_call(model, variables, images)
     logits, _ = images_must_fit(lambda: _apply(model, variables, images, None), images)
     return logits
 
@@ -62,7 +63,7 @@ def simulate_with_statistics(
       sample_mask: optional boolean ``[B]``: the statistics count only the samples where it is
         true (for a batch padded to a fixed size). Default: every sample.
     """
-    images = _check_images(images)
+    images = _check_call(model, variables, images)
     if sample_mask is None:
         sample_mask = jnp.ones(images.shape[:1], bool)
     if tuple(sample_mask.shape) != images.shape[:1]:
@@ -97,24 +98,84 @@ def calibrate_network(model: nn.Module, variables: Any, images: Float[ArrayLike,
     Calibration is a function from one initial-potential pytree to another: simulating the
     uncalibrated network (``iterations=0``) from this pytree reproduces the calibrated run.
     """
-    images = _check_images(images)
+    images = _check_call(model, variables, images)
     sown = images_must_fit(lambda: _calibrated_potentials(model, variables, images), images)
     return jax.tree.map(lambda leaf: leaf[0], sown, is_leaf=lambda x: isinstance(x, tuple))
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _calibrated_potentials(model: nn.Module, variables: Any, images: Array):
-    _, sown = model.apply(variables, images[None], mutable=[CALIBRATED_POTENTIAL])
+    out, sown = model.apply(variables, images[None], mutable=[CALIBRATED_POTENTIAL])
+    if out.ndim != 3:  # static: raised once, while tracing
+        raise ValueError(f"images of shape {images.shape} are not one batch [B, H, W, C] for this network")
     return sown[CALIBRATED_POTENTIAL]
 
 
-def _check_images(images) -> Array:
+def check_images(images) -> Array:
+    """``images`` as an array, checked: a batch ``[B, ...]`` with B >= 1, floating, finite."""
     images = jnp.asarray(images)
-    if images.ndim < 2:
+    if images.ndim < 2 or images.shape[0] < 1:
         raise ValueError(f"images must be a batch [B, ...] with B >= 1, got shape {images.shape}")
     check_float("images", images)
     check_finite("images", images)
     return images
+
+
+def _check_call(model: nn.Module, variables: Any, images) -> Array:
+    """What :func:`simulate` and friends check once per call, before compiling.
+
+    Images: a non-empty floating, finite batch (their rank and size against the network are
+    checked while tracing, see :func:`_apply`). The model: it has IF sites. The variables: they
+    were converted, every threshold is finite and > 0 and every v(0) finite, naming the site.
+    Inside a caller's ``jit`` the values are tracers and only the structural checks run.
+    """
+    images = check_images(images)
+    sites = images_must_fit(lambda: site_order(model, images.shape[1:], images.dtype), images)
+    if not sites:
+        raise ValueError(
+            f"model has no IFActivation site (a {type(model).__name__} with activation "
+            f"{getattr(model, 'activation', None)!r}): build the spiking network with "
+            "offsetjax.spiking_model(model, num_steps=...)"
+        )
+    check_snn_variables(variables)
+    return images
+
+
+def check_snn_variables(variables: Any) -> None:
+    """Check SNN variables: converted (an ``initial_potential`` collection), thresholds finite
+    and > 0, initial potentials finite; a failure names the site. One reduction on the device
+    per call; skipped for traced values."""
+    if not hasattr(variables, "keys") or "params" not in variables:
+        raise ValueError("variables must be a mapping with 'params' (from offsetjax.convert_variables)")
+    if INITIAL_POTENTIAL not in variables:
+        raise ValueError(
+            f"variables hold no {INITIAL_POTENTIAL!r} collection (collections {sorted(variables)}): these "
+            "look like ANN variables; convert them with offsetjax.convert_variables(snn_model, ann_variables)"
+        )
+    thresholds = {
+        "/".join(path[:-1]): leaf
+        for path, leaf in traverse_util.flatten_dict(variables["params"]).items()
+        if path[-1] == "threshold"
+    }
+    potentials = {
+        "/".join(path[:-1]): leaf for path, leaf in traverse_util.flatten_dict(variables[INITIAL_POTENTIAL]).items()
+    }
+    leaves = [*thresholds.values(), *potentials.values()]
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+        return
+    valid = np.asarray(_valid_sites(list(thresholds.values()), list(potentials.values())))
+    names = [f"threshold of site {name} must be finite and > 0" for name in thresholds]
+    names += [f"initial potential v0 of site {name} must be finite" for name in potentials]
+    bad = [message for message, ok in zip(names, valid) if not ok]
+    if bad:
+        raise ValueError("variables are invalid: " + "; ".join(bad))
+
+
+@jax.jit
+def _valid_sites(thresholds: list, potentials: list) -> Array:
+    checks = [jnp.all(jnp.isfinite(t) & (t > 0)) for t in thresholds]
+    checks += [jnp.all(jnp.isfinite(v)) for v in potentials]
+    return jnp.stack(checks) if checks else jnp.zeros((0,), bool)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -128,6 +189,11 @@ def _apply(model: nn.Module, variables: Any, images: Array, sample_mask: Array |
             lambda stats: masked_total(stats[0], sample_mask),
             collections[STATISTICS],
             is_leaf=lambda x: isinstance(x, tuple) and not isinstance(x, OffsetStatistics),
+        )
+    if out.ndim != 3:  # static: raised once, while tracing
+        raise ValueError(
+            f"images of shape {images.shape} gave logits of shape {out.shape}, not [T, B, classes]: "
+            "images must be one batch [B, H, W, C] (one axis more than the network takes?)"
         )
     steps = jnp.arange(1, out.shape[0] + 1, dtype=out.dtype).reshape((-1,) + (1,) * (out.ndim - 1))
     return jnp.cumsum(out, axis=0) / steps, sown

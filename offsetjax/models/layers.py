@@ -134,7 +134,7 @@ def avg_pool(x: Float[ArrayLike, "*batch H W C"], size: int = 2) -> Float[Array,
     window = (size, size)
     # Summed, then divided by a Python int (weakly typed), so that bfloat16 stays bfloat16 and
     # strict dtype promotion holds (flax's avg_pool divides by a NumPy integer).
-    return nn.pool(x, jnp.zeros((), x.dtype), jax.lax.add, window, window, "VALID") / (size * size)
+    return nn.pool(x, 0.0, jax.lax.add, window, window, "VALID") / (size * size)
 
 
 def flatten(x: Float[ArrayLike, "*batch H W C"]) -> Float[Array, "*batch F"]:

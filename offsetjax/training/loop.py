@@ -89,7 +89,10 @@ def train_step(
         return cross_entropy(logits, labels), (logits, updates)
 
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    param_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    # optax's schedules combine int32 step counts with Python floats, which a caller's strict
+    # dtype promotion (as in offsetjax's tests) would refuse; the update itself is float32.
+    with jax.numpy_dtype_promotion("standard"):
+        param_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(
         step=state.step + 1,
         params=optax.apply_updates(state.params, param_updates),
