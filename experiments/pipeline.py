@@ -6,7 +6,6 @@ command-line overrides for every field (``--epochs 2 --arch small_resnet``), and
 
     config.json            the resolved configuration
     checkpoints/latest/    orbax checkpoint after every epoch (``--resume`` continues from it)
-    checkpoints/best/      the epoch with the best held-out accuracy
     train_log.jsonl        one line per epoch
     results.json           ANN and SNN accuracies per T, offset statistics, wall times
     results.md             the same as tables
@@ -24,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import write_markdown, write_plots  # noqa: E402
+from rundir import RunError, check_resumable, claim, read_config, write_atomic  # noqa: E402
 
 import offsetjax as oj  # noqa: E402
 from offsetjax import (  # noqa: E402
@@ -45,62 +46,135 @@ ROOT = Path(__file__).resolve().parent.parent
 PROGRESS_INTERVAL = 1.0 if sys.stderr.isatty() else 30.0
 
 
+def _option(default, help: str):
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagenet2012")
+
+
 @dataclasses.dataclass
 class ExperimentConfig:
-    """Everything one run needs. Library functions receive these as keyword arguments."""
+    """Everything one run needs; every field is a command-line flag (``--max-steps 16``)."""
 
-    name: str
-    dataset: str  # digits | fashion_mnist | mnist | cifar10 | cifar100 | imagenet2012
-    arch: str  # a key of offsetjax.models.ARCHITECTURES
-    levels: int = 4  # QCFS quantization levels L
-    compute_dtype: str = "float32"  # float32 | bfloat16: convolutions, batch norm and dense layers
-    epochs: int = 10
-    batch_size: int = 128
-    learning_rate: float = 0.1
-    weight_decay: float = 5e-4
-    seed: int = 0
-    augment_pad: int = 0  # random crop padding (0: no crop / flip)
-    cutout: int = 0  # Cutout square size (0: none)
-    autoaugment: bool = False  # AutoAugment's CIFAR-10 policy on the training images
-    idx_dir: str = ""  # IDX directory (default: Debian's fashion-mnist)
-    tfds_dir: str = ""  # TFDS data_dir
-    train_limit: int = 0  # use only the first N training examples (0: all)
-    test_limit: int = 0  # evaluate on the first N test examples (0: all)
-    max_steps: int = 8  # T_max of the SNN evaluation
-    presim_steps: int = 4  # rho
-    iterations: tuple[int, ...] = (1, 2, 4)  # k of the calibrated rows
-    # Rule (ii) for neurons that never stayed silent, one set of calibrated rows each: "fire" (the
-    # authors' code; rows cos_kK) and/or "hold" (rows cos_kK_hold). docs/method.md section 5.
-    saturated: tuple[str, ...] = ("fire",)
-    eval_batch_size: int = 256
-    checkpoint_every: int = 0  # also checkpoint every N training batches (0: at epoch ends only)
-    eval_only: bool = False  # evaluate the finished run in --workdir again, without training
-    workdir: str = ""
-    resume: bool = False
+    name: str = _option("", "experiment name: the default --workdir is results/NAME")
+    dataset: str = _option("", f"one of {', '.join(DATASETS)}")
+    arch: str = _option("", "a network of offsetjax.models.ARCHITECTURES")
+    levels: int = _option(4, "QCFS quantization levels L")
+    compute_dtype: str = _option("float32", "float32 or bfloat16: convolutions, batch norm and dense layers")
+    epochs: int = _option(10, "training epochs")
+    batch_size: int = _option(128, "training batch size (global, over all devices and hosts)")
+    learning_rate: float = _option(0.1, "peak SGD learning rate, cosine-decayed to 0")
+    weight_decay: float = _option(5e-4, "L2 weight decay (thresholds included)")
+    seed: int = _option(0, "seed of initialisation, shuffling and augmentation")
+    augment_pad: int = _option(0, "random-crop padding in pixels, with horizontal flips (0: none)")
+    cutout: int = _option(0, "Cutout square size (0: none)")
+    autoaugment: bool = _option(False, "AutoAugment's CIFAR-10 policy on training images")
+    idx_dir: str = _option("", "IDX directory (MNIST-style datasets; default: Debian's fashion-mnist; 'tfds': TFDS)")
+    tfds_dir: str = _option("", "TFDS data_dir (CIFAR, ImageNet)")
+    train_limit: int = _option(0, "train on the first N training examples (0: all)")
+    test_limit: int = _option(0, "evaluate on the first N test examples (0: all)")
+    max_steps: int = _option(8, "T_max: SNN accuracy is reported at every T = 1..T_max")
+    presim_steps: int = _option(4, "rho: pre-simulation steps of calibration (<= T_max)")
+    iterations: tuple[int, ...] = _option((1, 2, 4), "k of the calibrated rows (one row each)")
+    saturated: tuple[str, ...] = _option(
+        ("fire",),
+        "rule (ii) for never-silent neurons: fire (authors' code, rows cos_kK) and/or hold (rows cos_kK_hold)",
+    )
+    eval_batch_size: int = _option(256, "evaluation batch size (rounded up to a multiple of the devices)")
+    checkpoint_every: int = _option(0, "also checkpoint every N training batches (0: at epoch ends only)")
+    eval_only: bool = _option(False, "evaluate the finished run in --workdir again, without training")
+    workdir: str = _option("", "run directory (default results/NAME)")
+    resume: bool = _option(False, "continue the unfinished run in --workdir from its latest checkpoint")
+    overwrite: bool = _option(False, "replace the run already in --workdir")
 
     def resolved_workdir(self) -> Path:
         return Path(self.workdir) if self.workdir else ROOT / "results" / self.name
 
 
+#: Fields that change the trained network: --resume and --eval-only refuse to change them.
+TRAINING_FIELDS = (
+    "dataset",
+    "arch",
+    "levels",
+    "compute_dtype",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "weight_decay",
+    "seed",
+    "augment_pad",
+    "cutout",
+    "autoaugment",
+    "train_limit",
+)
+#: Flags that apply only to some datasets: an entry point for another dataset hides them.
+DATASET_FLAGS = {
+    "idx_dir": ("fashion_mnist", "mnist"),
+    "tfds_dir": ("cifar10", "cifar100", "imagenet2012", "mnist", "fashion_mnist"),
+    "autoaugment": ("cifar10", "cifar100"),
+    "cutout": ("cifar10", "cifar100"),
+}
+
+
 def parse_args(config: ExperimentConfig, argv: list[str] | None = None) -> ExperimentConfig:
-    """Override any field of ``config`` from the command line."""
-    parser = argparse.ArgumentParser(description=f"offsetjax experiment {config.name!r}")
+    """Override any field of ``config`` from the command line (``--help`` lists them with their
+    defaults: the entry point's values)."""
+    parser = argparse.ArgumentParser(
+        description=f"offsetjax experiment {config.name!r}: train a QCFS ANN, convert, calibrate, report",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     for field in dataclasses.fields(config):
+        if config.dataset not in DATASET_FLAGS.get(field.name, (config.dataset,)):
+            continue
         default = getattr(config, field.name)
         flag = "--" + field.name.replace("_", "-")
+        help_text = field.metadata.get("help", "")
         if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif isinstance(default, tuple):
-            parser.add_argument(flag, type=type(default[0]), nargs="+", default=list(default))
+            parser.add_argument(flag, type=type(default[0]), nargs="+", default=list(default), help=help_text)
         else:
-            parser.add_argument(flag, type=type(default), default=default)
+            parser.add_argument(flag, type=type(default), default=default, help=help_text)
     values = vars(parser.parse_args(argv))
     values["iterations"] = tuple(values["iterations"])
     values["saturated"] = tuple(values["saturated"])
-    for rule in values["saturated"]:
+    config = dataclasses.replace(config, **values)
+    try:
+        validate(config)
+    except RunError as error:
+        parser.error(str(error))
+    return config
+
+
+def validate(config: ExperimentConfig) -> None:
+    """Every configuration error that can be found before loading data or training."""
+    problems = []
+    if config.dataset not in DATASETS:
+        problems.append(f"dataset must be one of {', '.join(DATASETS)}, got {config.dataset!r}")
+    if config.arch not in oj.models.ARCHITECTURES:
+        problems.append(f"arch must be one of {', '.join(sorted(oj.models.ARCHITECTURES))}, got {config.arch!r}")
+    if config.compute_dtype not in ("float32", "bfloat16"):
+        problems.append(f"compute-dtype must be float32 or bfloat16, got {config.compute_dtype!r}")
+    for name in ("levels", "epochs", "batch_size", "max_steps", "eval_batch_size"):
+        if getattr(config, name) < 1:
+            problems.append(f"{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
+    for name in ("train_limit", "test_limit", "augment_pad", "cutout", "checkpoint_every"):
+        if getattr(config, name) < 0:
+            problems.append(f"{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
+    if not 1 <= config.presim_steps <= config.max_steps:
+        problems.append(f"presim-steps must be in [1, max-steps = {config.max_steps}], got {config.presim_steps}")
+    if not config.iterations or min(config.iterations) < 1:
+        problems.append(f"iterations must be >= 1 each, got {list(config.iterations)}")
+    for rule in config.saturated:
         if rule not in oj.offset.SATURATION_RULES:
-            parser.error(f"--saturated takes {' or '.join(oj.offset.SATURATION_RULES)}, got {rule!r}")
-    return dataclasses.replace(config, **values)
+            problems.append(f"saturated takes {' or '.join(oj.offset.SATURATION_RULES)}, got {rule!r}")
+    if not config.learning_rate > 0:
+        problems.append(f"learning-rate must be > 0, got {config.learning_rate}")
+    if sum((config.resume, config.eval_only, config.overwrite)) > 1:
+        problems.append("--resume, --eval-only and --overwrite exclude each other")
+    if problems:
+        raise RunError("; ".join(problems))
 
 
 def load_splits(config: ExperimentConfig) -> tuple[data.Split | data.StreamingSplit, ...]:
@@ -148,10 +222,6 @@ def train_augment(config: ExperimentConfig):
 
 
 def build_model(config: ExperimentConfig, num_classes: int):
-    if config.arch not in oj.models.ARCHITECTURES:
-        raise ValueError(f"arch must be one of {sorted(oj.models.ARCHITECTURES)}, got {config.arch!r}")
-    if config.compute_dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"compute_dtype must be float32 or bfloat16, got {config.compute_dtype!r}")
     return oj.models.ARCHITECTURES[config.arch](
         num_classes,
         activation=oj.models.Activation(oj.QCFS, levels=config.levels),
@@ -170,13 +240,13 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
     )
     state = training.create_train_state(model, tx, data.take(test_split, np.arange(2))[0], seed=config.seed)
     mesh = parallel.data_mesh()
-    latest, best = workdir / "checkpoints" / "latest", workdir / "checkpoints" / "best"
+    latest = workdir / "checkpoints" / "latest"
     log_path = workdir / "train_log.jsonl"
-    start_epoch, start_batch, best_accuracy = 0, 0, -1.0
+    start_epoch, start_batch = 0, 0
     if config.resume:
         state, meta = checkpoint.restore(latest, state)
         # "epoch" counts completed epochs, "batch" the batches done of the next one.
-        start_epoch, start_batch, best_accuracy = meta["epoch"], meta.get("batch", 0), meta["best_accuracy"]
+        start_epoch, start_batch = meta["epoch"], meta.get("batch", 0)
         print(f"resumed from {latest} after epoch {start_epoch}, batch {start_batch}")
     elif log_path.exists():
         log_path.unlink()
@@ -190,7 +260,7 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
                 initial=began,
                 desc=f"epoch {epoch + 1}/{config.epochs}",
                 unit="batch",
-                leave=False,
+                leave=not sys.stderr.isatty(),  # in a log file, the final line stays
                 mininterval=PROGRESS_INTERVAL,
             )
             bars[epoch].began = time.perf_counter()
@@ -198,7 +268,7 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
         bar.update(1)
         if config.checkpoint_every and (batch + 1) % config.checkpoint_every == 0 and batch + 1 < steps_per_epoch:
             training.check_finite_loss(metrics, epoch, batch)
-            checkpoint.save(latest, state, {"epoch": epoch, "batch": batch + 1, "best_accuracy": best_accuracy})
+            checkpoint.save(latest, state, {"epoch": epoch, "batch": batch + 1})
         if bar.n % 10 == 0:
             seen = (bar.n - bar.initial) * config.batch_size
             bar.set_postfix(
@@ -209,18 +279,13 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
             )
 
     def after_epoch(state, epoch, row):
-        nonlocal best_accuracy
         if epoch in bars:
             bars.pop(epoch).close()
         test_accuracy = evaluate.ann_accuracy(
             model, state.variables, test_split, batch_size=config.eval_batch_size, mesh=mesh
         )
         row = {**row, "test_accuracy": test_accuracy}
-        best_accuracy = max(best_accuracy, test_accuracy)
-        meta = {**row, "best_accuracy": best_accuracy}
-        checkpoint.save(latest, state, meta)
-        if test_accuracy >= best_accuracy:
-            checkpoint.save(best, state, meta)
+        checkpoint.save(latest, state, row)
         with log_path.open("a") as log:
             log.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
@@ -242,7 +307,8 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
         after_batch=after_batch,
         after_epoch=after_epoch,
     )
-    # Report the final (last-epoch) network: choosing the best epoch by test accuracy would tune on the test set.
+    # Report the final (last-epoch) network. There is no "best" checkpoint: choosing an epoch by
+    # test accuracy would tune on the test set, and the per-epoch test accuracy is only logged.
     return state
 
 
@@ -291,7 +357,7 @@ def evaluate_all(config: ExperimentConfig, model, variables, test_split: data.Sp
             total=data.num_examples(test_split),
             desc=f"SNN {name}",
             unit="img",
-            leave=False,
+            leave=not sys.stderr.isatty(),  # in a log file, the final line stays
             mininterval=PROGRESS_INTERVAL,
         ) as bar:
             evaluation = run(
@@ -332,7 +398,7 @@ def restore_trained(config: ExperimentConfig, model, test_split, workdir: Path):
     state = training.create_train_state(model, tx, data.take(test_split, np.arange(2))[0], seed=config.seed)
     state, meta = checkpoint.restore(workdir / "checkpoints" / "latest", state)
     if meta["epoch"] != config.epochs or meta.get("batch", 0):
-        raise ValueError(
+        raise RunError(
             f"--eval-only needs a finished run of {config.epochs} epochs in {workdir}, found epoch {meta['epoch']} "
             f"batch {meta.get('batch', 0)}; finish it with --resume"
         )
@@ -341,30 +407,57 @@ def restore_trained(config: ExperimentConfig, model, test_split, workdir: Path):
 
 
 def run(config: ExperimentConfig) -> dict:
+    """One run in ``config.resolved_workdir()``: see the module docstring and README, "Runs and
+    checkpoints", for what it refuses, locks and writes when."""
+    validate(config)
     workdir = config.resolved_workdir()
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    primary = jax.process_index() == 0
+    lock = claim(workdir, resume=config.resume, eval_only=config.eval_only, overwrite=config.overwrite, primary=primary)
+    try:
+        return _run_locked(config, workdir, primary)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _run_locked(config: ExperimentConfig, workdir: Path, primary: bool) -> dict:
+    stored = read_config(workdir)
+    if (config.resume or config.eval_only) and stored is not None:
+        check_resumable(stored, dataclasses.asdict(config), TRAINING_FIELDS)
     began = time.perf_counter()
     train_split, test_split = load_splits(config)
     model = build_model(config, num_classes=data.NUM_CLASSES[config.dataset])
+    config_text = json.dumps(dataclasses.asdict(config), indent=2)
     if config.eval_only:
         state, train_seconds = restore_trained(config, model, test_split, workdir)
     else:
+        if primary:
+            write_atomic(workdir / "config.json", config_text)
         state = train_ann(config, model, train_split, test_split, workdir)
         train_seconds = time.perf_counter() - began
     results = evaluate_all(config, model, state.variables, test_split)
     results["wall_time_seconds"]["train"] = train_seconds
     results["wall_time_seconds"]["total"] = time.perf_counter() - began
     results["command"] = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
-    tmp = workdir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, workdir / "results.json")
-    (workdir / "results.md").write_text(write_markdown(results))
-    write_plots(results, workdir)
-    print(f"wrote {workdir}/results.json, results.md and plots", flush=True)
+    if primary:  # only after the evaluation succeeded, each file whole or not at all
+        write_atomic(workdir / "results.json", json.dumps(results, indent=2))
+        write_atomic(workdir / "results.md", write_markdown(results))
+        write_plots(results, workdir)
+        if config.eval_only:
+            write_atomic(workdir / "config.json", config_text)
+        print(f"wrote {workdir}/results.json, results.md and plots", flush=True)
     return results
+
+
+#: Errors of the user's making: one line on stderr and exit status 2 (others keep their traceback).
+USER_ERRORS = (RunError, checkpoint.CheckpointError, FileNotFoundError)
 
 
 def main(config: ExperimentConfig, argv: list[str] | None = None) -> dict:
     parallel.initialize_distributed()  # a no-op unless a multi-process launcher is present
-    return run(parse_args(config, argv))
+    config = parse_args(config, argv)
+    try:
+        return run(config)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

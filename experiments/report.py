@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -113,7 +114,9 @@ def write_plots(results: dict, workdir: Path) -> list[Path]:
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, dpi=110, format="png")
+    os.replace(tmp, path)  # a plot is whole or absent
     import matplotlib.pyplot as plt
 
     plt.close(fig)

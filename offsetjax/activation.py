@@ -19,6 +19,15 @@ from offsetjax._checks import check_int, check_positive
 DEFAULT_THRESHOLD = 8.0
 
 
+def at_least_float32(dtype) -> jnp.dtype:
+    """``dtype`` if it is a float wider than 32 bits, else float32 (no implicit promotion, so it
+    holds under ``jax_numpy_dtype_promotion='strict'``)."""
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits > 32:
+        return dtype
+    return jnp.dtype(jnp.float32)
+
+
 def straight_through_floor(x: Array) -> Array:
     """``floor(x)`` in the forward pass, identity in the backward pass."""
     return x + jax.lax.stop_gradient(jnp.floor(x) - x)
@@ -65,5 +74,5 @@ class QCFS(nn.Module):
     def __call__(self, z: Float[Array, "..."]) -> Float[Array, "..."]:
         """QCFS of ``z``, computed in float32 at least and returned in ``z``'s dtype."""
         threshold = self.param("threshold", nn.initializers.constant(self.threshold_init), (), jnp.float32)
-        wide = jnp.promote_types(z.dtype, jnp.float32)
+        wide = at_least_float32(z.dtype)
         return qcfs(z.astype(wide), threshold.astype(wide), self.levels).astype(z.dtype)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+from jaxtyping import ArrayLike
 
 from offsetjax._checks import check_choice, check_finite, check_positive, check_steps
 from offsetjax.models.layers import Activation
@@ -64,7 +65,7 @@ def spiking_model(
     return model.clone(activation=site)
 
 
-def convert_variables(snn_model: nn.Module, ann_variables: Any, example_images: jax.Array | None = None) -> dict:
+def convert_variables(snn_model: nn.Module, ann_variables: Any, example_images: ArrayLike | None = None) -> dict:
     """SNN variables from trained ANN variables.
 
     Args:

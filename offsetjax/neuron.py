@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from offsetjax._checks import check_broadcastable, check_float, check_int, check_positive
+from offsetjax.activation import at_least_float32
 
 
 class IFState(NamedTuple):
@@ -45,10 +46,7 @@ def potential_dtype(dtype) -> jnp.dtype:
     >>> potential_dtype(jnp.bfloat16)
     dtype('float32')
     """
-    dtype = jnp.dtype(dtype)
-    if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits > 32:
-        return dtype
-    return jnp.dtype(jnp.float32)
+    return at_least_float32(dtype)
 
 
 def if_initial_state(v0: Float[Array, "..."]) -> IFState:

@@ -70,12 +70,13 @@ def simulate_with_statistics(
         raise ValueError(f"sample_mask must have shape {images.shape[:1]} (one per image), got {sample_mask.shape}")
     logits, sown = images_must_fit(lambda: _apply(model, variables, images, sample_mask), images)
     flat = {"/".join(path[:-1]): stats for path, stats in traverse_util.flatten_dict(sown).items()}
-    return logits, {name: flat[name] for name in site_order(model, images.shape[1:], images.dtype)}
+    return logits, {name: flat[name] for name in site_order(model, images.shape[1:])}
 
 
 @functools.lru_cache(maxsize=128)
-def site_order(model: nn.Module, image_shape: tuple[int, ...], dtype=jnp.float32) -> tuple[str, ...]:
-    """Module paths of the network's IF sites in the order the network calls them."""
+def site_order(model: nn.Module, image_shape: tuple[int, ...]) -> tuple[str, ...]:
+    """Module paths of the network's IF sites in the order the network calls them (traced
+    abstractly with float32 images of ``image_shape``; the order does not depend on dtype)."""
     order: list[str] = []
 
     def record(next_fun, args, kwargs, context):
@@ -85,7 +86,7 @@ def site_order(model: nn.Module, image_shape: tuple[int, ...], dtype=jnp.float32
                 order.append(name)
         return next_fun(*args, **kwargs)
 
-    example = jax.ShapeDtypeStruct((1, 1, *image_shape), dtype)
+    example = jax.ShapeDtypeStruct((1, 1, *image_shape), jnp.float32)
     with nn.intercept_methods(record):
         jax.eval_shape(functools.partial(model.init, jax.random.key(0)), example)
     return tuple(order)
@@ -130,7 +131,7 @@ def _check_call(model: nn.Module, variables: Any, images) -> Array:
     Inside a caller's ``jit`` the values are tracers and only the structural checks run.
     """
     images = check_images(images)
-    sites = images_must_fit(lambda: site_order(model, images.shape[1:], images.dtype), images)
+    sites = images_must_fit(lambda: site_order(model, images.shape[1:]), images)
     if not sites:
         raise ValueError(
             f"model has no IFActivation site (a {type(model).__name__} with activation "

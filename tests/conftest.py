@@ -35,3 +35,11 @@ def without_type_checker():
         yield
     finally:
         jaxtyping.config.update("jaxtyping_disable", False)
+
+
+@pytest.fixture
+def standard_promotion():
+    """Implicit dtype promotion for a test that runs flax's BatchNorm in bfloat16, which mixes
+    bfloat16 activations with float32 statistics inside flax."""
+    with jax.numpy_dtype_promotion("standard"):
+        yield

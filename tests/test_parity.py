@@ -13,7 +13,6 @@ import copy
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
@@ -62,7 +61,7 @@ def offsetjax_run(arch: str, state_dict, images_nhwc: np.ndarray, num_steps: int
 
     collections = traverse_util.flatten_dict(sites(snn_variables, images_nhwc))
     thresholds = traverse_util.flatten_dict(variables["params"])
-    order = [tuple(name.split("/")) for name in site_order(snn, images_nhwc.shape[1:], jnp.float64)]
+    order = [tuple(name.split("/")) for name in site_order(snn, images_nhwc.shape[1:])]
     spikes = [
         np.asarray(collections[("intermediates", *n, "__call__")][0]) / thresholds[(*n, "threshold")] for n in order
     ]

@@ -55,6 +55,7 @@ def test_qcfs_module_has_trainable_threshold():
         ({"theta": -1.0}, "theta must be finite and > 0"),
     ],
 )
+@pytest.mark.usefixtures("without_type_checker")
 def test_qcfs_bad_input(kwargs, message):
     args = {"z": jnp.ones(3), "theta": 1.0, "levels": 2} | kwargs
     with pytest.raises(ValueError, match=message):

@@ -1,6 +1,10 @@
 """Training, atomic checkpoints, and the end-to-end claim on scikit-learn's digits."""
 
 import functools
+import shutil
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -67,8 +71,71 @@ def test_checkpoint_round_trip_and_corruption(tmp_path):
     for path in (tmp_path / "latest" / "state").rglob("*"):
         if path.is_file() and path.stat().st_size > 0:
             path.write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="incomplete or corrupt"):
+    with pytest.raises(checkpoint.CheckpointError, match="is corrupt"):
         checkpoint.restore(tmp_path / "latest", fresh)
+
+
+def test_any_flipped_bit_in_a_checkpoint_is_reported(tmp_path):
+    """One bit flipped in any file of a checkpoint (orbax's files, the metadata, the manifest):
+    restore refuses it, naming the checkpoint and the file, before orbax reads anything."""
+    model, state, _ = trained_digits()
+    fresh = training.create_train_state(model, state.tx, np.zeros((2, 8, 8, 1), np.float32), seed=5)
+    checkpoint.save(tmp_path / "good", state, {"epoch": 3})
+    files = sorted(p.relative_to(tmp_path / "good") for p in (tmp_path / "good").rglob("*") if p.is_file())
+    assert len(files) >= 5, files
+    rng = np.random.default_rng(0)
+    for name in files:
+        for _ in range(2):
+            shutil.rmtree(tmp_path / "bad", ignore_errors=True)
+            shutil.copytree(tmp_path / "good", tmp_path / "bad")
+            data = bytearray((tmp_path / "bad" / name).read_bytes())
+            if not data:
+                continue
+            bit = int(rng.integers(8 * len(data)))
+            data[bit // 8] ^= 1 << (bit % 8)
+            (tmp_path / "bad" / name).write_bytes(bytes(data))
+            with pytest.raises(checkpoint.CheckpointError, match=str(tmp_path / "bad")) as caught:
+                checkpoint.restore(tmp_path / "bad", fresh)
+            message = str(caught.value)
+            assert "\n" not in message
+            assert str(name) in message or "manifest.json does not match" in message, message
+    restored, meta = checkpoint.restore(tmp_path / "good", fresh)  # the original is untouched
+    assert meta == {"epoch": 3}
+
+
+def test_a_process_killed_while_saving_leaves_a_loadable_checkpoint(tmp_path):
+    """Kill -9 a process in the middle of its checkpoint writes, several times: the checkpoint
+    left behind is always a complete one (the one before, or the one being written)."""
+    script = f"""
+import numpy as np
+import offsetjax as oj
+from offsetjax import training
+from offsetjax.training import checkpoint
+tx = training.sgd_cosine(learning_rate=0.1, total_steps=10)
+state = training.create_train_state(oj.models.small_vgg(10), tx, np.zeros((2, 8, 8, 1), np.float32), seed=0)
+epoch = 0
+while True:
+    epoch += 1
+    print("saving", epoch, flush=True)
+    checkpoint.save({str(tmp_path / "latest")!r}, state, {{"epoch": epoch}})
+"""
+    tx = training.sgd_cosine(learning_rate=0.1, total_steps=10)
+    state = training.create_train_state(oj.models.small_vgg(10), tx, np.zeros((2, 8, 8, 1), np.float32), seed=0)
+    fresh = training.create_train_state(oj.models.small_vgg(10), tx, np.zeros((2, 8, 8, 1), np.float32), seed=5)
+    rng = np.random.default_rng(1)
+    for attempt in range(3):
+        process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        started = 0
+        while started < 3 + attempt:
+            line = process.stdout.readline()
+            assert line, "the saving process died on its own"
+            started = int(line.split()[1])
+        time.sleep(float(rng.uniform(0.0, 0.3)))
+        process.kill()
+        process.wait()
+        restored, meta = checkpoint.restore(tmp_path / "latest", fresh)
+        assert meta["epoch"] >= started - 1, (meta, started)
+        jax.tree.map(np.testing.assert_array_equal, restored.params, state.params)
 
 
 def test_optimizer_rejects_empty_schedule():
@@ -97,6 +164,7 @@ def test_evaluation_masks_the_padding_of_the_last_batch():
         np.testing.assert_allclose(padded.statistics["all"][key], whole.statistics["all"][key], rtol=1e-6)
 
 
+@pytest.mark.usefixtures("standard_promotion")
 def test_bfloat16_compute_matches_float32_accuracy_and_trains():
     """Mixed precision (convolutions, batch norm and dense layers in bfloat16; parameters,
     potentials, calibration and logits in float32): on digits (359 test images) the ANN's

@@ -168,7 +168,7 @@ def load_torch_state_dict(
     }
     mapping = torch_key_map(arch, num_classes, image_size=image_size)
     model = ARCHITECTURES[arch](num_classes)
-    expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)))
+    expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, image_size, image_size, 3), jnp.float32))
     expected_flat = {
         (collection, path): leaf.shape
         for collection in ("params", "batch_stats")

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from offsetjax.activation import at_least_float32
 from offsetjax.models.layers import ActivationFactory, ConvBN, global_avg_pool, qcfs_l4
 
 
@@ -65,7 +65,7 @@ class ResNet(nn.Module):
                 strides = 2 if stage > 0 and block == 0 else 1
                 x = BasicBlock(width, strides, self.activation, self.dtype, name=f"stage{stage}_block{block}")(x, train)
         logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(global_avg_pool(x))
-        return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+        return logits.astype(at_least_float32(logits.dtype))
 
 
 def resnet20(num_classes: int, *, activation: ActivationFactory = qcfs_l4, dtype: Any = None) -> ResNet:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from offsetjax.activation import at_least_float32
 from offsetjax.models.layers import ActivationFactory, ConvBN, avg_pool, flatten, qcfs_l4
 
 #: VGG-16 feature layers: channel counts, ``"M"`` for a 2x2 average pool.
@@ -55,7 +55,7 @@ class VGG(nn.Module):
             x = self.activation(name=f"fc{index}_act")(x)
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
-        return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+        return logits.astype(at_least_float32(logits.dtype))
 
 
 def vgg16(num_classes: int, *, activation: ActivationFactory = qcfs_l4, dtype: Any = None) -> VGG:

@@ -1,0 +1,98 @@
+"""Bad inputs and variables get one clear error naming what was expected, before compiling.
+
+These assert what a user without a type checker sees, so jaxtyping's checks are off here.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+import offsetjax as oj
+from offsetjax.training import data
+
+pytestmark = pytest.mark.usefixtures("without_type_checker")
+
+IMAGES = jax.random.uniform(jax.random.key(0), (3, 8, 8, 2))
+MODEL = oj.models.small_vgg(2)
+ANN_VARIABLES = MODEL.init(jax.random.key(1), IMAGES)
+SNN = oj.spiking_model(MODEL, num_steps=2)
+SNN_VARIABLES = oj.convert_variables(SNN, ANN_VARIABLES)
+
+
+def with_site_value(collection: str, site: str, value: float) -> dict:
+    flat = traverse_util.flatten_dict(SNN_VARIABLES[collection])
+    key = next(k for k in flat if k[0] == site)
+    return {**SNN_VARIABLES, collection: traverse_util.unflatten_dict({**flat, key: jnp.asarray(value)})}
+
+
+def test_one_rank_too_many_is_refused():
+    with pytest.raises(ValueError, match=r"images must be one batch \[B, H, W, C\]"):
+        oj.simulate(SNN, SNN_VARIABLES, IMAGES[None])
+    with pytest.raises(ValueError, match=r"one batch \[B, H, W, C\]"):
+        oj.calibrate_network(SNN, SNN_VARIABLES, IMAGES[None])
+    with pytest.raises(ValueError, match=r"not \[B, classes\]"):
+        oj.predict(MODEL, ANN_VARIABLES, IMAGES[None])
+
+
+def test_the_ann_model_is_refused_by_simulate_and_conversion():
+    with pytest.raises(ValueError, match=r"model has no IFActivation site .* offsetjax.spiking_model"):
+        oj.simulate(MODEL, SNN_VARIABLES, IMAGES)
+    with pytest.raises(ValueError, match=r"snn_model has Activation\(QCFS.* not IFActivation"):
+        oj.convert_variables(MODEL, ANN_VARIABLES)
+
+
+def test_ann_variables_are_refused_with_a_hint_to_convert():
+    with pytest.raises(ValueError, match=r"no 'initial_potential' collection .* offsetjax.convert_variables"):
+        oj.simulate(SNN, ANN_VARIABLES, IMAGES)
+    with pytest.raises(ValueError, match=r"no 'initial_potential'"):
+        oj.calibrate_network(SNN, ANN_VARIABLES, IMAGES)
+
+
+@pytest.mark.parametrize(
+    ("collection", "value", "message"),
+    [
+        ("params", jnp.nan, "threshold of site conv1_act must be finite and > 0"),
+        ("params", 0.0, "threshold of site conv1_act must be finite and > 0"),
+        ("params", -1.0, "threshold of site conv1_act must be finite and > 0"),
+        ("initial_potential", jnp.nan, "initial potential v0 of site conv1_act must be finite"),
+    ],
+)
+def test_invalid_snn_variables_name_the_site(collection, value, message):
+    variables = with_site_value(collection, "conv1_act", value)
+    with pytest.raises(ValueError, match=message):
+        oj.simulate(SNN, variables, IMAGES)
+    with pytest.raises(ValueError, match=message):
+        oj.simulate_with_statistics(SNN, variables, IMAGES)
+
+
+def test_wrong_spatial_size_names_both_shapes():
+    with pytest.raises(ValueError, match=r"images of shape \(3, 16, 16, 2\) do not fit the network"):
+        oj.simulate(SNN, SNN_VARIABLES, jnp.ones((3, 16, 16, 2)))
+
+
+def test_empty_batch_and_empty_split_are_refused():
+    with pytest.raises(ValueError, match=r"B >= 1, got shape \(0, 8, 8, 2\)"):
+        oj.simulate(SNN, SNN_VARIABLES, IMAGES[:0])
+    with pytest.raises(ValueError, match=r"B >= 1"):
+        oj.predict(MODEL, ANN_VARIABLES, IMAGES[:0])
+    empty = data.Split(np.zeros((0, 8, 8, 2), np.float32), np.zeros(0, np.int32))
+    with pytest.raises(ValueError, match="split has no examples"):
+        oj.evaluate_snn(MODEL, ANN_VARIABLES, empty, num_steps=2, batch_size=4)
+    with pytest.raises(ValueError, match="split has no examples"):
+        oj.ann_accuracy(MODEL, ANN_VARIABLES, empty, batch_size=4)
+
+
+def test_predict_refuses_raw_or_nan_images():
+    with pytest.raises(ValueError, match="images must have a floating dtype, got uint8"):
+        oj.predict(MODEL, ANN_VARIABLES, np.zeros((3, 8, 8, 2), np.uint8))
+    with pytest.raises(ValueError, match="images must be finite"):
+        oj.predict(MODEL, ANN_VARIABLES, IMAGES.at[0, 0, 0, 0].set(jnp.nan))
+
+
+def test_checks_do_not_break_a_callers_jit():
+    """Inside a user's jit the values are tracers: the structural checks still run, the value
+    checks are skipped, and the result is the same."""
+    jitted = jax.jit(lambda variables, images: oj.simulate(SNN, variables, images))
+    np.testing.assert_allclose(jitted(SNN_VARIABLES, IMAGES), oj.simulate(SNN, SNN_VARIABLES, IMAGES), atol=1e-6)

@@ -1,0 +1,164 @@
+"""Run directories that never lose data: refusals, the lock, resume checks, verified checkpoints,
+one-line errors with exit status 2. Each case starts from a copy of one finished digits run."""
+
+import dataclasses
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+
+import pipeline  # noqa: E402
+import quickstart  # noqa: E402
+import rundir  # noqa: E402
+
+CONFIG = dataclasses.replace(
+    quickstart.CONFIG, epochs=1, train_limit=300, test_limit=90, max_steps=4, iterations=(1,), eval_batch_size=90
+)
+FLAGS = ["--epochs", "1", "--train-limit", "300", "--test-limit", "90", "--max-steps", "4", "--iterations", "1"]
+FLAGS += ["--eval-batch-size", "90"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("finished")
+    pipeline.run(dataclasses.replace(CONFIG, workdir=str(workdir)))
+    return workdir
+
+
+@pytest.fixture
+def workdir(finished, tmp_path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy)
+    return copy
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def run_main(capsys, workdir: Path, *flags: str) -> tuple[int, str]:
+    """The entry point as a shell runs it: (exit status, stderr)."""
+    try:
+        pipeline.main(CONFIG, [*FLAGS, "--workdir", str(workdir), *flags])
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    return status, capsys.readouterr().err
+
+
+def assert_one_line_error(status: int, err: str, *fragments: str) -> None:
+    assert status == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_a_finished_run_is_not_overwritten_without_resume_or_overwrite(workdir, capsys):
+    before = snapshot(workdir)
+    status, err = run_main(capsys, workdir)
+    assert_one_line_error(status, err, str(workdir), "already holds a run", "--resume", "--overwrite")
+    assert snapshot(workdir) == before
+
+
+def test_overwrite_replaces_the_run_and_logs_final_progress_lines(workdir, capsys):
+    (workdir / "results.md").write_text("old")
+    status, err = run_main(capsys, workdir, "--overwrite", "--seed", "1")
+    assert status == 0, err
+    assert (workdir / "results.md").read_text() != "old"
+    assert rundir.read_config(workdir)["seed"] == 1
+    # stderr is not a terminal here, as in a log file: every bar leaves its final line.
+    assert "epoch 1/1: 100%" in err and "SNN cos_k1: 100%" in err, err
+
+
+def test_a_failed_eval_only_writes_nothing(workdir, capsys):
+    before = snapshot(workdir)
+    status, err = run_main(capsys, workdir, "--eval-only", "--max-steps", "2")  # rho = 4 > T
+    assert status == 2 and "presim-steps must be in [1, max-steps = 2]" in err, err
+    status, err = run_main(capsys, workdir, "--eval-only", "--epochs", "3")
+    assert_one_line_error(status, err, "different configuration: epochs 1 -> 3")
+    assert snapshot(workdir) == before
+
+
+def test_resume_refuses_a_change_that_alters_the_result(workdir, capsys):
+    before = snapshot(workdir)
+    status, err = run_main(capsys, workdir, "--resume", "--learning-rate", "0.5", "--batch-size", "64")
+    assert_one_line_error(status, err, "learning_rate 0.05 -> 0.5", "batch_size 32 -> 64")
+    assert snapshot(workdir) == before
+    # Evaluation settings do not change the trained network: allowed, and recorded after success.
+    status, err = run_main(capsys, workdir, "--eval-only", "--eval-batch-size", "45")
+    assert status == 0, err
+    assert rundir.read_config(workdir)["eval_batch_size"] == 45
+
+
+def test_a_second_run_on_a_locked_workdir_exits_naming_the_holder(workdir, capsys):
+    lock = rundir.claim(workdir, resume=True, eval_only=False, overwrite=False)
+    try:
+        status, err = run_main(capsys, workdir, "--eval-only")
+    finally:
+        lock.close()
+    assert_one_line_error(status, err, f"in use by another run (pid {os.getpid()}", str(workdir / ".lock"))
+    status, err = run_main(capsys, workdir, "--eval-only")  # released with the process's lock
+    assert status == 0, err
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_checkpoint_is_one_line_and_results_survive(workdir, capsys, damage):
+    before = snapshot(workdir)
+    data_files = sorted(p for p in (workdir / "checkpoints" / "latest" / "state").rglob("*") if p.is_file())
+    target = max(data_files, key=lambda p: p.stat().st_size)
+    content = bytearray(target.read_bytes())
+    if damage == "flip":
+        content[len(content) // 2] ^= 0x10
+    else:
+        content = content[: len(content) // 3]
+    target.write_bytes(bytes(content))
+    status, err = run_main(capsys, workdir, "--eval-only")
+    assert_one_line_error(status, err, "checkpoint", "is corrupt", target.name)
+    after = snapshot(workdir)
+    assert {k: v for k, v in after.items() if "checkpoints" not in k} == {
+        k: v for k, v in before.items() if "checkpoints" not in k
+    }
+
+
+def test_a_workdir_that_is_a_file_or_unwritable_is_one_line(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    status, err = run_main(capsys, afile)
+    assert_one_line_error(status, err, f"--workdir {afile} exists and is not a directory")
+    status, err = run_main(capsys, afile / "below")
+    assert_one_line_error(status, err, "cannot create --workdir")
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        status, err = run_main(capsys, locked)
+        assert_one_line_error(status, err, "is not writable")
+
+
+def test_configuration_errors_are_found_before_any_work(tmp_path, capsys):
+    status, err = run_main(capsys, tmp_path / "new", "--max-steps", "2", "--arch", "alexnet")
+    assert status == 2 and "arch must be one of" in err and "presim-steps must be in" in err, err
+    assert not (tmp_path / "new").exists()
+    import fashion_mnist
+
+    try:
+        pipeline.main(fashion_mnist.CONFIG, ["--idx-dir", str(tmp_path / "missing"), "--workdir", str(tmp_path / "f")])
+    except SystemExit as exit_:
+        status = exit_.code
+    err = capsys.readouterr().err
+    assert_one_line_error(status, err, str(tmp_path / "missing"))
+    assert rundir.read_config(tmp_path / "f") is None  # found before training wrote anything
+
+
+def test_help_describes_every_flag_with_its_default_and_hides_other_datasets_flags(capsys):
+    with pytest.raises(SystemExit):
+        pipeline.parse_args(quickstart.CONFIG, ["--help"])
+    out = capsys.readouterr().out
+    assert "--max-steps MAX_STEPS" in out and "T_max" in out and "(default: 8)" in out
+    assert "--overwrite" in out and "replace the run already in --workdir" in out
+    assert "--autoaugment" not in out and "--idx-dir" not in out  # digits has no such data
