@@ -4,12 +4,16 @@ An entry point defines an :class:`ExperimentConfig` and calls :func:`main`, whic
 command-line overrides for every field (``--epochs 2 --arch small_resnet``), and writes into
 ``--workdir`` (default ``results/NAME/``):
 
+    .lock                  held (flock) by the running process; its pid inside
     config.json            the resolved configuration
-    checkpoints/latest/    orbax checkpoint after every epoch (``--resume`` continues from it)
+    checkpoints/latest/    verified orbax checkpoint after every epoch (``--resume`` continues from it)
     train_log.jsonl        one line per epoch
     results.json           ANN and SNN accuracies per T, offset statistics, wall times
     results.md             the same as tables
     *.png                  accuracy vs T / total steps, |psi| per layer, zero ratio and MSE vs k
+
+A directory holding a run is refused without ``--resume``, ``--eval-only`` or ``--overwrite``
+(``rundir.py``); user errors print one line and exit with status 2.
 """
 
 from __future__ import annotations

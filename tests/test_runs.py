@@ -126,18 +126,20 @@ def test_a_damaged_checkpoint_is_one_line_and_results_survive(workdir, capsys, d
     }
 
 
-def test_a_workdir_that_is_a_file_or_unwritable_is_one_line(tmp_path, capsys):
+def test_a_workdir_that_is_a_file_or_unwritable_is_one_line(tmp_path, capsys, monkeypatch):
     afile = tmp_path / "afile"
     afile.write_text("x")
     status, err = run_main(capsys, afile)
     assert_one_line_error(status, err, f"--workdir {afile} exists and is not a directory")
     status, err = run_main(capsys, afile / "below")
     assert_one_line_error(status, err, "cannot create --workdir")
-    if os.geteuid() != 0:  # root writes anywhere
-        locked = tmp_path / "locked"
-        locked.mkdir(mode=0o500)
-        status, err = run_main(capsys, locked)
-        assert_one_line_error(status, err, "is not writable")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.geteuid() == 0:  # root may write anywhere: let the permission check see what a user would
+        real_access = os.access
+        monkeypatch.setattr(rundir.os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    status, err = run_main(capsys, locked)
+    assert_one_line_error(status, err, f"--workdir {locked} is not writable")
 
 
 def test_configuration_errors_are_found_before_any_work(tmp_path, capsys):
