@@ -252,7 +252,7 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
         # "epoch" counts completed epochs, "batch" the batches done of the next one.
         start_epoch, start_batch = meta["epoch"], meta.get("batch", 0)
         print(f"resumed from {latest} after epoch {start_epoch}, batch {start_batch}")
-    elif log_path.exists():
+    elif log_path.exists() and jax.process_index() == 0:
         log_path.unlink()
     bars: dict[int, tqdm] = {}
 
@@ -276,8 +276,8 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
         if bar.n % 10 == 0:
             seen = (bar.n - bar.initial) * config.batch_size
             bar.set_postfix(
-                loss=f"{float(metrics['loss']):.3f}",
-                acc=f"{float(metrics['accuracy']):.3f}",
+                loss=f"{float(parallel.local_value(metrics['loss'])):.3f}",
+                acc=f"{float(parallel.local_value(metrics['accuracy'])):.3f}",
                 img_s=f"{seen / (time.perf_counter() - bar.began):.0f}",
                 refresh=False,
             )
@@ -290,8 +290,9 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
         )
         row = {**row, "test_accuracy": test_accuracy}
         checkpoint.save(latest, state, row)
-        with log_path.open("a") as log:
-            log.write(json.dumps(row) + "\n")
+        if jax.process_index() == 0:
+            with log_path.open("a") as log:
+                log.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
         return {"test_accuracy": test_accuracy}
 

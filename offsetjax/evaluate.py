@@ -96,8 +96,9 @@ def _on_mesh(mesh: Mesh | None, *arrays: np.ndarray):
     return parallel.shard_batch(mesh, *arrays)
 
 
-def _to_host(tree):
-    if jax.process_count() > 1:
+def _to_host(tree, mesh: Mesh | None):
+    """NumPy copies; arrays over a multi-process mesh are gathered whole onto every process."""
+    if mesh is not None and jax.process_count() > 1:
         return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
     return jax.tree.map(np.asarray, tree)
 
@@ -110,7 +111,7 @@ def ann_accuracy(
     variables = variables if mesh is None else parallel.replicate(mesh, variables)
     for images, labels, mask in padded_batches(split, _device_batch(batch_size, mesh)):
         (images,) = _on_mesh(mesh, images)
-        logits = _to_host(predict(model, variables, images))
+        logits = _to_host(predict(model, variables, images), mesh)
         correct += int(np.sum((logits.argmax(-1) == labels) & mask))
     return correct / num_examples(split)
 
@@ -157,13 +158,13 @@ def evaluate_snn(
         if statistics:
             sharded_images, sharded_mask = _on_mesh(mesh, images, mask)
             logits, per_site = _to_host(
-                simulate_with_statistics(snn, variables, sharded_images, sample_mask=sharded_mask)
+                simulate_with_statistics(snn, variables, sharded_images, sample_mask=sharded_mask), mesh
             )
             for name, stats in per_site.items():
                 totals[name] = accumulate(totals.get(name), stats)
         else:
             (sharded_images,) = _on_mesh(mesh, images)
-            logits = _to_host(simulate(snn, variables, sharded_images))  # [T, B, C]
+            logits = _to_host(simulate(snn, variables, sharded_images), mesh)  # [T, B, C]
         correct += np.sum((logits.argmax(-1) == labels[None]) & mask[None], axis=1)
         if progress is not None:
             progress(int(mask.sum()))

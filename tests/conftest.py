@@ -7,7 +7,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jaxtyping  # noqa: E402
 import pytest  # noqa: E402
 
-jaxtyping.install_import_hook("offsetjax", "beartype.beartype")
+import tests.typechecker  # noqa: E402,F401  (the hook refers to it by name)
+
+jaxtyping.install_import_hook("offsetjax", "tests.typechecker.check")
 
 import jax  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402

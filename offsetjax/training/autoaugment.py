@@ -73,7 +73,7 @@ def _equalize_channel(channel: np.ndarray) -> np.ndarray:
     return lut[channel]
 
 
-def apply_operation(image: np.ndarray, name: str, magnitude: int | float, sign: int | float) -> np.ndarray:
+def apply_operation(image: np.ndarray, name: str, magnitude: float, sign: float) -> np.ndarray:
     """One operation on a uint8 ``[H, W, C]`` image; ``sign`` (+-1) orients the signed ones."""
     height, width = image.shape[:2]
     level = magnitude / 9.0

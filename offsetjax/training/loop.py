@@ -105,7 +105,7 @@ def train_step(
 
 def check_finite_loss(metrics: dict, epoch: int, batch: int) -> None:
     """Stop before a NaN or Inf loss reaches a checkpoint (raises ``FloatingPointError``)."""
-    loss = float(metrics["loss"])
+    loss = float(parallel.local_value(metrics["loss"]))
     if not np.isfinite(loss):
         raise FloatingPointError(
             f"training loss is {loss} at epoch {epoch + 1}, batch {batch + 1}; the last finite checkpoint is kept. "
@@ -178,8 +178,9 @@ def fit(
             epoch=epoch,
             augment=augment,
             start_batch=first,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
+            # over a mesh each process reads its own rows; without one, every row is local
+            process_index=jax.process_index() if mesh is not None else 0,
+            process_count=jax.process_count() if mesh is not None else 1,
         )
         for batch, (images, labels) in enumerate(epoch_batches, start=first):
             state, step_metrics = train_step(state, *shard(images, labels))
@@ -193,8 +194,8 @@ def fit(
             check_finite_loss(metrics[-1], epoch, steps_per_epoch - 1)
         row = {
             "epoch": epoch + 1,
-            "train_loss": float(np.mean([float(m["loss"]) for m in metrics])),
-            "train_accuracy": float(np.mean([float(m["accuracy"]) for m in metrics])),
+            "train_loss": float(np.mean([parallel.local_value(m["loss"]) for m in metrics])),
+            "train_accuracy": float(np.mean([parallel.local_value(m["accuracy"]) for m in metrics])),
             "seconds": seconds,
             "images_per_second": len(metrics) * batch_size / seconds,
         }

@@ -1,0 +1,89 @@
+"""One process of a 2-process run started by test_multihost.py (offsetjax.launch.launch_local).
+
+    python tests/multihost_check.py WORKDIR
+
+Each process trains the same small network locally (identical in both), then over the global
+mesh (2 processes x 2 devices, each process feeding its own rows), evaluates the calibrated
+SNN locally and over the mesh, and saves and restores a checkpoint of the mesh-trained state
+in WORKDIR. Process 0 prints one JSON line comparing them.
+"""
+
+import functools
+import json
+import sys
+
+import jax
+import numpy as np
+
+import offsetjax as oj
+from offsetjax import parallel, training
+from offsetjax.training import checkpoint, data
+
+
+def main(workdir: str) -> None:
+    assert parallel.initialize_distributed(timeout_s=60)
+    assert jax.process_count() == 2 and jax.device_count() == 4, jax.devices()
+    splits = data.load_digits()
+    train = data.Split(data.normalize(splits["train"].images[:512], "digits"), splits["train"].labels[:512])
+    test = data.Split(data.normalize(splits["test"].images[:90], "digits"), splits["test"].labels[:90])
+    model = oj.models.small_vgg(10)
+    fit = functools.partial(training.fit, model, train, epochs=3, batch_size=32, learning_rate=0.1, seed=0)
+    local_state, _ = fit()
+    mesh = parallel.data_mesh()
+    mesh_state, mesh_log = fit(mesh=mesh)
+    train_diff = max(
+        float(np.max(np.abs(parallel.local_value(a) - parallel.local_value(b))))
+        for a, b in zip(jax.tree.leaves(local_state.params), jax.tree.leaves(mesh_state.params))
+    )
+
+    evaluations = {}
+    for iterations in (1, 2):
+        evaluate = functools.partial(
+            oj.evaluate_snn,
+            model,
+            local_state.variables,
+            test,
+            num_steps=8,
+            presim_steps=4,
+            iterations=iterations,
+            statistics=True,
+        )
+        # 90 images in batches of 30 (rounded up to 32 for 4 devices): every batch padded.
+        alone, meshed = evaluate(batch_size=90), evaluate(batch_size=30, mesh=mesh)
+        evaluations[iterations] = {
+            "accuracy_equal": bool(np.array_equal(alone.accuracy, meshed.accuracy)),
+            "accuracy": alone.accuracy.tolist(),
+            "zero_ratio": [alone.statistics["all"]["zero_ratio"], meshed.statistics["all"]["zero_ratio"]],
+            "psi_histogram_equal": alone.statistics["all"]["psi_histogram"]
+            == meshed.statistics["all"]["psi_histogram"],
+            "mse": [alone.statistics["all"]["mse"], meshed.statistics["all"]["mse"]],
+        }
+    ann_alone = oj.ann_accuracy(model, local_state.variables, test, batch_size=90)
+    ann_meshed = oj.ann_accuracy(model, local_state.variables, test, batch_size=30, mesh=mesh)
+
+    checkpoint.save(f"{workdir}/latest", mesh_state, {"epoch": 2})
+    tx = training.sgd_cosine(learning_rate=0.05, total_steps=1)
+    fresh = training.create_train_state(model, tx, train.images[:2], seed=1)
+    restored, meta = checkpoint.restore(f"{workdir}/latest", fresh)
+    restored_equal = all(
+        np.array_equal(parallel.local_value(a), parallel.local_value(b))
+        for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(mesh_state.params))
+    )
+    if jax.process_index() == 0:
+        print(
+            json.dumps(
+                {
+                    "train_max_abs_diff": train_diff,
+                    "train_loss": [row["train_loss"] for row in mesh_log],
+                    "evaluations": evaluations,
+                    "ann_equal": ann_alone == ann_meshed,
+                    "checkpoint_meta": meta,
+                    "restored_equal": restored_equal,
+                }
+            ),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
