@@ -103,6 +103,20 @@ def test_any_flipped_bit_in_a_checkpoint_is_reported(tmp_path):
     assert meta == {"epoch": 3}
 
 
+def test_a_checkpoint_without_manifest_is_refused_until_sealed(tmp_path):
+    tx = training.sgd_cosine(learning_rate=0.1, total_steps=10)
+    state = training.create_train_state(oj.models.small_vgg(10), tx, np.zeros((2, 8, 8, 1), np.float32), seed=0)
+    checkpoint.save(tmp_path / "old", state, {"epoch": 1})
+    for name in (checkpoint.MANIFEST, checkpoint.MANIFEST_DIGEST):  # as offsetjax 0.1 wrote it
+        (tmp_path / "old" / name).unlink()
+    with pytest.raises(checkpoint.CheckpointError, match=r"manifest.json is missing .*checkpoint.seal"):
+        checkpoint.restore(tmp_path / "old", state)
+    checkpoint.seal(tmp_path / "old", state)
+    restored, meta = checkpoint.restore(tmp_path / "old", state)
+    assert meta == {"epoch": 1}
+    jax.tree.map(np.testing.assert_array_equal, restored.params, state.params)
+
+
 def test_a_process_killed_while_saving_leaves_a_loadable_checkpoint(tmp_path):
     """Kill -9 a process in the middle of its checkpoint writes, several times: the checkpoint
     left behind is always a complete one (the one before, or the one being written)."""

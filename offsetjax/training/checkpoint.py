@@ -103,10 +103,7 @@ def save(directory: str | os.PathLike, state, meta: dict[str, Any]) -> None:
         checkpointer.save(staging / "state", target)
     if _primary():
         (staging / META).write_text(json.dumps(meta, indent=2))
-        manifest = {"files": _file_digests(staging), "arrays": array_digests(target)}
-        manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
-        (staging / MANIFEST).write_bytes(manifest_bytes)
-        (staging / MANIFEST_DIGEST).write_text(_sha256(manifest_bytes) + "\n")
+        _write_manifest(staging, array_digests(target))
         previous = directory.with_name(directory.name + ".previous")
         if directory.exists():
             if previous.exists():
@@ -118,12 +115,43 @@ def save(directory: str | os.PathLike, state, meta: dict[str, Any]) -> None:
     _barrier("checkpoint-renamed")
 
 
+def _write_manifest(directory: Path, arrays: dict[str, str]) -> None:
+    manifest = {"files": _file_digests(directory), "arrays": arrays}
+    manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    (directory / MANIFEST).write_bytes(manifest_bytes)
+    (directory / MANIFEST_DIGEST).write_text(_sha256(manifest_bytes) + "\n")
+
+
+def seal(directory: str | os.PathLike, state) -> None:
+    """Add the digest manifest to a checkpoint written without one (offsetjax < 0.2), after
+    reading it into the structure of ``state``. This vouches for its current bytes: seal only a
+    checkpoint you trust."""
+    directory = Path(directory).absolute()
+    if (directory / MANIFEST).exists():
+        raise CheckpointError(f"checkpoint {directory} already has a manifest")
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            restored = checkpointer.restore(directory / "state", _target(state))
+        json.loads((directory / META).read_text())
+    except Exception as error:  # orbax raises many types
+        raise CheckpointError(f"checkpoint {directory} does not restore: {type(error).__name__}: {error}") from None
+    _write_manifest(directory, array_digests(restored))
+
+
 def _read_manifest(directory: Path) -> dict:
     try:
         manifest_bytes = (directory / MANIFEST).read_bytes()
         recorded = (directory / MANIFEST_DIGEST).read_text().strip()
     except FileNotFoundError as error:
-        raise CheckpointError(f"checkpoint {directory} is incomplete: {Path(error.filename).name} is missing") from None
+        hint = ""
+        if not (directory / MANIFEST).exists() and not (directory / MANIFEST_DIGEST).exists():
+            hint = (
+                " (a checkpoint written before offsetjax 0.2 has none: if you trust it, "
+                "offsetjax.training.checkpoint.seal(directory, state) adds one)"
+            )
+        raise CheckpointError(
+            f"checkpoint {directory} is incomplete: {Path(error.filename).name} is missing{hint}"
+        ) from None
     if _sha256(manifest_bytes) != recorded:
         raise CheckpointError(f"checkpoint {directory} is corrupt: {MANIFEST} does not match its digest")
     return json.loads(manifest_bytes)
