@@ -341,6 +341,7 @@ def evaluate_all(config: ExperimentConfig, model, variables, test_split: data.Sp
         "snn": {},
         "offset": {},
         "offset_per_layer": {},
+        "operations": {},  # per image: spikes, synops, energy (J) per T; offsetjax.operations
         "wall_time_seconds": {},
     }
     results["wall_time_seconds"]["ann"] = time.perf_counter() - began
@@ -366,7 +367,11 @@ def evaluate_all(config: ExperimentConfig, model, variables, test_split: data.Sp
             mininterval=PROGRESS_INTERVAL,
         ) as bar:
             evaluation = run(
-                num_steps=config.max_steps, presim_steps=presim_steps, statistics=same_pass, progress=bar.update
+                num_steps=config.max_steps,
+                presim_steps=presim_steps,
+                statistics=same_pass,
+                operations=True,
+                progress=bar.update,
             )
         accuracy = evaluation.accuracy
         results["wall_time_seconds"][name] = time.perf_counter() - began
@@ -389,6 +394,15 @@ def evaluate_all(config: ExperimentConfig, model, variables, test_split: data.Sp
             "psi_histogram": stats["all"]["psi_histogram"],
         }
         results["offset_per_layer"][name] = stats["sites"]
+        ops = evaluation.operations
+        results["operations"][name] = {
+            **{key: ops[key] for key in ("presim_spikes", "presim_synops", "input_macs", "dense_macs")},
+            **{
+                key: {str(t): ops[key][t - 1] for t in range(1, config.max_steps + 1)}
+                for key in ("spikes", "synops", "energy_j", "presim_energy_share")
+            },
+        }
+        results["ann_energy_j"] = ops["ann_energy_j"]
         print(
             f"{name}: " + " ".join(f"T={t}:{accuracy[t - 1]:.4f}" for t in (1, 2, 4, 8) if t <= config.max_steps),
             f"zero_ratio={stats['all']['zero_ratio']:.4f}",

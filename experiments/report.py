@@ -39,6 +39,23 @@ def write_markdown(results: dict) -> str:
             + " | ".join(f"{100 * hist[b]:.2f}%" for b in ("0", "1", "2", ">=3"))
             + " |"
         )
+    if results.get("operations"):
+        any_ops = next(iter(results["operations"].values()))
+        steps = [t for t in steps if int(t) & (int(t) - 1) == 0] or steps  # T = 1, 2, 4, 8, ...
+        lines += [
+            "",
+            "Operations per image (offsetjax.count_operations; counted by events; energy at 45 nm, "
+            "0.9 pJ per accumulate, 4.6 pJ per multiply-accumulate; memory and data movement not included). "
+            f"ANN: {any_ops['dense_macs'] / 1e6:.2f} M MACs, {1e6 * results['ann_energy_j']:.2f} uJ. "
+            f"The SNN's first layer: {any_ops['input_macs'] / 1e6:.2f} M MACs on the analog image, once.",
+            "",
+            "| method | " + " | ".join(f"T={t}: synops (M), uJ" for t in steps) + " | pre-simulation share at T_max |",
+            "|---|" + "---|" * (len(steps) + 1),
+        ]
+        last = steps[-1]
+        for name, ops in results["operations"].items():
+            cells = [f"{ops['synops'][t] / 1e6:.2f}, {1e6 * ops['energy_j'][t]:.2f}" for t in steps]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * ops['presim_energy_share'][last]:.1f}% |")
     wall = results.get("wall_time_seconds", {})
     lines += ["", "Wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in wall.items())]
     if "command" in results:
@@ -109,6 +126,25 @@ def write_plots(results: dict, workdir: Path) -> list[Path]:
         axis.grid(alpha=0.3)
     fig.suptitle(title)
     written.append(_save(fig, workdir / "offset_vs_iterations.png"))
+
+    if results.get("operations"):
+        fig, axis = plt.subplots(figsize=(6, 4))
+        for name, ops in results["operations"].items():
+            steps = list(ops["energy_j"])
+            axis.plot(
+                [1e6 * ops["energy_j"][t] for t in steps],
+                [100 * results["snn"][name]["accuracy"][t] for t in steps],
+                marker="o",
+                label=name,
+            )
+        axis.scatter([1e6 * results["ann_energy_j"]], [100 * results["ann_accuracy"]], color="black", label="ANN")
+        axis.set_xscale("log")
+        axis.set_xlabel("energy per image (uJ, 45 nm; points: T = 1, 2, ...)")
+        axis.set_ylabel("top-1 accuracy (%)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+        fig.suptitle(f"{title}: accuracy against energy")
+        written.append(_save(fig, workdir / "accuracy_vs_energy.png"))
     return written
 
 

@@ -22,6 +22,7 @@ from offsetjax.offset import (
     offset_spike,
     shift_initial_potential,
 )
+from offsetjax.operations import Operations, count_operations, energy
 from offsetjax.simulation import calibrate_network, simulate, simulate_with_statistics
 from offsetjax.site import IFActivation
 from offsetjax.stats import PSI_BINS, OffsetStatistics, accumulate, offset_statistics, summarize
@@ -34,12 +35,15 @@ __all__ = [
     "IFActivation",
     "IFState",
     "OffsetStatistics",
+    "Operations",
     "SNNEvaluation",
     "accumulate",
     "ann_accuracy",
     "calibrate_initial_potential",
     "calibrate_network",
     "convert_variables",
+    "count_operations",
+    "energy",
     "evaluate_snn",
     "if_simulate",
     "if_step",

@@ -22,7 +22,8 @@ from jaxtyping import Array, ArrayLike, Float
 from offsetjax import parallel
 from offsetjax._checks import check_int, images_must_fit
 from offsetjax.convert import convert_variables, spiking_model
-from offsetjax.simulation import check_images, simulate, simulate_with_statistics
+from offsetjax.operations import energy, with_fan_out
+from offsetjax.simulation import _simulate_collecting, check_images
 from offsetjax.stats import OffsetStatistics, accumulate, summarize
 from offsetjax.training.data import Split, StreamingSplit, num_examples, take
 
@@ -34,10 +35,15 @@ class SNNEvaluation(NamedTuple):
       accuracy: ``[T]`` top-1 accuracy after t = 1..T steps, in [0, 1].
       statistics: :func:`offsetjax.summarize`'s ``{"sites": ..., "all": ...}`` (psi against QCFS
         with L = T), or ``None`` when not requested.
+      operations: per image, for a run of t = 1..T steps (lists of length T): ``spikes``,
+        ``synops``, ``energy_j`` (the SNN's, :func:`offsetjax.energy`) and
+        ``presim_energy_share``; and ``presim_spikes``, ``presim_synops``, ``input_macs``,
+        ``dense_macs``, ``ann_energy_j``; or ``None`` when not requested.
     """
 
     accuracy: np.ndarray
     statistics: dict | None
+    operations: dict | None = None
 
 
 def predict(model: nn.Module, variables: Any, images: Float[ArrayLike, "B ..."]) -> Float[Array, "B C"]:
@@ -127,6 +133,7 @@ def evaluate_snn(
     saturated: str = "fire",
     batch_size: int,
     statistics: bool = False,
+    operations: bool = False,
     mesh: Mesh | None = None,
     progress: Callable[[int], Any] | None = None,
 ) -> SNNEvaluation:
@@ -140,6 +147,8 @@ def evaluate_snn(
       saturated: rule (ii) for never-silent neurons, ``"fire"`` or ``"hold"`` (``spiking_model``).
       batch_size: samples per simulated batch, rounded up to a multiple of the mesh's devices.
       statistics: also return the Table-3 statistics (psi against QCFS with L = ``num_steps``).
+      operations: also count spike events, synaptic operations and energy
+        (:func:`offsetjax.count_operations`), from the same simulation.
       mesh: shard every batch over this device mesh; the calibration is per sample, so it
         shards with the batch, and the result equals the single-device one.
       progress: optional callable ``progress(num_samples)`` after each batch.
@@ -151,21 +160,46 @@ def evaluate_snn(
         model, num_steps=num_steps, presim_steps=presim_steps, iterations=iterations, saturated=saturated
     )
     variables = convert_variables(snn, ann_variables)
+    if operations:
+        image_shape = np.shape(take(split, np.arange(1))[0])[1:]
+        variables, input_macs, dense_macs = with_fan_out(snn, variables, image_shape)
     variables = variables if mesh is None else parallel.replicate(mesh, variables)
     correct = np.zeros(num_steps, np.int64)
     totals: dict[str, OffsetStatistics] = {}
+    events = {"spikes": np.zeros(num_steps), "synops": np.zeros(num_steps), "presim_spikes": 0.0, "presim_synops": 0.0}
     for images, labels, mask in padded_batches(split, _device_batch(batch_size, mesh)):
-        if statistics:
-            sharded_images, sharded_mask = _on_mesh(mesh, images, mask)
-            logits, per_site = _to_host(
-                simulate_with_statistics(snn, variables, sharded_images, sample_mask=sharded_mask), mesh
-            )
-            for name, stats in per_site.items():
-                totals[name] = accumulate(totals.get(name), stats)
-        else:
-            (sharded_images,) = _on_mesh(mesh, images)
-            logits = _to_host(simulate(snn, variables, sharded_images), mesh)  # [T, B, C]
+        sharded_images, sharded_mask = _on_mesh(mesh, images, mask)
+        logits, per_site, ops = _to_host(
+            _simulate_collecting(snn, variables, sharded_images, sharded_mask if statistics else None, operations),
+            mesh,
+        )
+        for name, stats in (per_site or {}).items():
+            totals[name] = accumulate(totals.get(name), stats)
+        for name in events if operations else ():
+            events[name] = events[name] + sum(site[name] for site in ops.values()) @ mask.astype(np.float64)
         correct += np.sum((logits.argmax(-1) == labels[None]) & mask[None], axis=1)
         if progress is not None:
             progress(int(mask.sum()))
-    return SNNEvaluation(correct / num_examples(split), summarize(totals) if statistics else None)
+    count = num_examples(split)
+    summary = None
+    if operations:
+        summary = _operations_summary(events, count, float(input_macs), float(dense_macs))
+    return SNNEvaluation(correct / count, summarize(totals) if statistics else None, summary)
+
+
+def _operations_summary(events: dict, count: int, input_macs: float, dense_macs: float) -> dict:
+    """Per image, for runs of t = 1..T steps (cumulative over steps)."""
+    synops = np.cumsum(events["synops"]) / count
+    presim_synops = float(events["presim_synops"]) / count
+    joules = [energy(float(s), presim_synops, input_macs, dense_macs) for s in synops]
+    return {
+        "spikes": (np.cumsum(events["spikes"]) / count).tolist(),
+        "synops": synops.tolist(),
+        "presim_spikes": float(events["presim_spikes"]) / count,
+        "presim_synops": presim_synops,
+        "input_macs": input_macs,
+        "dense_macs": dense_macs,
+        "energy_j": [j["snn"] for j in joules],
+        "presim_energy_share": [j["presim"] / j["snn"] for j in joules],
+        "ann_energy_j": joules[0]["ann"],
+    }

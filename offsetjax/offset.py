@@ -200,6 +200,25 @@ def calibrate_initial_potential(
     >>> float(if_simulate(currents, 1.0, v0)[1].count[0])
     1.0
     """
+    return calibrate_counting_spikes(
+        currents, theta, v0, presim_steps, iterations, eps, saturated=saturated, unroll=unroll
+    )[0]
+
+
+def calibrate_counting_spikes(
+    currents: Float[ArrayLike, "T ..."],
+    theta: Float[ArrayLike, "..."],
+    v0: Float[ArrayLike, "..."],
+    presim_steps: int,
+    iterations: int,
+    eps: Float[ArrayLike, ""] = 1e-3,
+    *,
+    saturated: str = "fire",
+    unroll: int | None = None,
+) -> tuple[Float[Array, "..."], Float[Array, "..."]]:
+    """:func:`calibrate_initial_potential`, also returning the spikes each neuron fired over
+    all ``iterations`` pre-simulations (``iterations * presim_steps`` steps), what calibration
+    costs in spike events (:func:`offsetjax.count_operations`)."""
     currents = jnp.asarray(currents)
     if currents.ndim < 1:
         raise ValueError(f"currents must have a leading time axis, got shape {currents.shape}")
@@ -208,8 +227,9 @@ def calibrate_initial_potential(
     dtype = potential_dtype(currents.dtype)
     neuron_shape = currents.shape[1:]
     v0 = jnp.broadcast_to(jnp.asarray(v0, dtype), neuron_shape)
+    presim_spikes = jnp.zeros(neuron_shape, dtype)
     if presim_steps == 0 or iterations == 0:
-        return v0
+        return v0, presim_spikes
     presim = currents[:presim_steps].astype(dtype)
     theta = jnp.broadcast_to(jnp.asarray(theta, dtype), neuron_shape)
     unit_roundoff = jnp.finfo(dtype).eps / 2
@@ -217,6 +237,7 @@ def calibrate_initial_potential(
     shifted = v0
     for round_index in range(iterations):
         _, state = if_simulate(presim, theta, shifted, unroll=unroll)
+        presim_spikes = presim_spikes + state.count
         if round_index == 0:
             psi = offset_from_residual(state.v, theta)
         else:
@@ -224,4 +245,4 @@ def calibrate_initial_potential(
             guard = (2 * presim_steps + 4) * unit_roundoff * (magnitude + jnp.abs(delta)) / theta
             psi = offset_from_residual(state.v - delta, theta, tolerance=guard)
         shifted = shift_initial_potential(shifted, state, theta, psi, eps, saturated=saturated)
-    return shifted
+    return shifted, presim_spikes

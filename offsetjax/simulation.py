@@ -27,7 +27,7 @@ from flax import traverse_util
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from offsetjax._checks import check_finite, check_float, images_must_fit
-from offsetjax.site import CALIBRATED_POTENTIAL, INITIAL_POTENTIAL, STATISTICS, IFActivation
+from offsetjax.site import CALIBRATED_POTENTIAL, INITIAL_POTENTIAL, OPERATIONS, STATISTICS, IFActivation
 from offsetjax.stats import OffsetStatistics, masked_total
 
 
@@ -44,7 +44,7 @@ def simulate(model: nn.Module, variables: Any, images: Float[ArrayLike, "B ..."]
       steps is ``argmax(logits[t-1])``, and at t = T with T = L it equals the ANN's logits.
     """
     images = _check_call(model, variables, images)
-    logits, _ = images_must_fit(lambda: _apply(model, variables, images, None), images)
+    logits, _, _ = images_must_fit(lambda: _apply(model, variables, images, None), images)
     return logits
 
 
@@ -68,9 +68,34 @@ def simulate_with_statistics(
         sample_mask = jnp.ones(images.shape[:1], bool)
     if tuple(sample_mask.shape) != images.shape[:1]:
         raise ValueError(f"sample_mask must have shape {images.shape[:1]} (one per image), got {sample_mask.shape}")
-    logits, sown = images_must_fit(lambda: _apply(model, variables, images, sample_mask), images)
-    flat = {"/".join(path[:-1]): stats for path, stats in traverse_util.flatten_dict(sown).items()}
-    return logits, {name: flat[name] for name in site_order(model, images.shape[1:])}
+    logits, sown, _ = images_must_fit(lambda: _apply(model, variables, images, sample_mask), images)
+    return logits, per_site(sown, site_order(model, images.shape[1:]))
+
+
+def _simulate_collecting(model: nn.Module, variables: Any, images, sample_mask, operations: bool):
+    """``(logits, statistics per site or None, operations per site or None)`` from one run:
+    statistics when ``sample_mask`` is given, each site's sown :data:`OPERATIONS` when asked."""
+    images = _check_call(model, variables, images)
+    logits, stats, ops = images_must_fit(lambda: _apply(model, variables, images, sample_mask, operations), images)
+    order = site_order(model, images.shape[1:])
+    return (
+        logits,
+        per_site(stats, order) if sample_mask is not None else None,
+        per_site(ops, order) if operations else None,
+    )
+
+
+def per_site(sown: dict, order: tuple[str, ...]) -> dict:
+    """A sown collection ``{site path...: {name: value}}`` as ``{"a/b": leaf}`` in ``order``
+    (the leaf being the site's :class:`OffsetStatistics` or its dict of values)."""
+    flat: dict[str, Any] = {}
+    for path, value in traverse_util.flatten_dict(sown).items():
+        name = "/".join(path[:-1])
+        if isinstance(value, OffsetStatistics):
+            flat[name] = value
+        else:
+            flat.setdefault(name, {})[path[-1]] = value
+    return {name: flat[name] for name in order}
 
 
 @functools.lru_cache(maxsize=128)
@@ -179,22 +204,27 @@ def _valid_sites(thresholds: list, potentials: list) -> Array:
     return jnp.stack(checks) if checks else jnp.zeros((0,), bool)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _apply(model: nn.Module, variables: Any, images: Array, sample_mask: Array | None):
-    """Running-mean logits and, when ``sample_mask`` is given, each site's masked statistics."""
-    if sample_mask is None:
-        out, sown = model.apply(variables, images[None]), {}
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _apply(model: nn.Module, variables: Any, images: Array, sample_mask: Array | None, operations: bool = False):
+    """Running-mean logits; each site's statistics masked by ``sample_mask`` when it is given;
+    each site's per-sample operations (:data:`OPERATIONS`) when ``operations``."""
+    mutable = ([STATISTICS] if sample_mask is not None else []) + ([OPERATIONS] if operations else [])
+    if mutable:
+        out, collections = model.apply(variables, images[None], mutable=mutable)
     else:
-        out, collections = model.apply(variables, images[None], mutable=[STATISTICS])
-        sown = jax.tree.map(
-            lambda stats: masked_total(stats[0], sample_mask),
-            collections[STATISTICS],
-            is_leaf=lambda x: isinstance(x, tuple) and not isinstance(x, OffsetStatistics),
-        )
+        out, collections = model.apply(variables, images[None]), {}
     if out.ndim != 3:  # static: raised once, while tracing
         raise ValueError(
             f"images of shape {images.shape} gave logits of shape {out.shape}, not [T, B, classes]: "
             "images must be one batch [B, H, W, C] (one axis more than the network takes?)"
         )
+    stats = {}
+    if sample_mask is not None:
+        stats = jax.tree.map(
+            lambda stats: masked_total(stats[0], sample_mask),
+            collections[STATISTICS],
+            is_leaf=lambda x: isinstance(x, tuple) and not isinstance(x, OffsetStatistics),
+        )
+    ops = jax.tree.map(lambda x: x[0], collections.get(OPERATIONS, {}), is_leaf=lambda x: isinstance(x, tuple))
     steps = jnp.arange(1, out.shape[0] + 1, dtype=out.dtype).reshape((-1,) + (1,) * (out.ndim - 1))
-    return jnp.cumsum(out, axis=0) / steps, sown
+    return jnp.cumsum(out, axis=0) / steps, stats, ops

@@ -19,7 +19,7 @@ from jaxtyping import Array, Float
 from offsetjax._checks import check_choice, check_steps
 from offsetjax.activation import DEFAULT_THRESHOLD
 from offsetjax.neuron import if_simulate, potential_dtype, resolve_unroll
-from offsetjax.offset import SATURATION_RULES, calibrate_initial_potential
+from offsetjax.offset import SATURATION_RULES, calibrate_counting_spikes
 from offsetjax.stats import offset_statistics
 
 #: Variable collection holding each site's initial potential v(0) (per neuron, no batch axis).
@@ -28,6 +28,11 @@ INITIAL_POTENTIAL = "initial_potential"
 STATISTICS = "offset_statistics"
 #: Collection the sites sow their calibrated per-sample v(0) ``[B, ...]`` into when mutable.
 CALIBRATED_POTENTIAL = "calibrated_potential"
+#: Collection the sites sow their events into when mutable (:func:`offsetjax.count_operations`):
+#: ``spikes`` and ``synops`` per step ``[T, B]``, ``presim_spikes`` and ``presim_synops`` ``[B]``.
+OPERATIONS = "operations"
+#: Collection holding each site's per-neuron fan-out ``fan`` (``offsetjax.operations.fan_out``).
+FAN_OUT = "fan_out"
 
 
 class IFActivation(nn.Module):
@@ -77,7 +82,7 @@ class IFActivation(nn.Module):
         neuron_shape = currents.shape[2:]
         v0 = self.variable(INITIAL_POTENTIAL, "v0", lambda: jnp.full(neuron_shape, 0.5 * theta)).value
         currents = jnp.broadcast_to(currents, (self.num_steps, *currents.shape[1:]))
-        calibrated = calibrate_initial_potential(
+        calibrated, presim_spikes = calibrate_counting_spikes(
             currents,
             theta,
             v0,
@@ -93,4 +98,14 @@ class IFActivation(nn.Module):
             self.sow(STATISTICS, "site", per_sample(currents.astype(theta.dtype), state.count, theta))
         if self.is_mutable_collection(CALIBRATED_POTENTIAL):
             self.sow(CALIBRATED_POTENTIAL, "v0", calibrated)
+        if self.is_mutable_collection(OPERATIONS):
+            fan = self.get_variable(FAN_OUT, "fan") if self.has_variable(FAN_OUT, "fan") else jnp.ones(neuron_shape)
+            fan = jnp.asarray(fan, theta.dtype)
+            events = spikes.astype(theta.dtype)  # [T, B, ...]
+            per_step = tuple(range(2, events.ndim))
+            per_sample = tuple(range(1, presim_spikes.ndim))
+            self.sow(OPERATIONS, "spikes", jnp.sum(events, axis=per_step))
+            self.sow(OPERATIONS, "synops", jnp.sum(events * fan[None, None], axis=per_step))
+            self.sow(OPERATIONS, "presim_spikes", jnp.sum(presim_spikes, axis=per_sample))
+            self.sow(OPERATIONS, "presim_synops", jnp.sum(presim_spikes * fan[None], axis=per_sample))
         return (spikes * theta).astype(currents.dtype)

@@ -36,10 +36,17 @@ def test_results_schema_and_outputs(tmp_path):
         assert row["total_steps"]["2"] == 2 + row["presim_steps"] * row["iterations"]
         assert set(on_disk["offset"][name]) >= {"zero_ratio", "mse"}
     assert on_disk["snn"]["cos_k1"]["total_steps"]["1"] == 5 and on_disk["snn"]["qcfs"]["total_steps"]["1"] == 1
+    ops = on_disk["operations"]
+    assert list(ops) == list(on_disk["snn"]) and ops["qcfs"]["presim_synops"] == 0 < ops["cos_k1"]["presim_synops"]
+    for row in ops.values():
+        synops = [row["synops"][t] for t in ("1", "2", "3", "4")]
+        assert synops == sorted(synops) and synops[0] > 0  # cumulative over steps
+        assert row["energy_j"]["4"] < on_disk["ann_energy_j"] and row["dense_macs"] > row["input_macs"] > 0
+    assert "Operations per image" in (tmp_path / "results.md").read_text()
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["workdir"] == str(tmp_path) and config["epochs"] == 2
     assert "| cos_k1 | 4 | 1 |" in (tmp_path / "results.md").read_text()
-    for plot in ("accuracy_vs_steps.png", "psi_per_layer.png", "offset_vs_iterations.png"):
+    for plot in ("accuracy_vs_steps.png", "psi_per_layer.png", "offset_vs_iterations.png", "accuracy_vs_energy.png"):
         assert (tmp_path / plot).read_bytes()[:4] == b"\x89PNG"
     assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 2
     again = pipeline.run(dataclasses.replace(TINY, workdir=str(tmp_path), eval_only=True, saturated=("fire", "hold")))

@@ -6,6 +6,8 @@ ANN, ``[T, B, H, W, C]`` for the SNN), so one definition serves both.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -134,7 +136,8 @@ def avg_pool(x: Float[ArrayLike, "*batch H W C"], size: int = 2) -> Float[Array,
     window = (size, size)
     # Summed, then divided by a Python int (weakly typed), so that bfloat16 stays bfloat16 and
     # strict dtype promotion holds (flax's avg_pool divides by a NumPy integer).
-    return nn.pool(x, 0.0, jax.lax.add, window, window, "VALID") / (size * size)
+    summed = nn.pool(x, 0.0, jax.lax.add, window, window, "VALID")
+    return summed if _SUM_POOLS.get() else summed / (size * size)
 
 
 def flatten(x: Float[ArrayLike, "*batch H W C"]) -> Float[Array, "*batch F"]:
@@ -144,4 +147,20 @@ def flatten(x: Float[ArrayLike, "*batch H W C"]) -> Float[Array, "*batch F"]:
 
 def global_avg_pool(x: Float[ArrayLike, "*batch H W C"]) -> Float[Array, "*batch C"]:
     """Mean over the two spatial axes."""
-    return jnp.mean(x, axis=(-3, -2))
+    return jnp.sum(x, axis=(-3, -2)) if _SUM_POOLS.get() else jnp.mean(x, axis=(-3, -2))
+
+
+#: While set (only by :func:`pools_as_sums`, while tracing), pooling sums instead of averaging.
+_SUM_POOLS = contextvars.ContextVar("offsetjax_sum_pools", default=False)
+
+
+@contextlib.contextmanager
+def pools_as_sums():
+    """Trace networks with sum pooling instead of average pooling: the connectivity view
+    :func:`offsetjax.count_operations` needs (a pooled input drives the next layer's synapses
+    once per connection, as with the 1/k^2 folded into that layer's weights)."""
+    token = _SUM_POOLS.set(True)
+    try:
+        yield
+    finally:
+        _SUM_POOLS.reset(token)

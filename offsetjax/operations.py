@@ -1,0 +1,185 @@
+"""Synaptic operations and energy of a spiking network run, counted by events, never by value.
+
+A spike of a site's neuron drives every synapse from that neuron into the layers that read it:
+its *fan-out*, counted border-exact (a convolution's padding taps are not synapses), through
+pooling (average pooling folded into the next layer's weights, as hardware does) and into every
+consumer of a residual branch (an identity shortcut is one synapse). Then, per image:
+
+* ``synops`` of a site = sum over its neurons of (spikes fired) x (fan-out), over the T steps,
+  and separately over the rho * k pre-simulation steps of calibration, which a causal chip must
+  also run (``presim_synops``);
+* ``input_macs``: the first layer's multiply-accumulates on the analog image, computed once
+  (the image is the same at every step, as in the simulator);
+* ``dense_macs``: the ANN's multiply-accumulates of every layer, for comparison.
+
+The fan-out comes from the network itself: with every weight 1, biases 0, batch norm the
+identity and pooling summing, the gradient of the sum of every layer's pre-activation with
+respect to a site's output is, per neuron, the number of connections it drives.
+
+Energy uses the 45 nm figures most SNN papers use (M. Horowitz, "Computing's energy problem
+(and what we can do about it)", ISSCC 2014: a 32-bit float add 0.9 pJ, a multiply 3.7 pJ, so a
+multiply-accumulate 4.6 pJ). The count leaves out memory access and data movement, which often
+dominate (Dampfhoffer et al., IEEE TETCI 2023), and the neurons' own updates.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+from jaxtyping import Array, ArrayLike, Float
+
+from offsetjax.models.layers import Activation, pools_as_sums
+from offsetjax.simulation import _check_call, _simulate_collecting
+from offsetjax.site import FAN_OUT
+
+#: Picojoules of one accumulate (a spike's synaptic event), 45 nm, 32-bit float add.
+ACCUMULATE_PJ = 0.9
+#: Picojoules of one multiply-accumulate, 45 nm, 32-bit float (3.7 pJ multiply + 0.9 pJ add).
+MULTIPLY_ACCUMULATE_PJ = 4.6
+
+
+class Operations(NamedTuple):
+    """Events of one simulated batch. Per-site fields are dicts keyed by the site's module path
+    in network order.
+
+    Attributes:
+      spikes: per site, spike events at each step, ``[T, B]``.
+      synops: per site, the synaptic operations those spikes drive, ``[T, B]``.
+      presim_spikes: per site, spike events over all pre-simulation steps (rho * k), ``[B]``.
+      presim_synops: per site, the synaptic operations of ``presim_spikes``, ``[B]``.
+      input_macs: scalar, the first layer's multiply-accumulates per image (once, not per step).
+      dense_macs: scalar, the ANN's multiply-accumulates per image.
+      logits: ``[T, B, classes]``, as :func:`offsetjax.simulate` returns them.
+    """
+
+    spikes: dict[str, Array]
+    synops: dict[str, Array]
+    presim_spikes: dict[str, Array]
+    presim_synops: dict[str, Array]
+    input_macs: Array
+    dense_macs: Array
+    logits: Array
+
+
+class _FanOutProbe(nn.Module):
+    """An activation site in the connectivity view: its output is a free per-neuron input
+    (``fan_out_source``), its input is summed into ``fan_out_sink``."""
+
+    @nn.compact
+    def __call__(self, x, *args, **kwargs):
+        self.sow("fan_out_sink", "sum", jnp.sum(x.astype(jnp.float32)))
+        source = self.variable("fan_out_source", "delta", jnp.zeros, x.shape[1:], jnp.float32)
+        return jnp.broadcast_to(source.value.astype(x.dtype), x.shape)
+
+
+def _connectivity_params(tree: dict, batch_norm_eps: float) -> dict:
+    """Weights 1, biases 0, batch norm the identity (scale 1, shift 0, mean 0, var 1 - eps)."""
+    flat = traverse_util.flatten_dict(tree)
+    rules = {"kernel": 1.0, "scale": 1.0, "bias": 0.0, "mean": 0.0, "var": 1.0 - batch_norm_eps}
+    return traverse_util.unflatten_dict({k: jnp.full_like(v, rules.get(k[-1], 0.0)) for k, v in flat.items()})
+
+
+@functools.lru_cache(maxsize=32)
+def fan_out(model: nn.Module, image_shape: tuple[int, ...], batch_norm_eps: float = 1e-5) -> tuple[dict, Array]:
+    """Connections driven by each neuron of each site, and by each input pixel.
+
+    Args:
+      model: a network of ``offsetjax.models`` (ANN or SNN: only its structure is read).
+      image_shape: one image's shape ``(H, W, C)``.
+      batch_norm_eps: the networks' batch-norm epsilon (``offsetjax.models.layers.BatchNorm``).
+
+    Returns:
+      ``(per_site, per_pixel)``: a dict site path -> fan-out ``[neuron shape]``, and the
+      image's fan-out ``image_shape`` into the first layer (integers as floats).
+    """
+    probe = model.clone(activation=Activation(_FanOutProbe))
+    image = jnp.zeros((1, *image_shape), jnp.float32)
+    with pools_as_sums():
+        variables = jax.eval_shape(functools.partial(probe.init, jax.random.key(0)), image)
+        params = {
+            name: _connectivity_params(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree), batch_norm_eps)
+            for name, tree in variables.items()
+            if name in ("params", "batch_stats")
+        }
+        sources = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), variables["fan_out_source"])
+
+        def connections(sources, image):
+            logits, sinks = probe.apply({**params, "fan_out_source": sources}, image, mutable=["fan_out_sink"])
+            return sum(jax.tree.leaves(sinks)) + jnp.sum(logits.astype(jnp.float32))
+
+        per_source, per_pixel = jax.grad(connections, argnums=(0, 1))(sources, image)
+    flat = {"/".join(path[:-1]): jnp.round(leaf) for path, leaf in traverse_util.flatten_dict(per_source).items()}
+    return flat, jnp.round(per_pixel[0])
+
+
+def count_operations(snn: nn.Module, variables: Any, images: Float[ArrayLike, "B ..."]) -> Operations:
+    """Spike events, synaptic operations and MACs of one simulated batch (see the module docstring).
+
+    One simulation, the same as :func:`offsetjax.simulate`'s (the same spikes; the logits equal
+    up to float rounding, as XLA may fuse the output differently); each site
+    adds up its events and their fan-out as it runs, so counting needs no per-neuron arrays.
+
+    Args:
+      snn: the spiking network (:func:`offsetjax.spiking_model`).
+      variables: its variables (:func:`offsetjax.convert_variables`).
+      images: ``[B, H, W, C]``, as for :func:`offsetjax.simulate`.
+    """
+    images = _check_call(snn, variables, images)
+    with_fans, input_macs, dense_macs = with_fan_out(snn, variables, tuple(images.shape[1:]))
+    logits, _, sites = _simulate_collecting(snn, with_fans, images, None, True)
+    field = {name: {site: values[name] for site, values in sites.items()} for name in Operations._fields[:4]}
+    return Operations(**field, input_macs=input_macs, dense_macs=dense_macs, logits=logits)
+
+
+def with_fan_out(snn: nn.Module, variables: Any, image_shape: tuple[int, ...]) -> tuple[dict, Array, Array]:
+    """``variables`` plus every site's fan-out (the collection the sites read when counting),
+    the first layer's MACs per image and the ANN's MACs per image."""
+    fans, per_pixel = fan_out(snn, tuple(image_shape))
+    tree = traverse_util.unflatten_dict({(*name.split("/"), "fan"): fan for name, fan in fans.items()})
+    input_macs = jnp.sum(per_pixel)
+    return {**variables, FAN_OUT: tree}, input_macs, input_macs + sum(jnp.sum(fan) for fan in fans.values())
+
+
+def totals(operations: Operations, sample_mask: Array | None = None) -> dict[str, Array]:
+    """Network totals summed over (the masked) images: ``spikes`` and ``synops`` cumulative over
+    steps ``[T]`` (entry t-1: a run of t steps), ``presim_spikes``, ``presim_synops`` and
+    ``images`` scalars."""
+    some_site = next(iter(operations.spikes.values()))
+    mask = jnp.ones(some_site.shape[1], bool) if sample_mask is None else jnp.asarray(sample_mask)
+    weight = mask.astype(some_site.dtype)
+    return {
+        "spikes": jnp.cumsum(sum(v for v in operations.spikes.values()) @ weight),
+        "synops": jnp.cumsum(sum(v for v in operations.synops.values()) @ weight),
+        "presim_spikes": sum(v for v in operations.presim_spikes.values()) @ weight,
+        "presim_synops": sum(v for v in operations.presim_synops.values()) @ weight,
+        "images": jnp.sum(weight),
+    }
+
+
+def energy(
+    synops: float,
+    presim_synops: float,
+    input_macs: float,
+    dense_macs: float,
+    *,
+    accumulate_pj: float = ACCUMULATE_PJ,
+    mac_pj: float = MULTIPLY_ACCUMULATE_PJ,
+) -> dict[str, float]:
+    """Joules per image from per-image counts, split the way NeuroBench reports them.
+
+    Returns:
+      ``{"ann": dense MACs x mac_pj (the ANN's dense cost), "snn": (synops + presim_synops) x
+      accumulate_pj + input MACs x mac_pj (the SNN's effective cost), "presim": the
+      pre-simulation's part of "snn"}``.
+    """
+    picojoule = 1e-12
+    return {
+        "ann": dense_macs * mac_pj * picojoule,
+        "snn": ((synops + presim_synops) * accumulate_pj + input_macs * mac_pj) * picojoule,
+        "presim": presim_synops * accumulate_pj * picojoule,
+    }

@@ -1,0 +1,131 @@
+"""Operation counting: fan-outs against a brute-force enumeration of every connection, events
+against the simulator's own spike counts, and the all-fire / no-fire extremes."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+import offsetjax as oj
+from offsetjax.models import VGG, ResNet
+from offsetjax.operations import fan_out, totals
+
+IMAGES = jax.random.uniform(jax.random.key(0), (3, 8, 8, 2))
+
+
+def conv_fan_out(height: int, width: int, features: int, kernel: int = 3, stride: int = 1) -> np.ndarray:
+    """Every (input position, output position, tap) triple of a convolution padded by
+    (kernel - 1) // 2, enumerated: how many outputs (times channels) read each input position."""
+    pad = (kernel - 1) // 2
+    out_h, out_w = (height + 2 * pad - kernel) // stride + 1, (width + 2 * pad - kernel) // stride + 1
+    fan = np.zeros((height, width))
+    for oh, ow, kh, kw in itertools.product(range(out_h), range(out_w), range(kernel), range(kernel)):
+        h, w = oh * stride - pad + kh, ow * stride - pad + kw
+        if 0 <= h < height and 0 <= w < width:  # padding taps are no synapses
+            fan[h, w] += features
+    return fan
+
+
+def per_channel(fan: np.ndarray, channels: int) -> np.ndarray:
+    return np.repeat(fan[..., None], channels, axis=-1)
+
+
+def through_pool(fan_after_pool: np.ndarray, size: int = 2) -> np.ndarray:
+    """Each input of a size x size pool drives the connections of its pooled position."""
+    return np.repeat(np.repeat(fan_after_pool, size, axis=0), size, axis=1)
+
+
+VGG_NET = VGG(features=(4, "M", 6, 5, "M"), hidden=(7,), num_classes=3)
+RESNET_NET = ResNet((1, 1), (4, 6), 3)
+
+
+def brute_force_vgg():
+    return {
+        "conv0_act": per_channel(through_pool(conv_fan_out(4, 4, 6)), 4),
+        "conv1_act": per_channel(conv_fan_out(4, 4, 5), 6),
+        "conv2_act": np.full((4, 4, 5), 7.0),  # pool -> flatten -> 7 hidden units
+        "fc0_act": np.full((7,), 3.0),
+    }, per_channel(conv_fan_out(8, 8, 4), 2)
+
+
+def brute_force_resnet():
+    return {
+        "stem_act": per_channel(conv_fan_out(8, 8, 4) + 1, 4),  # conv_a, and the identity shortcut
+        "stage0_block0/act_a": per_channel(conv_fan_out(8, 8, 4), 4),
+        "stage0_block0/act_out": per_channel(conv_fan_out(8, 8, 6, 3, 2) + conv_fan_out(8, 8, 6, 1, 2), 4),
+        "stage1_block0/act_a": per_channel(conv_fan_out(4, 4, 6), 6),
+        "stage1_block0/act_out": np.full((4, 4, 6), 3.0),  # global pool -> 3 classes
+    }, per_channel(conv_fan_out(8, 8, 4), 2)
+
+
+@pytest.mark.parametrize(("model", "brute_force"), [(VGG_NET, brute_force_vgg), (RESNET_NET, brute_force_resnet)])
+def test_fan_out_equals_every_connection_enumerated(model, brute_force):
+    per_site, per_pixel = fan_out(model, (8, 8, 2))
+    expected_sites, expected_pixels = brute_force()
+    assert sorted(per_site) == sorted(expected_sites)
+    for name, expected in expected_sites.items():
+        np.testing.assert_array_equal(per_site[name], expected, err_msg=name)
+    np.testing.assert_array_equal(per_pixel, expected_pixels)
+
+
+def trained_like(model):
+    variables = model.init(jax.random.key(1), IMAGES)
+    params = traverse_util.flatten_dict(variables["params"])
+    params = {k: (jnp.asarray(0.7) if k[-1] == "threshold" else v) for k, v in params.items()}
+    return {**variables, "params": traverse_util.unflatten_dict(params)}
+
+
+@pytest.mark.parametrize("model", [VGG_NET, RESNET_NET])
+def test_counts_are_the_runs_events_and_change_no_logit(model):
+    snn = oj.spiking_model(model, num_steps=6, presim_steps=3, iterations=2)
+    variables = oj.convert_variables(snn, trained_like(model))
+    ops = oj.count_operations(snn, variables, IMAGES)
+    logits, stats = oj.simulate_with_statistics(snn, variables, IMAGES)
+    # The same spikes; the output accumulation may round differently in the other program.
+    np.testing.assert_allclose(ops.logits, logits, rtol=1e-6, atol=1e-7)
+    assert list(ops.spikes) == list(stats)
+    for name, site in stats.items():
+        assert ops.spikes[name].shape == (6, 3) and ops.presim_spikes[name].shape == (3,)
+        assert float(jnp.sum(ops.spikes[name])) == float(site.spike_count), name
+    assert sum(float(jnp.sum(s)) for s in ops.spikes.values()) > 0
+    assert sum(float(jnp.sum(s)) for s in ops.presim_spikes.values()) > 0  # calibration is charged
+    per_site, per_pixel = fan_out(model, (8, 8, 2))
+    assert float(ops.input_macs) == float(np.sum(per_pixel))
+    assert float(ops.dense_macs) == float(np.sum(per_pixel) + sum(np.sum(f) for f in per_site.values()))
+
+
+@pytest.mark.parametrize("model", [VGG_NET, RESNET_NET])
+def test_all_fire_gives_t_times_the_connections_and_none_gives_zero(model):
+    snn = oj.spiking_model(model, num_steps=5)
+    variables = oj.convert_variables(snn, trained_like(model))
+    per_site, _ = fan_out(model, (8, 8, 2))
+    always = {**variables, "initial_potential": jax.tree.map(lambda v: v + 1e6, variables["initial_potential"])}
+    ops = oj.count_operations(snn, always, IMAGES)
+    for name, fan in per_site.items():  # every step, every image: every connection once
+        np.testing.assert_array_equal(ops.synops[name], np.full((5, 3), np.sum(fan)), err_msg=name)
+        np.testing.assert_array_equal(ops.spikes[name], np.full((5, 3), fan.size), err_msg=name)
+    run = totals(ops)
+    np.testing.assert_array_equal(run["synops"], 3 * np.arange(1, 6) * float(ops.dense_macs - ops.input_macs))
+    never = {**variables, "initial_potential": jax.tree.map(lambda v: v - 1e6, variables["initial_potential"])}
+    ops = oj.count_operations(snn, never, IMAGES)
+    assert all(float(jnp.sum(s)) == 0 for s in ops.synops.values())
+    assert all(float(jnp.sum(s)) == 0 for s in ops.presim_synops.values())
+
+
+def test_totals_mask_padding_and_energy_splits_dense_and_effective():
+    snn = oj.spiking_model(VGG_NET, num_steps=4, presim_steps=4, iterations=1)
+    variables = oj.convert_variables(snn, trained_like(VGG_NET))
+    ops = oj.count_operations(snn, variables, IMAGES)
+    first_two = oj.count_operations(snn, variables, IMAGES[:2])
+    masked, alone = totals(ops, jnp.array([True, True, False])), totals(first_two)
+    for key in alone:
+        np.testing.assert_allclose(masked[key], alone[key], rtol=1e-6, err_msg=key)
+    per_image = {k: float(np.asarray(v)[-1] if np.ndim(v) else v) / 2 for k, v in alone.items()}
+    joules = oj.energy(per_image["synops"], per_image["presim_synops"], float(ops.input_macs), float(ops.dense_macs))
+    assert joules["ann"] == pytest.approx(float(ops.dense_macs) * 4.6e-12)
+    expected = (per_image["synops"] + per_image["presim_synops"]) * 0.9e-12 + float(ops.input_macs) * 4.6e-12
+    assert joules["snn"] == pytest.approx(expected)
+    assert 0 < joules["presim"] < joules["snn"]
