@@ -1,0 +1,290 @@
+"""Converted networks as NIR graphs (the neuromorphic intermediate representation), and a JAX
+runner for the graphs this module writes.
+
+:func:`to_nir` writes a spiking VGG or ResNet of ``offsetjax.models`` in NIR's layout (CHW,
+PyTorch-style weights): batch norm folded into each convolution, each site's threshold θ folded
+into the next layer's weights (an IF node emits spikes in {0, 1}; offsetjax's site emits θ·s),
+average pooling as ``SumPool2d`` with its 1/k² folded into the next layer, flatten in CHW order,
+residual additions as several edges into one node, an identity shortcut as a ``Scale`` by θ.
+
+NIR's IF node resets *to* ``v_reset``, starts from v(0) = 0 and fires when v > θ. The
+converted network needs reset by subtraction, v(0) = θ/2, firing at v ≥ θ, and (calibrated)
+a per-sample v(0) from a pre-simulation, none of which a NIR IF node can state. They are
+recorded in each IF node's metadata (``reset``, ``v_init``, ``fire``, ``num_steps``,
+``presim_steps``, ``iterations``, ``eps``, ``saturated``); a consumer that ignores them runs a
+different network. :func:`run_nir` runs a graph with either meaning:
+
+* ``semantics="offsetjax"``: the metadata's, reproducing :func:`offsetjax.simulate`;
+* ``semantics="nir"``: NIR's literal IF (reset to ``v_reset``, v(0) = 0, strict ``>``).
+
+Needs the optional ``nir`` package: ``pip install 'offsetjax[nir]'``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from offsetjax.models.layers import Activation
+from offsetjax.models.resnet import ResNet
+from offsetjax.models.vgg import VGG
+from offsetjax.neuron import if_simulate
+from offsetjax.offset import calibrate_initial_potential
+from offsetjax.site import INITIAL_POTENTIAL, IFActivation
+
+SEMANTICS = ("offsetjax", "nir")
+
+
+def _nir():
+    try:
+        import nir
+    except ImportError as error:
+        raise ImportError("NIR export needs the nir package: pip install 'offsetjax[nir]'") from error
+    return nir
+
+
+class _Writer:
+    """Collects nodes and edges; folds the pending input scale (θ of the last site, 1/k² of a
+    pool) into the next linear node."""
+
+    def __init__(self, params, batch_stats, potentials, site: dict, eps: float):
+        self.nir = _nir()
+        self.params, self.stats, self.potentials, self.site, self.eps = params, batch_stats, potentials, site, eps
+        self.nodes: dict[str, Any] = {}
+        self.edges: list[tuple[str, str]] = []
+
+    def add(self, name: str, node, *sources: str) -> str:
+        name = name.replace("/", ".")  # NIR files store nodes as HDF5 groups: no "/" in names
+        self.nodes[name] = node
+        self.edges += [(source, name) for source in sources]
+        return name
+
+    def conv_bn(self, path: str, source: str, in_scale, stride: int, shape: tuple[int, int, int]) -> tuple[str, tuple]:
+        """A ConvBN module as one Conv2d; ``shape`` is the input's (C, H, W)."""
+        kernel = np.asarray(_get(self.params, path)["Conv_0"]["kernel"], np.float64)  # [k, k, Cin, Cout]
+        bn, stats = _get(self.params, path)["BatchNorm_0"], _get(self.stats, path)["BatchNorm_0"]
+        factor = np.asarray(bn["scale"], np.float64) / np.sqrt(np.asarray(stats["var"], np.float64) + self.eps)
+        weight = np.transpose(kernel, (3, 2, 0, 1)) * factor[:, None, None, None] * in_scale
+        bias = np.asarray(bn["bias"], np.float64) - np.asarray(stats["mean"], np.float64) * factor
+        k = kernel.shape[0]
+        pad = (k - 1) // 2
+        out_hw = tuple((n + 2 * pad - k) // stride + 1 for n in shape[1:])
+        node = self.nir.Conv2d(shape[1:], weight, stride, pad, 1, 1, bias)
+        return self.add(path, node, source), (kernel.shape[3], *out_hw)
+
+    def if_node(self, path: str, shape: tuple, *sources: str) -> tuple[str, float]:
+        """An IF node of the neuron shape ``shape`` (CHW or features); returns it and its θ."""
+        theta = float(np.asarray(_get(self.params, path)["threshold"]))
+        v0 = np.asarray(_get(self.potentials, path)["v0"], np.float64)
+        v0 = np.broadcast_to(v0, (*shape[1:], shape[0]) if len(shape) == 3 else shape)
+        v0 = np.transpose(v0, (2, 0, 1)) if len(shape) == 3 else v0
+        metadata = {"reset": "subtract", "v_init": v0, "fire": "v >= v_threshold", **self.site}
+        node = self.nir.IF(np.ones(shape), np.full(shape, theta), np.zeros(shape), metadata=metadata)
+        return self.add(path, node, *sources), theta
+
+
+def _get(tree: dict, path: str):
+    for key in path.split("/"):
+        tree = tree[key]
+    return tree
+
+
+def to_nir(snn: nn.Module, variables: Any, image_shape: tuple[int, int, int], batch_norm_eps: float = 1e-5):
+    """The spiking network as a ``nir.NIRGraph``.
+
+    Args:
+      snn: a VGG or ResNet of ``offsetjax.models`` with IF sites (:func:`offsetjax.spiking_model`).
+      variables: its variables (:func:`offsetjax.convert_variables`); per-site scalar or
+        per-neuron v(0).
+      image_shape: ``(H, W, C)`` of one input image.
+      batch_norm_eps: the networks' batch-norm epsilon.
+
+    Returns:
+      A graph from ``input`` (``C, H, W``) to ``output`` (classes per step); weights float64.
+    """
+    nir = _nir()
+    activation = getattr(snn, "activation", None)
+    if not (isinstance(activation, Activation) and issubclass(activation.module, IFActivation)):
+        raise ValueError("to_nir needs the spiking network from offsetjax.spiking_model")
+    options = dict(activation.options)
+    site = {
+        key: options.get(key, default)
+        for key, default in (
+            ("num_steps", 1),
+            ("presim_steps", 0),
+            ("iterations", 0),
+            ("eps", 1e-3),
+            ("saturated", "fire"),
+        )
+    }
+    height, width, channels = image_shape
+    writer = _Writer(
+        variables["params"], variables.get("batch_stats", {}), variables[INITIAL_POTENTIAL], site, batch_norm_eps
+    )
+    shape = (channels, height, width)
+    writer.add("input", nir.Input({"input": np.array(shape)}))
+    if isinstance(snn, VGG):
+        last = _vgg(writer, snn, shape)
+    elif isinstance(snn, ResNet):
+        last = _resnet(writer, snn, shape)
+    else:
+        raise ValueError(f"to_nir writes VGG and ResNet networks of offsetjax.models, got {type(snn).__name__}")
+    classes = writer.nodes[last].weight.shape[0]
+    writer.add("output", nir.Output({"output": np.array([classes])}), last)
+    return nir.NIRGraph(writer.nodes, writer.edges, metadata={"writer": "offsetjax", **site})
+
+
+def _vgg(writer: _Writer, snn: VGG, shape) -> str:
+    nir = writer.nir
+    source, scale, conv_index, pools = "input", 1.0, 0, 0
+    for spec in snn.features:
+        if spec == "M":
+            pools += 1
+            name = writer.add(
+                f"pool{pools}", nir.SumPool2d(np.array([2, 2]), np.array([2, 2]), np.array([0, 0])), source
+            )
+            source, scale, shape = name, scale / 4, (shape[0], shape[1] // 2, shape[2] // 2)
+            continue
+        conv, shape = writer.conv_bn(f"conv{conv_index}", source, scale, 1, shape)
+        source, scale = writer.if_node(f"conv{conv_index}_act", shape, conv)
+        conv_index += 1
+    source = writer.add("flatten", nir.Flatten({"input": np.array(shape)}, 0, -1), source)
+    flat_shape = shape
+    for index, _ in enumerate(snn.hidden):
+        name = f"fc{index}"
+        source = _affine(writer, name, source, scale, flat_shape)
+        flat_shape = None
+        source, scale = writer.if_node(f"fc{index}_act", (writer.nodes[name].weight.shape[0],), source)
+    return _affine(writer, "classifier", source, scale, flat_shape)
+
+
+def _affine(writer: _Writer, name: str, source: str, scale: float, chw: tuple | None) -> str:
+    kernel = np.asarray(writer.params[name]["kernel"], np.float64)  # [in, out], in in HWC order
+    if chw is not None:  # the input was flattened from (C, H, W): reorder the rows to CHW
+        c, h, w = chw
+        kernel = kernel.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(c * h * w, -1)
+    bias = np.asarray(writer.params[name]["bias"], np.float64)
+    return writer.add(name, writer.nir.Affine(kernel.T * scale, bias), source)
+
+
+def _resnet(writer: _Writer, snn: ResNet, shape) -> str:
+    nir = writer.nir
+    stem, shape = writer.conv_bn("stem", "input", 1.0, 1, shape)
+    source, scale = writer.if_node("stem_act", shape, stem)
+    for stage, (blocks, width) in enumerate(zip(snn.stage_sizes, snn.widths)):
+        for block in range(blocks):
+            strides = 2 if stage > 0 and block == 0 else 1
+            path = f"stage{stage}_block{block}"
+            conv_a, inner_shape = writer.conv_bn(f"{path}/conv_a", source, scale, strides, shape)
+            act_a, theta_a = writer.if_node(f"{path}/act_a", inner_shape, conv_a)
+            conv_b, out_shape = writer.conv_bn(f"{path}/conv_b", act_a, theta_a, 1, inner_shape)
+            if strides != 1 or shape[0] != width:
+                shortcut, _ = writer.conv_bn(f"{path}/shortcut", source, scale, strides, shape)
+            else:  # the identity carries theta * s
+                shortcut = writer.add(f"{path}/identity", nir.Scale(np.full(shape, scale)), source)
+            source, scale = writer.if_node(f"{path}/act_out", out_shape, conv_b, shortcut)
+            shape = out_shape
+    channels, height, width = shape
+    window = np.array([height, width])
+    pool = writer.add("pool", nir.SumPool2d(window, window, np.array([0, 0])), source)
+    flat = writer.add("flatten", nir.Flatten({"input": np.array((channels, 1, 1))}, 0, -1), pool)
+    return _affine(writer, "classifier", flat, scale / (height * width), None)
+
+
+def run_nir(graph, images, *, semantics: str = "offsetjax", num_steps: int | None = None) -> jax.Array:
+    """Run a graph written by :func:`to_nir` on ``images`` ``[B, H, W, C]``.
+
+    Returns:
+      The running mean of the output over steps, ``[T, B, classes]``, as :func:`offsetjax.simulate`.
+    """
+    if semantics not in SEMANTICS:
+        raise ValueError(f"semantics must be one of {SEMANTICS}, got {semantics!r}")
+    nir = _nir()
+    meta = dict(graph.metadata)
+    num_steps = int(num_steps or meta.get("num_steps", 1))
+    incoming: dict[str, list[str]] = {}
+    for source, target in graph.edges:
+        incoming.setdefault(target, []).append(source)
+    values: dict[str, jax.Array] = {}
+
+    def compute(name: str) -> jax.Array:
+        if name in values:
+            return values[name]
+        node = graph.nodes[name]
+        if isinstance(node, nir.Input):
+            out = jnp.transpose(jnp.asarray(images), (0, 3, 1, 2))[None]  # [1, B, C, H, W]
+        else:
+            inputs = [compute(source) for source in incoming[name]]
+            steps = max(x.shape[0] for x in inputs)
+            x = sum(jnp.broadcast_to(v, (steps, *v.shape[1:])) for v in inputs)
+            out = _apply_node(nir, node, x, semantics, num_steps)
+        values[name] = out
+        return out
+
+    out = compute("output")
+    out = jnp.broadcast_to(out, (num_steps, *out.shape[1:]))
+    steps = jnp.arange(1, num_steps + 1, dtype=out.dtype).reshape(-1, 1, 1)
+    return jnp.cumsum(out, axis=0) / steps
+
+
+def _apply_node(nir, node, x, semantics: str, num_steps: int):
+    lead = x.shape[:2]
+    if isinstance(node, nir.Conv2d):
+        stride = tuple(np.broadcast_to(node.stride, 2))
+        pad = tuple(int(p) for p in np.broadcast_to(node.padding, 2))
+        folded = x.reshape(-1, *x.shape[2:])
+        y = (
+            jax.lax.conv_general_dilated(
+                folded,
+                jnp.asarray(node.weight, x.dtype),
+                stride,
+                [(pad[0], pad[0]), (pad[1], pad[1])],
+                dimension_numbers=("NCHW", "OIHW", "NCHW"),
+            )
+            + jnp.asarray(node.bias, x.dtype)[None, :, None, None]
+        )
+        return y.reshape(*lead, *y.shape[1:])
+    if isinstance(node, nir.SumPool2d):
+        k, s = tuple(int(v) for v in node.kernel_size), tuple(int(v) for v in node.stride)
+        return jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 1, 1, *k), (1, 1, 1, *s), "VALID")
+    if isinstance(node, nir.Flatten):
+        return x.reshape(*lead, -1)
+    if isinstance(node, nir.Affine):
+        return x @ jnp.asarray(node.weight, x.dtype).T + jnp.asarray(node.bias, x.dtype)[None, None]
+    if isinstance(node, nir.Scale):
+        return x * jnp.asarray(node.scale, x.dtype)[None, None]
+    if isinstance(node, nir.IF):
+        currents = jnp.broadcast_to(x, (num_steps, *x.shape[1:]))
+        theta = jnp.asarray(node.v_threshold, x.dtype)
+        if semantics == "offsetjax":
+            meta = node.metadata
+            v0 = jnp.asarray(meta["v_init"], x.dtype)
+            if int(meta.get("iterations", 0)):
+                v0 = calibrate_initial_potential(
+                    currents,
+                    theta,
+                    v0,
+                    int(meta["presim_steps"]),
+                    int(meta["iterations"]),
+                    float(meta["eps"]),
+                    saturated=str(meta["saturated"]),
+                )
+            spikes, _ = if_simulate(currents, theta, v0)
+            return spikes
+        theta = jnp.broadcast_to(theta, currents.shape[1:])
+        reset = jnp.broadcast_to(jnp.asarray(node.v_reset, x.dtype), currents.shape[1:])
+
+        def step(v, current):
+            v = v + current
+            fired = v > theta
+            return jnp.where(fired, reset, v), fired.astype(x.dtype)
+
+        _, spikes = jax.lax.scan(step, jnp.zeros(currents.shape[1:], x.dtype), currents)
+        return spikes
+    if isinstance(node, nir.Output):
+        return x
+    raise ValueError(f"run_nir does not run {type(node).__name__} nodes")
