@@ -1,6 +1,7 @@
-"""Print the README's results table from results/*/results.json (no number is typed by hand).
+"""Print the README's results tables from results/*/results.json (no number is typed by hand).
 
 python experiments/readme_table.py results/fashion_mnist/small_vgg results/fashion_mnist/small_resnet
+python experiments/readme_table.py --energy results/quickstart results/fashion_mnist/small_vgg ...
 """
 
 import json
@@ -25,7 +26,33 @@ def rows(run: Path) -> list[str]:
     return out
 
 
+def energy_rows(run: Path) -> list[str]:
+    results = json.loads((run / "results.json").read_text())
+    out = []
+    for name, ops in results["operations"].items():
+        accuracy = results["snn"][name]["accuracy"]
+        cells = " | ".join(
+            f"{100 * accuracy[t]:.2f}% / {ops['synops'][t] / 1e6:.2f} / {1e6 * ops['energy_j'][t]:.2f}"
+            if t in ops["synops"]
+            else "—"
+            for t in STEPS
+        )
+        share = 100 * ops["presim_energy_share"][list(ops["synops"])[-1]]
+        out.append(
+            f"| {results['arch']} | {name} | {100 * results['ann_accuracy']:.2f}% / {ops['dense_macs'] / 1e6:.2f} "
+            f"/ {1e6 * results['ann_energy_j']:.2f} | {cells} | {share:.1f}% |"
+        )
+    return out
+
+
 def main(paths: list[str]) -> None:
+    if paths[:1] == ["--energy"]:
+        header = " | ".join(f"T={t}: acc. / M synops / µJ" for t in STEPS)
+        print(f"| net | method | ANN: acc. / M MACs / µJ | {header} | pre-simulation share at T_max |")
+        print("|---|---|---|" + "---|" * len(STEPS) + "---|")
+        for path in paths[1:]:
+            print("\n".join(energy_rows(Path(path))))
+        return
     print("| data | net | method | ANN | " + " | ".join(f"T={t} (total)" for t in STEPS) + " | ψ=0 at T=L | MSE |")
     print("|---|---|---|---|" + "---|" * len(STEPS) + "---|---|")
     for path in paths:

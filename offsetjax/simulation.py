@@ -169,8 +169,8 @@ def _check_call(model: nn.Module, variables: Any, images) -> Array:
 
 def check_snn_variables(variables: Any) -> None:
     """Check SNN variables: converted (an ``initial_potential`` collection), thresholds finite
-    and > 0, initial potentials finite; a failure names the site. One reduction on the device
-    per call; skipped for traced values."""
+    and > 0, initial potentials finite; a failure names the site. Reads the (scalar, per-site)
+    values on the host once per call; skipped for traced values."""
     if not hasattr(variables, "keys") or "params" not in variables:
         raise ValueError("variables must be a mapping with 'params' (from offsetjax.convert_variables)")
     if INITIAL_POTENTIAL not in variables:
@@ -189,19 +189,15 @@ def check_snn_variables(variables: Any) -> None:
     leaves = [*thresholds.values(), *potentials.values()]
     if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
         return
-    valid = np.asarray(_valid_sites(list(thresholds.values()), list(potentials.values())))
+    # NumPy on the concrete values (a jitted reduction would return a tracer when the caller
+    # is itself being traced with these variables closed over).
+    valid = [bool(np.all(np.isfinite(t) & (t > 0))) for t in map(np.asarray, thresholds.values())]
+    valid += [bool(np.all(np.isfinite(v))) for v in map(np.asarray, potentials.values())]
     names = [f"threshold of site {name} must be finite and > 0" for name in thresholds]
     names += [f"initial potential v0 of site {name} must be finite" for name in potentials]
     bad = [message for message, ok in zip(names, valid) if not ok]
     if bad:
         raise ValueError("variables are invalid: " + "; ".join(bad))
-
-
-@jax.jit
-def _valid_sites(thresholds: list, potentials: list) -> Array:
-    checks = [jnp.all(jnp.isfinite(t) & (t > 0)) for t in thresholds]
-    checks += [jnp.all(jnp.isfinite(v)) for v in potentials]
-    return jnp.stack(checks) if checks else jnp.zeros((0,), bool)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))

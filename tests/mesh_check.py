@@ -44,7 +44,15 @@ def main() -> None:
     # One evaluation call, 60 images in batches of 20 (rounded up to 24 for 8 devices, the last padded).
     split = data.Split(images[:60], labels[:60])
     evaluate = functools.partial(
-        oj.evaluate_snn, model, single.variables, split, num_steps=4, presim_steps=4, iterations=1, statistics=True
+        oj.evaluate_snn,
+        model,
+        single.variables,
+        split,
+        num_steps=4,
+        presim_steps=4,
+        iterations=1,
+        statistics=True,
+        operations=True,
     )
     alone, meshed = evaluate(batch_size=60), evaluate(batch_size=20, mesh=mesh)
     try:  # a batch the 8 devices do not divide is refused
@@ -65,6 +73,8 @@ def main() -> None:
                 "evaluate_zero_ratio": [alone.statistics["all"]["zero_ratio"], meshed.statistics["all"]["zero_ratio"]],
                 "evaluate_neurons": [alone.statistics["all"]["num_neurons"], meshed.statistics["all"]["num_neurons"]],
                 "uneven_rejected": rejected,
+                "evaluate_synops": [alone.operations["synops"], meshed.operations["synops"]],
+                "evaluate_presim_synops": [alone.operations["presim_synops"], meshed.operations["presim_synops"]],
             }
         )
     )

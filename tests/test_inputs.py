@@ -96,3 +96,5 @@ def test_checks_do_not_break_a_callers_jit():
     checks are skipped, and the result is the same."""
     jitted = jax.jit(lambda variables, images: oj.simulate(SNN, variables, images))
     np.testing.assert_allclose(jitted(SNN_VARIABLES, IMAGES), oj.simulate(SNN, SNN_VARIABLES, IMAGES), atol=1e-6)
+    closed_over = jax.jit(lambda images: oj.simulate(SNN, SNN_VARIABLES, images))  # concrete variables
+    np.testing.assert_allclose(closed_over(IMAGES), oj.simulate(SNN, SNN_VARIABLES, IMAGES), atol=1e-6)

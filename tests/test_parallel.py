@@ -31,6 +31,10 @@ def test_mesh_evaluation_identical_and_training_within_tolerance():
     assert result["evaluate_zero_ratio"][0] == result["evaluate_zero_ratio"][1], result
     assert result["evaluate_neurons"][0] == result["evaluate_neurons"][1], result
     assert "does not divide" in result["uneven_rejected"], result
+    # Operation counts shard with the batch too: the same events on 8 devices as on one.
+    np.testing.assert_allclose(*result["evaluate_synops"], rtol=1e-6)
+    np.testing.assert_allclose(*result["evaluate_presim_synops"], rtol=1e-6)
+    assert result["evaluate_synops"][0][-1] > 0
 
 
 def test_each_process_reads_its_own_rows_of_every_global_batch():
