@@ -11,7 +11,7 @@ import offsetjax as oj
 from offsetjax.models import VGG, ResNet
 
 nir = pytest.importorskip("nir")
-from offsetjax.interop.nir import run_nir, to_nir  # noqa: E402
+from offsetjax.interop.nir import from_nir, run_nir, to_nir  # noqa: E402
 
 NETWORKS = {
     "vgg": VGG(features=(4, "M", 6, 5, "M"), hidden=(7,), num_classes=3),
@@ -50,5 +50,8 @@ def test_written_graph_runs_to_the_simulators_logits(name, presim, iterations, t
         logits = run_nir(read, images)
         np.testing.assert_allclose(logits, expected, rtol=1e-9, atol=1e-12)
         assert np.any(np.abs(np.diff(np.asarray(expected), axis=0)) > 0)  # the output does change over t
+        back, back_variables = from_nir(read)  # the reverse: an offsetjax network again
+        assert back == snn
+        np.testing.assert_allclose(oj.simulate(back, back_variables, images), expected, rtol=1e-9, atol=1e-12)
         literal = run_nir(read, images, semantics="nir")
         assert not np.allclose(literal, expected)  # v(0) = 0, reset to zero, strict >: another network

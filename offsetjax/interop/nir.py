@@ -12,7 +12,8 @@ converted network needs reset by subtraction, v(0) = θ/2, firing at v ≥ θ, a
 a per-sample v(0) from a pre-simulation, none of which a NIR IF node can state. They are
 recorded in each IF node's metadata (``reset``, ``v_init``, ``fire``, ``num_steps``,
 ``presim_steps``, ``iterations``, ``eps``, ``saturated``); a consumer that ignores them runs a
-different network. :func:`run_nir` runs a graph with either meaning:
+different network. :func:`from_nir` rebuilds the offsetjax network from a graph written here;
+:func:`run_nir` runs a graph with either meaning:
 
 * ``semantics="offsetjax"``: the metadata's, reproducing :func:`offsetjax.simulate`;
 * ``semantics="nir"``: NIR's literal IF (reset to ``v_reset``, v(0) = 0, strict ``>``).
@@ -28,7 +29,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
+from offsetjax.convert import spiking_model
 from offsetjax.models.layers import Activation
 from offsetjax.models.resnet import ResNet
 from offsetjax.models.vgg import VGG
@@ -73,7 +76,7 @@ class _Writer:
         k = kernel.shape[0]
         pad = (k - 1) // 2
         out_hw = tuple((n + 2 * pad - k) // stride + 1 for n in shape[1:])
-        node = self.nir.Conv2d(shape[1:], weight, stride, pad, 1, 1, bias)
+        node = self.nir.Conv2d(shape[1:], weight, stride, pad, 1, 1, bias, metadata={"input_scale": float(in_scale)})
         return self.add(path, node, source), (kernel.shape[3], *out_hw)
 
     def if_node(self, path: str, shape: tuple, *sources: str) -> tuple[str, float]:
@@ -135,7 +138,13 @@ def to_nir(snn: nn.Module, variables: Any, image_shape: tuple[int, int, int], ba
         raise ValueError(f"to_nir writes VGG and ResNet networks of offsetjax.models, got {type(snn).__name__}")
     classes = writer.nodes[last].weight.shape[0]
     writer.add("output", nir.Output({"output": np.array([classes])}), last)
-    return nir.NIRGraph(writer.nodes, writer.edges, metadata={"writer": "offsetjax", **site})
+    network = (
+        {"network": "VGG", "features": [str(f) for f in snn.features], "hidden": list(snn.hidden)}
+        if isinstance(snn, VGG)
+        else {"network": "ResNet", "stage_sizes": list(snn.stage_sizes), "widths": list(snn.widths)}
+    )
+    metadata = {"writer": "offsetjax", **site, **network, "num_classes": int(classes), "batch_norm_eps": batch_norm_eps}
+    return nir.NIRGraph(writer.nodes, writer.edges, metadata=metadata)
 
 
 def _vgg(writer: _Writer, snn: VGG, shape) -> str:
@@ -168,7 +177,8 @@ def _affine(writer: _Writer, name: str, source: str, scale: float, chw: tuple | 
         c, h, w = chw
         kernel = kernel.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(c * h * w, -1)
     bias = np.asarray(writer.params[name]["bias"], np.float64)
-    return writer.add(name, writer.nir.Affine(kernel.T * scale, bias), source)
+    metadata = {"input_scale": float(scale), "flattened_from": np.array(chw if chw is not None else [])}
+    return writer.add(name, writer.nir.Affine(kernel.T * scale, bias, metadata=metadata), source)
 
 
 def _resnet(writer: _Writer, snn: ResNet, shape) -> str:
@@ -193,6 +203,78 @@ def _resnet(writer: _Writer, snn: ResNet, shape) -> str:
     pool = writer.add("pool", nir.SumPool2d(window, window, np.array([0, 0])), source)
     flat = writer.add("flatten", nir.Flatten({"input": np.array((channels, 1, 1))}, 0, -1), pool)
     return _affine(writer, "classifier", flat, scale / (height * width), None)
+
+
+def _text(value) -> str:
+    """A string from NIR metadata as read back from a file (str, bytes or a 0-d array)."""
+    value = value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def from_nir(graph) -> tuple[nn.Module, dict]:
+    """The spiking network and its variables back from a graph :func:`to_nir` wrote.
+
+    The architecture comes from the graph's metadata, the weights from its nodes with the
+    folded factors divided out again (batch norm stays folded: scale 1, shift the folded bias,
+    running mean 0 and variance 1 - eps), thresholds and v(0) from the IF nodes. Simulating
+    the result reproduces the original network up to float rounding.
+
+    Raises:
+      ValueError: the graph was not written by :func:`to_nir`.
+    """
+    meta = dict(graph.metadata)
+    if _text(meta.get("writer", "")) != "offsetjax":
+        raise ValueError("from_nir reads graphs written by offsetjax.interop.nir.to_nir (metadata writer=offsetjax)")
+    eps = float(meta["batch_norm_eps"])
+    classes = int(meta["num_classes"])
+    if _text(meta["network"]) == "VGG":
+        features = tuple("M" if _text(f) == "M" else int(_text(f)) for f in meta["features"])
+        model = VGG(features, tuple(int(h) for h in meta["hidden"]), classes)
+    else:
+        model = ResNet(tuple(int(n) for n in meta["stage_sizes"]), tuple(int(w) for w in meta["widths"]), classes)
+    params: dict = {}
+    stats: dict = {}
+    potentials: dict = {}
+    nir = _nir()
+    for name, node in graph.nodes.items():
+        path = tuple(name.split("."))
+        if isinstance(node, nir.Conv2d):
+            scale = float(node.metadata["input_scale"])
+            kernel = np.transpose(np.asarray(node.weight), (2, 3, 1, 0)) / scale
+            features = kernel.shape[-1]
+            params[(*path, "Conv_0", "kernel")] = kernel
+            params[(*path, "BatchNorm_0", "scale")] = np.ones(features)
+            params[(*path, "BatchNorm_0", "bias")] = np.asarray(node.bias)
+            stats[(*path, "BatchNorm_0", "mean")] = np.zeros(features)
+            stats[(*path, "BatchNorm_0", "var")] = np.full(features, 1.0 - eps)
+        elif isinstance(node, nir.Affine):
+            kernel = np.asarray(node.weight).T / float(node.metadata["input_scale"])
+            chw = [int(n) for n in np.asarray(node.metadata["flattened_from"])]
+            if chw:
+                c, h, w = chw
+                kernel = kernel.reshape(c, h, w, -1).transpose(1, 2, 0, 3).reshape(c * h * w, -1)
+            params[(*path, "kernel")] = kernel
+            params[(*path, "bias")] = np.asarray(node.bias)
+        elif isinstance(node, nir.IF):
+            params[(*path, "threshold")] = np.asarray(node.v_threshold).flat[0]
+            v0 = np.asarray(node.metadata["v_init"])
+            v0 = np.transpose(v0, (1, 2, 0)) if v0.ndim == 3 else v0
+            potentials[(*path, "v0")] = v0.flat[0] if np.all(v0 == v0.flat[0]) else v0
+    site = {key: meta[key] for key in ("num_steps", "presim_steps", "iterations", "eps", "saturated")}
+    snn = spiking_model(
+        model,
+        num_steps=int(site["num_steps"]),
+        presim_steps=int(site["presim_steps"]),
+        iterations=int(site["iterations"]),
+        eps=float(site["eps"]),
+        saturated=_text(site["saturated"]),
+    )
+    unflatten = traverse_util.unflatten_dict
+    as_arrays = lambda tree: jax.tree.map(jnp.asarray, unflatten(tree))  # noqa: E731
+    variables = {"params": as_arrays(params), INITIAL_POTENTIAL: as_arrays(potentials)}
+    if stats:
+        variables["batch_stats"] = as_arrays(stats)
+    return snn, variables
 
 
 def run_nir(graph, images, *, semantics: str = "offsetjax", num_steps: int | None = None) -> jax.Array:
