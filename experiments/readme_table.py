@@ -2,6 +2,7 @@
 
 python experiments/readme_table.py results/fashion_mnist/small_vgg results/fashion_mnist/small_resnet
 python experiments/readme_table.py --energy results/quickstart results/fashion_mnist/small_vgg ...
+python experiments/readme_table.py --nir results/quickstart results/fashion_mnist/small_vgg ...
 """
 
 import json
@@ -45,7 +46,31 @@ def energy_rows(run: Path) -> list[str]:
     return out
 
 
+NIR_RUNS = {
+    "simulate": "`simulate`",
+    "nir_offsetjax_semantics": "NIR graph, offsetjax semantics",
+    "nir_literal_semantics": "NIR graph, NIR's literal IF",
+}
+
+
+def nir_rows(run: Path) -> list[str]:
+    report = json.loads((run / "nir.json").read_text())
+    return [
+        f"| {report['dataset']} / {report['arch']} | {method} | {NIR_RUNS[key]} | "
+        + " | ".join(f"{100 * row[t]:.2f}" if t in row else "—" for t in STEPS)
+        + " |"
+        for method, runs in report["methods"].items()
+        for key, row in runs.items()
+    ]
+
+
 def main(paths: list[str]) -> None:
+    if paths[:1] == ["--nir"]:
+        print("| data / net | method | run | " + " | ".join(f"T={t}" for t in STEPS) + " |")
+        print("|---|---|---|" + "---|" * len(STEPS))
+        for path in paths[1:]:
+            print("\n".join(nir_rows(Path(path))))
+        return
     if paths[:1] == ["--energy"]:
         header = " | ".join(f"T={t}: acc. / M synops / µJ" for t in STEPS)
         print(f"| net | method | ANN: acc. / M MACs / µJ | {header} | pre-simulation share at T_max |")
