@@ -40,7 +40,7 @@ def energy_rows(run: Path) -> list[str]:
         )
         share = 100 * ops["presim_energy_share"][list(ops["synops"])[-1]]
         out.append(
-            f"| {results['arch']} | {name} | {100 * results['ann_accuracy']:.2f}% / {ops['dense_macs'] / 1e6:.2f} "
+            f"| {results['dataset']} / {results['arch']} | {name} | {100 * results['ann_accuracy']:.2f}% / {ops['dense_macs'] / 1e6:.2f} "
             f"/ {1e6 * results['ann_energy_j']:.2f} | {cells} | {share:.1f}% |"
         )
     return out
@@ -73,7 +73,7 @@ def main(paths: list[str]) -> None:
         return
     if paths[:1] == ["--energy"]:
         header = " | ".join(f"T={t}: acc. / M synops / µJ" for t in STEPS)
-        print(f"| net | method | ANN: acc. / M MACs / µJ | {header} | pre-simulation share at T_max |")
+        print(f"| data / net | method | ANN: acc. / M MACs / µJ | {header} | pre-simulation share at T_max |")
         print("|---|---|---|" + "---|" * len(STEPS) + "---|")
         for path in paths[1:]:
             print("\n".join(energy_rows(Path(path))))
