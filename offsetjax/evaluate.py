@@ -23,7 +23,7 @@ from offsetjax import parallel
 from offsetjax._checks import check_int, images_must_fit
 from offsetjax.convert import convert_variables, spiking_model
 from offsetjax.operations import energy, with_fan_out
-from offsetjax.simulation import _simulate_collecting, check_images
+from offsetjax.simulation import _check_call, _simulate_collecting, check_images
 from offsetjax.stats import OffsetStatistics, accumulate, summarize
 from offsetjax.training.data import Split, StreamingSplit, num_examples, take
 
@@ -169,6 +169,7 @@ def evaluate_snn(
     events = {"spikes": np.zeros(num_steps), "synops": np.zeros(num_steps), "presim_spikes": 0.0, "presim_synops": 0.0}
     for images, labels, mask in padded_batches(split, _device_batch(batch_size, mesh)):
         sharded_images, sharded_mask = _on_mesh(mesh, images, mask)
+        sharded_images = _check_call(snn, variables, sharded_images)
         logits, per_site, ops = _to_host(
             _simulate_collecting(snn, variables, sharded_images, sharded_mask if statistics else None, operations),
             mesh,

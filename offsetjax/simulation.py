@@ -68,14 +68,14 @@ def simulate_with_statistics(
         sample_mask = jnp.ones(images.shape[:1], bool)
     if tuple(sample_mask.shape) != images.shape[:1]:
         raise ValueError(f"sample_mask must have shape {images.shape[:1]} (one per image), got {sample_mask.shape}")
-    logits, sown, _ = images_must_fit(lambda: _apply(model, variables, images, sample_mask), images)
-    return logits, per_site(sown, site_order(model, images.shape[1:]))
+    logits, stats, _ = _simulate_collecting(model, variables, images, sample_mask, operations=False)
+    return logits, stats
 
 
-def _simulate_collecting(model: nn.Module, variables: Any, images, sample_mask, operations: bool):
+def _simulate_collecting(model: nn.Module, variables: Any, images: Array, sample_mask, operations: bool):
     """``(logits, statistics per site or None, operations per site or None)`` from one run:
-    statistics when ``sample_mask`` is given, each site's sown :data:`OPERATIONS` when asked."""
-    images = _check_call(model, variables, images)
+    statistics when ``sample_mask`` is given, each site's sown :data:`OPERATIONS` when asked.
+    ``images`` as :func:`_check_call` returned them (the caller checks, once)."""
     logits, stats, ops = images_must_fit(lambda: _apply(model, variables, images, sample_mask, operations), images)
     order = site_order(model, images.shape[1:])
     return (
