@@ -85,6 +85,14 @@ class ExperimentConfig:
         ("fire",),
         "rule (ii) for never-silent neurons: fire (authors' code, rows cos_kK) and/or hold (rows cos_kK_hold)",
     )
+    methods: tuple[str, ...] = _option(
+        ("qcfs", "cos", "data_v0", "data_bias", "warm_cos", "srp"),
+        "method families to evaluate (docs/method.md section 8); qcfs is always evaluated",
+    )
+    calibration_images: int = _option(256, "training images data_v0, data_bias and warm_cos calibrate on")
+    calibration_solver: str = _option("bisect", "data_v0 / data_bias solver: bisect or linear (Li et al.'s one step)")
+    warm_presim_steps: tuple[int, ...] = _option((1, 2), "rho of the warm_cos rows (k = 1, from data_v0)")
+    srp_steps: int = _option(4, "tau of SRP's pre-simulation")
     eval_batch_size: int = _option(256, "evaluation batch size (rounded up to a multiple of the devices)")
     checkpoint_every: int = _option(0, "also checkpoint every N training batches (0: at epoch ends only)")
     eval_only: bool = _option(False, "evaluate the finished run in --workdir again, without training")
@@ -141,8 +149,9 @@ def parse_args(config: ExperimentConfig, argv: list[str] | None = None) -> Exper
         else:
             parser.add_argument(flag, type=type(default), default=default, help=help_text)
     values = vars(parser.parse_args(argv))
-    values["iterations"] = tuple(values["iterations"])
-    values["saturated"] = tuple(values["saturated"])
+    for name, value in values.items():
+        if isinstance(value, list):
+            values[name] = tuple(value)
     config = dataclasses.replace(config, **values)
     try:
         validate(config)
@@ -173,6 +182,21 @@ def validate(config: ExperimentConfig) -> None:
     for rule in config.saturated:
         if rule not in oj.offset.SATURATION_RULES:
             problems.append(f"saturated takes {' or '.join(oj.offset.SATURATION_RULES)}, got {rule!r}")
+    for family in config.methods:
+        if family not in METHOD_FAMILIES:
+            problems.append(f"methods takes {', '.join(METHOD_FAMILIES)}, got {family!r}")
+    if config.calibration_images < 1:
+        problems.append(f"calibration-images must be >= 1, got {config.calibration_images}")
+    if config.calibration_solver not in oj.data_calibration.SOLVERS:
+        problems.append(
+            f"calibration-solver takes {' or '.join(oj.data_calibration.SOLVERS)}, got {config.calibration_solver!r}"
+        )
+    if not config.warm_presim_steps or not all(1 <= r <= config.max_steps for r in config.warm_presim_steps):
+        problems.append(
+            f"warm-presim-steps must be in [1, max-steps = {config.max_steps}] each, got {list(config.warm_presim_steps)}"
+        )
+    if not 1 <= config.srp_steps <= config.max_steps:
+        problems.append(f"srp-steps must be in [1, max-steps = {config.max_steps}], got {config.srp_steps}")
     if not config.learning_rate > 0:
         problems.append(f"learning-rate must be > 0, got {config.learning_rate}")
     if sum((config.resume, config.eval_only, config.overwrite)) > 1:
@@ -317,24 +341,88 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
     return state
 
 
-def methods(config: ExperimentConfig) -> dict[str, tuple[int, int, str]]:
-    """Method name -> (presim_steps, iterations, saturated); ``qcfs`` is the uncalibrated baseline."""
-    rows = {"qcfs": (0, 0, "fire")}
-    for rule in config.saturated:
-        suffix = "" if rule == "fire" else f"_{rule}"
-        rows.update({f"cos_k{k}{suffix}": (config.presim_steps, k, rule) for k in config.iterations})
+METHOD_FAMILIES = ("qcfs", "cos", "data_v0", "data_bias", "warm_cos", "srp")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One row of results: how the SNN is calibrated and at which T it is evaluated.
+
+    ``calibration`` names a data-level correction computed once per T on training images
+    (``"potential"``: :func:`offsetjax.data_potential`, ``"bias"``: :func:`offsetjax.data_bias`),
+    so the row is evaluated at every T = 1..``max_steps`` separately; without one, a single run
+    of ``max_steps`` steps gives every T.
+    """
+
+    family: str
+    max_steps: int
+    presim_steps: int = 0
+    iterations: int = 0
+    saturated: str = "fire"
+    srp_steps: int = 0
+    calibration: str | None = None
+
+    @property
+    def extra_steps(self) -> int:
+        """Steps each sample spends before its T steps: rho * k (COS), tau (SRP)."""
+        return self.presim_steps * self.iterations + self.srp_steps
+
+
+def methods(config: ExperimentConfig) -> dict[str, Method]:
+    """Row name -> :class:`Method`. ``qcfs`` is the uncalibrated baseline, run to the largest
+    total budget of the equal-budget table, ``max_steps + presim_steps``."""
+    budget = config.max_steps + config.presim_steps
+    rows = {"qcfs": Method("qcfs", budget)}
+    families = set(config.methods)
+    if "cos" in families:
+        for rule in config.saturated:
+            suffix = "" if rule == "fire" else f"_{rule}"
+            rows.update(
+                {
+                    f"cos_k{k}{suffix}": Method("cos", config.max_steps, config.presim_steps, k, rule)
+                    for k in config.iterations
+                }
+            )
+    if "data_v0" in families:
+        rows["data_v0"] = Method("data_v0", config.max_steps, calibration="potential")
+    if "data_bias" in families:
+        rows["data_bias"] = Method("data_bias", config.max_steps, calibration="bias")
+    if "warm_cos" in families:
+        rows.update(
+            {
+                f"warm_cos_r{rho}": Method("warm_cos", config.max_steps, rho, 1, calibration="potential")
+                for rho in config.warm_presim_steps
+            }
+        )
+    if "srp" in families:
+        rows["srp"] = Method("srp", config.max_steps, srp_steps=config.srp_steps)
     return rows
 
 
-def evaluate_all(config: ExperimentConfig, model, variables, test_split: data.Split) -> dict:
-    """ANN accuracy, every method's accuracy at t = 1..T_max, and Table-3 statistics at T = L."""
+def calibration_set(config: ExperimentConfig, train_split) -> np.ndarray:
+    """``calibration_images`` training images, drawn without replacement with the run's seed and
+    normalised as the test images are (no augmentation). Never test images."""
+    count = data.num_examples(train_split)
+    indices = np.sort(
+        np.random.default_rng(config.seed).choice(count, min(config.calibration_images, count), replace=False)
+    )
+    images, _ = data.take(train_split, indices)
+    return images if isinstance(train_split, data.StreamingSplit) else data.normalize(images, config.dataset)
+
+
+CALIBRATIONS = {"potential": oj.data_potential, "bias": oj.data_bias}
+
+
+def evaluate_all(config: ExperimentConfig, model, variables, train_split, test_split) -> dict:
+    """ANN accuracy, every method's accuracy at each T, and Table-3 statistics at T = L."""
     began = time.perf_counter()
     mesh = parallel.data_mesh()
+    count = data.num_examples(test_split)
     results = {
         "dataset": config.dataset,
         "arch": config.arch,
         "levels": config.levels,
-        "num_test_examples": data.num_examples(test_split),
+        "num_test_examples": count,
         "ann_accuracy": evaluate.ann_accuracy(
             model, variables, test_split, batch_size=config.eval_batch_size, mesh=mesh
         ),
@@ -345,48 +433,77 @@ def evaluate_all(config: ExperimentConfig, model, variables, test_split: data.Sp
         "wall_time_seconds": {},
     }
     results["wall_time_seconds"]["ann"] = time.perf_counter() - began
-    for name, (presim_steps, iterations, saturated) in methods(config).items():
+    rows = methods(config)
+    images = None
+    if any(method.calibration for method in rows.values()):
+        images = calibration_set(config, train_split)
+    calibrated: dict[tuple[str, int], dict] = {}  # (calibration, T) -> SNN variables, shared by rows
+
+    def snn_variables(method: Method, num_steps: int):
+        if method.calibration is None:
+            return None
+        key = (method.calibration, num_steps)
+        if key not in calibrated:
+            calibrate = CALIBRATIONS[method.calibration]
+            calibrated[key] = calibrate(
+                model,
+                variables,
+                images,
+                num_steps=num_steps,
+                solver=config.calibration_solver,
+                batch_size=config.eval_batch_size,
+                mesh=mesh,
+            )
+        return calibrated[key]
+
+    for name, method in rows.items():
         began = time.perf_counter()
-        run = functools.partial(
-            evaluate.evaluate_snn,
-            model,
-            variables,
-            test_split,
-            iterations=iterations,
-            saturated=saturated,
-            batch_size=config.eval_batch_size,
-            mesh=mesh,
-        )
-        # Table-3 statistics are taken at T = L: from the same pass when T_max = L.
-        same_pass = config.max_steps == config.levels
+
+        def run(num_steps: int, **options):
+            return evaluate.evaluate_snn(
+                model,
+                variables,
+                test_split,
+                num_steps=max(num_steps, method.presim_steps),
+                presim_steps=method.presim_steps,
+                iterations=method.iterations,
+                saturated=method.saturated,
+                srp_steps=method.srp_steps,
+                snn_variables=snn_variables(method, num_steps),
+                batch_size=config.eval_batch_size,
+                mesh=mesh,
+                **options,
+            )
+
+        # One run gives every T, unless the calibration depends on T: then one run per T.
+        step_runs = list(range(1, method.max_steps + 1)) if method.calibration else [method.max_steps]
+        per_step, stats = {}, None
         with tqdm(
-            total=data.num_examples(test_split),
+            total=count * len(step_runs),
             desc=f"SNN {name}",
             unit="img",
             leave=not sys.stderr.isatty(),  # in a log file, the final line stays
             mininterval=PROGRESS_INTERVAL,
         ) as bar:
-            evaluation = run(
-                num_steps=config.max_steps,
-                presim_steps=presim_steps,
-                statistics=same_pass,
-                operations=True,
-                progress=bar.update,
-            )
-        accuracy = evaluation.accuracy
+            for num_steps in step_runs:
+                # Table-3 statistics are taken at T = L: from the same pass when it runs L steps.
+                at_levels = num_steps == config.levels
+                evaluation = run(num_steps, statistics=at_levels, operations=True, progress=bar.update)
+                stats = evaluation.statistics if at_levels else stats
+                for t in range(1, num_steps + 1) if not method.calibration else [num_steps]:
+                    per_step[t] = (evaluation.accuracy[t - 1], _operations_at(evaluation.operations, t))
+        if stats is None:
+            stats = run(config.levels, statistics=True).statistics
         results["wall_time_seconds"][name] = time.perf_counter() - began
-        if same_pass:
-            stats = evaluation.statistics
-        else:
-            stats = run(
-                num_steps=config.levels, presim_steps=min(presim_steps, config.levels), statistics=True
-            ).statistics
+        steps = sorted(per_step)
         results["snn"][name] = {
-            "presim_steps": presim_steps,
-            "iterations": iterations,
-            "saturated": saturated if iterations else None,
-            "accuracy": {str(t): float(accuracy[t - 1]) for t in range(1, config.max_steps + 1)},
-            "total_steps": {str(t): t + presim_steps * iterations for t in range(1, config.max_steps + 1)},
+            "family": method.family,
+            "presim_steps": method.presim_steps + method.srp_steps,
+            "iterations": method.iterations or int(method.srp_steps > 0),
+            "saturated": method.saturated if method.iterations else None,
+            "calibration_images": 0 if images is None or not method.calibration else len(images),
+            "accuracy": {str(t): float(per_step[t][0]) for t in steps},
+            "total_steps": {str(t): t + method.extra_steps for t in steps},
         }
         results["offset"][name] = {
             "zero_ratio": stats["all"]["zero_ratio"],
@@ -394,21 +511,29 @@ def evaluate_all(config: ExperimentConfig, model, variables, test_split: data.Sp
             "psi_histogram": stats["all"]["psi_histogram"],
         }
         results["offset_per_layer"][name] = stats["sites"]
-        ops = evaluation.operations
+        first_ops = per_step[steps[0]][1]
         results["operations"][name] = {
-            **{key: ops[key] for key in ("presim_spikes", "presim_synops", "input_macs", "dense_macs")},
+            "input_macs": first_ops["input_macs"],
+            "dense_macs": first_ops["dense_macs"],
             **{
-                key: {str(t): ops[key][t - 1] for t in range(1, config.max_steps + 1)}
-                for key in ("spikes", "synops", "energy_j", "presim_energy_share")
+                key: {str(t): per_step[t][1][key] for t in steps}
+                for key in ("spikes", "synops", "presim_spikes", "presim_synops", "energy_j", "presim_energy_share")
             },
         }
-        results["ann_energy_j"] = ops["ann_energy_j"]
+        results["ann_energy_j"] = first_ops["ann_energy_j"]
+        accuracy = results["snn"][name]["accuracy"]
         print(
-            f"{name}: " + " ".join(f"T={t}:{accuracy[t - 1]:.4f}" for t in (1, 2, 4, 8) if t <= config.max_steps),
+            f"{name}: " + " ".join(f"T={t}:{accuracy[str(t)]:.4f}" for t in (1, 2, 4, 8) if str(t) in accuracy),
             f"zero_ratio={stats['all']['zero_ratio']:.4f}",
             flush=True,
         )
     return results
+
+
+def _operations_at(operations: dict, t: int) -> dict:
+    """evaluate_snn's per-image operations of a run of t steps."""
+    per_step = ("spikes", "synops", "energy_j", "presim_energy_share")
+    return {key: value[t - 1] if key in per_step else value for key, value in operations.items()}
 
 
 def restore_trained(config: ExperimentConfig, model, test_split, workdir: Path):
@@ -454,7 +579,7 @@ def _run_locked(config: ExperimentConfig, workdir: Path, primary: bool) -> dict:
             write_atomic(workdir / "config.json", config_text)
         state = train_ann(config, model, train_split, test_split, workdir)
         train_seconds = time.perf_counter() - began
-    results = evaluate_all(config, model, state.variables, test_split)
+    results = evaluate_all(config, model, state.variables, train_split, test_split)
     results["wall_time_seconds"]["train"] = train_seconds
     results["wall_time_seconds"]["total"] = time.perf_counter() - began
     results["command"] = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])

@@ -7,8 +7,41 @@ from pathlib import Path
 
 
 def _steps(results: dict) -> list[str]:
-    first = next(iter(results["snn"].values()))
-    return list(first["accuracy"])
+    """Every T some method was evaluated at, in order."""
+    return [str(t) for t in sorted({int(t) for row in results["snn"].values() for t in row["accuracy"]})]
+
+
+def equal_budget(results: dict) -> tuple[list[int], dict[str, dict[int, float]]]:
+    """Accuracy by total steps (T + pre-simulation): ``(totals, {method: {total: accuracy}})``,
+    totals 1..the uncalibrated baseline's largest T (the budget every row can be read at)."""
+    by_total = {
+        name: {row["total_steps"][t]: row["accuracy"][t] for t in row["accuracy"]}
+        for name, row in results["snn"].items()
+    }
+    return list(range(1, max(by_total["qcfs"]) + 1)), by_total
+
+
+def equal_budget_lines(results: dict) -> list[str]:
+    """The equal-budget table: a row per total, a column per method, the best bold ("—": the
+    method has no T with that total: its pre-simulation alone is longer, or T > its T_max)."""
+    totals, by_total = equal_budget(results)
+    names = list(by_total)
+    lines = [
+        "| total steps | " + " | ".join(names) + " | best |",
+        "|---|" + "---|" * (len(names) + 1),
+    ]
+    for total in totals:
+        values = {name: by_total[name][total] for name in names if total in by_total[name]}
+        best = max(values.values())
+        cells = [
+            "—"
+            if name not in values
+            else (f"**{100 * values[name]:.2f}**" if values[name] == best else f"{100 * values[name]:.2f}")
+            for name in names
+        ]
+        winners = ", ".join(name for name in names if values.get(name) == best)
+        lines.append(f"| {total} | " + " | ".join(cells) + f" | {winners} |")
+    return lines
 
 
 def write_markdown(results: dict) -> str:
@@ -23,8 +56,26 @@ def write_markdown(results: dict) -> str:
         "|---|---|---|" + "---|" * len(steps),
     ]
     for name, row in results["snn"].items():
-        cells = [f"{100 * row['accuracy'][t]:.2f} ({row['total_steps'][t]})" for t in steps]
+        cells = [
+            f"{100 * row['accuracy'][t]:.2f} ({row['total_steps'][t]})" if t in row["accuracy"] else "—" for t in steps
+        ]
         lines.append(f"| {name} | {row['presim_steps']} | {row['iterations']} | " + " | ".join(cells) + " |")
+    calibrated = {
+        name: row["calibration_images"] for name, row in results["snn"].items() if row.get("calibration_images")
+    }
+    if calibrated:
+        lines += [
+            "",
+            "Data-level rows (calibrated once per T on training images, no extra steps): "
+            + ", ".join(f"{name} ({count} images)" for name, count in calibrated.items())
+            + ". For SRP, rho is its tau.",
+        ]
+    lines += [
+        "",
+        "Equal budget: accuracy (%) by total steps per sample, T plus pre-simulation (best in bold):",
+        "",
+        *equal_budget_lines(results),
+    ]
     lines += [
         "",
         f"Offset spikes at T = L = {results['levels']} over all neurons and test images (Table 3 quantities):",
@@ -52,9 +103,12 @@ def write_markdown(results: dict) -> str:
             "| method | " + " | ".join(f"T={t}: synops (M), uJ" for t in steps) + " | pre-simulation share at T_max |",
             "|---|" + "---|" * (len(steps) + 1),
         ]
-        last = steps[-1]
         for name, ops in results["operations"].items():
-            cells = [f"{ops['synops'][t] / 1e6:.2f}, {1e6 * ops['energy_j'][t]:.2f}" for t in steps]
+            cells = [
+                f"{ops['synops'][t] / 1e6:.2f}, {1e6 * ops['energy_j'][t]:.2f}" if t in ops["synops"] else "—"
+                for t in steps
+            ]
+            last = list(ops["presim_energy_share"])[-1]
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * ops['presim_energy_share'][last]:.1f}% |")
     wall = results.get("wall_time_seconds", {})
     lines += ["", "Wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in wall.items())]
@@ -87,15 +141,19 @@ def write_plots(results: dict, workdir: Path) -> list[Path]:
         axis.set_xlabel(label)
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("top-1 accuracy (%)")
-    axes[0].legend()
+    axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle(title)
     written.append(_save(fig, workdir / "accuracy_vs_steps.png"))
 
     per_layer = results["offset_per_layer"]
     names = list(per_layer)
     sites = list(per_layer[names[0]])
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 4), sharey=True, squeeze=False)
-    for axis, name in zip(axes[0], names):
+    columns = min(4, len(names))
+    grid_rows = -(-len(names) // columns)
+    fig, axes = plt.subplots(grid_rows, columns, figsize=(4 * columns, 4 * grid_rows), sharey=True, squeeze=False)
+    for axis in axes.flat[len(names) :]:
+        axis.set_visible(False)
+    for axis, name in zip(axes.flat, names):
         bottom = [0.0] * len(sites)
         for bin_name in ("0", "1", "2", ">=3"):
             values = [100 * per_layer[name][site]["psi_histogram"][bin_name] for site in sites]
@@ -104,15 +162,18 @@ def write_plots(results: dict, workdir: Path) -> list[Path]:
         axis.set_title(name)
         axis.set_xticks(range(len(sites)), sites, rotation=90, fontsize=7)
     axes[0][0].set_ylabel("% of neurons")
-    axes[0][-1].legend(loc="lower right")
+    axes.flat[len(names) - 1].legend(loc="lower right")
     fig.suptitle(f"{title}: |offset spike| per layer at T = L")
     written.append(_save(fig, workdir / "psi_per_layer.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     snn = results["snn"]
-    rules = sorted({row["saturated"] for row in snn.values() if row["iterations"] and row.get("saturated")})
+    rules = sorted(
+        {row["saturated"] for row in snn.values() if row.get("family", "cos") == "cos" and row.get("saturated")}
+    )
+    cos_rows = [n for n in names if snn[n].get("family", "cos") in ("qcfs", "cos")]
     for rule in rules or [None]:  # one line per saturation rule, each starting from the baseline
-        line = [n for n in names if snn[n]["iterations"] == 0 or snn[n].get("saturated") == rule]
+        line = [n for n in cos_rows if snn[n]["iterations"] == 0 or snn[n].get("saturated") == rule]
         iterations = [snn[n]["iterations"] for n in line]
         label = f"saturated={rule}" if rule else None
         axes[0].plot(iterations, [100 * results["offset"][n]["zero_ratio"] for n in line], marker="o", label=label)
@@ -126,6 +187,21 @@ def write_plots(results: dict, workdir: Path) -> list[Path]:
         axis.grid(alpha=0.3)
     fig.suptitle(title)
     written.append(_save(fig, workdir / "offset_vs_iterations.png"))
+
+    totals, by_total = equal_budget(results)
+    fig, axis = plt.subplots(figsize=(7, 4.5))
+    for index, (name, row) in enumerate(by_total.items()):
+        points = sorted((total, accuracy) for total, accuracy in row.items() if total <= totals[-1])
+        style = "-" if index < 10 else "--"  # more lines than colours: the rest dashed
+        axis.plot([p[0] for p in points], [100 * p[1] for p in points], style, marker="o", markersize=3, label=name)
+    axis.axhline(100 * results["ann_accuracy"], color="black", linestyle=":", label="ANN")
+    axis.set_xlabel("total steps per sample (T + pre-simulation)")
+    axis.set_ylabel("top-1 accuracy (%)")
+    axis.set_xticks(totals)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{title}: methods at equal total steps")
+    written.append(_save(fig, workdir / "equal_budget.png"))
 
     if results.get("operations"):
         fig, axis = plt.subplots(figsize=(6, 4))

@@ -14,6 +14,7 @@ loaded by ``import offsetjax``.
 from offsetjax import models, parallel
 from offsetjax.activation import QCFS, qcfs
 from offsetjax.convert import convert_variables, spiking_model
+from offsetjax.data_calibration import data_bias, data_potential
 from offsetjax.evaluate import SNNEvaluation, ann_accuracy, evaluate_snn, predict
 from offsetjax.neuron import IFState, if_simulate, if_step, scan_unroll
 from offsetjax.offset import (
@@ -43,6 +44,8 @@ __all__ = [
     "calibrate_network",
     "convert_variables",
     "count_operations",
+    "data_bias",
+    "data_potential",
     "energy",
     "evaluate_snn",
     "if_simulate",

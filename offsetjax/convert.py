@@ -21,7 +21,7 @@ from offsetjax._checks import check_choice, check_finite, check_positive, check_
 from offsetjax.models.layers import Activation
 from offsetjax.neuron import potential_dtype, resolve_unroll
 from offsetjax.offset import SATURATION_RULES
-from offsetjax.site import INITIAL_POTENTIAL, IFActivation
+from offsetjax.site import INITIAL_POTENTIAL, IFActivation, check_srp
 
 
 def spiking_model(
@@ -32,6 +32,7 @@ def spiking_model(
     iterations: int = 0,
     eps: float = 1e-3,
     saturated: str = "fire",
+    srp_steps: int = 0,
     unroll: int | None = None,
 ) -> nn.Module:
     """The same network with every activation site an :class:`IFActivation`.
@@ -45,11 +46,14 @@ def spiking_model(
       saturated: rule (ii) for a neuron that fired at every pre-simulation step: ``"fire"``
         (default, as the authors' code: it fires at every later step) or ``"hold"`` (left
         unshifted); see :func:`offsetjax.shift_initial_potential`.
+      srp_steps: tau of SRP (:class:`offsetjax.IFActivation`), 0 (default): off; excludes
+        ``iterations``. The network then runs tau + T steps and its logits are the last T's.
       unroll: scan unroll of each site's time loops, an int >= 1; ``None`` (default):
         :func:`offsetjax.scan_unroll` of the loop's length, chosen to bound compile time.
     """
     check_steps(num_steps=num_steps, presim_steps=presim_steps, iterations=iterations)
     check_choice("saturated", saturated, SATURATION_RULES)
+    check_srp(srp_steps, iterations)
     resolve_unroll(unroll, num_steps)
     if not hasattr(model, "activation"):
         raise ValueError(f"model must have an `activation` field to swap, got {type(model).__name__}")
@@ -61,6 +65,7 @@ def spiking_model(
         eps=eps,
         saturated=saturated,
         unroll=unroll,
+        **({"srp_steps": srp_steps} if srp_steps else {}),
     )
     return model.clone(activation=site)
 

@@ -131,6 +131,8 @@ def evaluate_snn(
     presim_steps: int = 0,
     iterations: int = 0,
     saturated: str = "fire",
+    srp_steps: int = 0,
+    snn_variables: Any | None = None,
     batch_size: int,
     statistics: bool = False,
     operations: bool = False,
@@ -145,6 +147,10 @@ def evaluate_snn(
       split: evaluation data, already normalised.
       num_steps, presim_steps, iterations: T, rho, k (k = 0: the uncalibrated baseline).
       saturated: rule (ii) for never-silent neurons, ``"fire"`` or ``"hold"`` (``spiking_model``).
+      srp_steps: tau of SRP (``spiking_model``), 0: off.
+      snn_variables: SNN variables to simulate instead of ``convert_variables`` of
+        ``ann_variables`` (e.g. :func:`offsetjax.data_potential`'s or :func:`offsetjax.data_bias`'s,
+        calibrated for this ``num_steps``).
       batch_size: samples per simulated batch, rounded up to a multiple of the mesh's devices.
       statistics: also return the Table-3 statistics (psi against QCFS with L = ``num_steps``).
       operations: also count spike events, synaptic operations and energy
@@ -157,9 +163,14 @@ def evaluate_snn(
       :class:`SNNEvaluation` with ``accuracy`` ``[T]`` and ``statistics``.
     """
     snn = spiking_model(
-        model, num_steps=num_steps, presim_steps=presim_steps, iterations=iterations, saturated=saturated
+        model,
+        num_steps=num_steps,
+        presim_steps=presim_steps,
+        iterations=iterations,
+        saturated=saturated,
+        srp_steps=srp_steps,
     )
-    variables = convert_variables(snn, ann_variables)
+    variables = convert_variables(snn, ann_variables) if snn_variables is None else snn_variables
     if operations:
         image_shape = np.shape(take(split, np.arange(1))[0])[1:]
         variables, input_macs, dense_macs = with_fan_out(snn, variables, image_shape)

@@ -137,6 +137,12 @@ def _calibrated_potentials(model: nn.Module, variables: Any, images: Array):
     return sown[CALIBRATED_POTENTIAL]
 
 
+def srp_steps(model: nn.Module) -> int:
+    """SRP's tau of a spiking network (:func:`offsetjax.spiking_model`), 0 when it has none: the
+    leading steps of its output that are pre-simulation."""
+    return dict(getattr(getattr(model, "activation", None), "options", ())).get("srp_steps", 0)
+
+
 def check_images(images) -> Array:
     """``images`` as an array, checked: a batch ``[B, ...]`` with B >= 1, floating, finite."""
     images = jnp.asarray(images)
@@ -222,5 +228,6 @@ def _apply(model: nn.Module, variables: Any, images: Array, sample_mask: Array |
             is_leaf=lambda x: isinstance(x, tuple) and not isinstance(x, OffsetStatistics),
         )
     ops = jax.tree.map(lambda x: x[0], collections.get(OPERATIONS, {}), is_leaf=lambda x: isinstance(x, tuple))
+    out = out[srp_steps(model) :]  # SRP's pre-simulation steps are not read out
     steps = jnp.arange(1, out.shape[0] + 1, dtype=out.dtype).reshape((-1,) + (1,) * (out.ndim - 1))
     return jnp.cumsum(out, axis=0) / steps, stats, ops

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from offsetjax._checks import check_choice, check_steps
+from offsetjax._checks import check_choice, check_int, check_steps
 from offsetjax.activation import DEFAULT_THRESHOLD
 from offsetjax.neuron import if_simulate, potential_dtype, resolve_unroll
 from offsetjax.offset import SATURATION_RULES, calibrate_counting_spikes
@@ -33,6 +33,12 @@ CALIBRATED_POTENTIAL = "calibrated_potential"
 OPERATIONS = "operations"
 #: Collection holding each site's per-neuron fan-out ``fan`` (``offsetjax.operations.fan_out``).
 FAN_OUT = "fan_out"
+#: Optional collection holding a current ``b`` added to a site's input at every step, per channel
+#: (or per neuron): the SNN-side bias correction of :func:`offsetjax.data_bias`.
+BIAS_CORRECTION = "bias_correction"
+#: SRP keeps a neuron's output when its residual potential after the tau-step pre-simulation
+#: exceeds this fraction of theta (the authors' code); the others are silenced.
+SRP_RESIDUAL_MARGIN = 1e-3
 
 
 class IFActivation(nn.Module):
@@ -49,9 +55,18 @@ class IFActivation(nn.Module):
       saturated: rule (ii) for a neuron that never stayed silent in the pre-simulation:
         ``"fire"`` (the authors' code, default) or ``"hold"``
         (:func:`offsetjax.shift_initial_potential`).
+      srp_steps: tau of SRP (Hao et al., AAAI 2023; ``docs/method.md`` section 8), 0: off. The
+        site then takes ``tau + T`` steps of currents: it simulates the first tau from v(0),
+        silences the neurons whose residual potential v(tau) is <= ``SRP_RESIDUAL_MARGIN *
+        theta``, restarts from v(0) and simulates T steps with them silenced. It emits all
+        ``tau + T`` steps (the next site pre-simulates on the first tau);
+        :func:`offsetjax.simulate` reads the logits of the last T. Excludes COS (``iterations``).
       unroll: ``jax.lax.scan`` unroll of the T-step simulation and of each pre-simulation, an
         int >= 1; ``None`` (default): :func:`offsetjax.scan_unroll` of each scan's length.
       threshold_init: initial threshold, as QCFS's.
+
+    An optional ``bias_correction`` collection (``b``, broadcastable to the neuron shape) adds a
+    constant current at every step (:func:`offsetjax.data_bias`).
     """
 
     num_steps: int
@@ -59,53 +74,80 @@ class IFActivation(nn.Module):
     iterations: int = 0
     eps: float = 1e-3
     saturated: str = "fire"
+    srp_steps: int = 0
     unroll: int | None = None
     threshold_init: float = DEFAULT_THRESHOLD
 
     def __post_init__(self):
         check_steps(num_steps=self.num_steps, presim_steps=self.presim_steps, iterations=self.iterations)
+        check_srp(self.srp_steps, self.iterations)
         check_choice("saturated", self.saturated, SATURATION_RULES)
         resolve_unroll(self.unroll, self.num_steps)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, currents: Float[Array, "Tp B ..."]) -> Float[Array, "T B ..."]:
-        """Spike outputs ``theta * s(t)``, ``[T, B, ...]``, from currents ``[T or 1, B, ...]``."""
-        if currents.ndim < 2 or currents.shape[0] not in (1, self.num_steps):
+        """Spike outputs ``theta * s(t)``, ``[T, B, ...]`` (``[tau + T, B, ...]`` with SRP), from
+        currents of that length or 1 along the time axis."""
+        steps = self.srp_steps + self.num_steps
+        if currents.ndim < 2 or currents.shape[0] not in (1, steps):
             raise ValueError(
-                f"an IFActivation with num_steps={self.num_steps} needs time-major currents "
-                f"[{self.num_steps} or 1, batch, ...], got shape {currents.shape}; run the network "
-                "through offsetjax.simulate"
+                f"an IFActivation with num_steps={self.num_steps}, srp_steps={self.srp_steps} needs "
+                f"time-major currents [{steps} or 1, batch, ...], got shape {currents.shape}; run the "
+                "network through offsetjax.simulate"
             )
         theta = self.param("threshold", nn.initializers.constant(self.threshold_init), (), jnp.float32)
         theta = theta.astype(potential_dtype(currents.dtype))
         neuron_shape = currents.shape[2:]
         v0 = self.variable(INITIAL_POTENTIAL, "v0", lambda: jnp.full(neuron_shape, 0.5 * theta)).value
-        currents = jnp.broadcast_to(currents, (self.num_steps, *currents.shape[1:]))
-        calibrated, presim_spikes = calibrate_counting_spikes(
-            currents,
-            theta,
-            v0,
-            presim_steps=self.presim_steps,
-            iterations=self.iterations,
-            eps=self.eps,
-            saturated=self.saturated,
-            unroll=self.unroll,
-        )
+        if self.has_variable(BIAS_CORRECTION, "b"):
+            bias = jnp.asarray(self.get_variable(BIAS_CORRECTION, "b"), theta.dtype)
+            currents = (currents.astype(theta.dtype) + bias).astype(currents.dtype)
+        currents = jnp.broadcast_to(currents, (steps, *currents.shape[1:]))
+        presim_out = currents[:0]
+        if self.srp_steps:
+            presim_out, presim_state = if_simulate(currents[: self.srp_steps], theta, v0, unroll=self.unroll)
+            keep = (presim_state.v > SRP_RESIDUAL_MARGIN * theta).astype(presim_out.dtype)
+            currents, calibrated, presim_spikes = currents[self.srp_steps :], v0, presim_state.count
+        else:
+            calibrated, presim_spikes = calibrate_counting_spikes(
+                currents,
+                theta,
+                v0,
+                presim_steps=self.presim_steps,
+                iterations=self.iterations,
+                eps=self.eps,
+                saturated=self.saturated,
+                unroll=self.unroll,
+            )
         spikes, state = if_simulate(currents, theta, calibrated, unroll=self.unroll)
+        count = state.count
+        if self.srp_steps:
+            spikes = spikes * keep[None]
+            count = jnp.sum(spikes.astype(theta.dtype), axis=0)
         if self.is_mutable_collection(STATISTICS):
             per_sample = jax.vmap(offset_statistics, in_axes=(1, 0, None))  # fields [B, ...]
-            self.sow(STATISTICS, "site", per_sample(currents.astype(theta.dtype), state.count, theta))
+            self.sow(STATISTICS, "site", per_sample(currents.astype(theta.dtype), count, theta))
         if self.is_mutable_collection(CALIBRATED_POTENTIAL):
-            self.sow(CALIBRATED_POTENTIAL, "v0", calibrated)
+            self.sow(CALIBRATED_POTENTIAL, "v0", jnp.broadcast_to(calibrated, currents.shape[1:]))
         if self.is_mutable_collection(OPERATIONS):
             fan = self.get_variable(FAN_OUT, "fan") if self.has_variable(FAN_OUT, "fan") else jnp.ones(neuron_shape)
             fan = jnp.asarray(fan, theta.dtype)
             events = spikes.astype(theta.dtype)  # [T, B, ...]
             per_step = tuple(range(2, events.ndim))
+            presim_spikes = jnp.broadcast_to(presim_spikes, currents.shape[1:])
             per_sample = tuple(range(1, presim_spikes.ndim))
             self.sow(OPERATIONS, "spikes", jnp.sum(events, axis=per_step))
             self.sow(OPERATIONS, "synops", jnp.sum(events * fan[None, None], axis=per_step))
             self.sow(OPERATIONS, "presim_spikes", jnp.sum(presim_spikes, axis=per_sample))
             self.sow(OPERATIONS, "presim_synops", jnp.sum(presim_spikes * fan[None], axis=per_sample))
-        return (spikes * theta).astype(currents.dtype)
+        return (jnp.concatenate([presim_out, spikes]) * theta).astype(currents.dtype)
+
+
+def check_srp(srp_steps: int, iterations: int) -> None:
+    """SRP's tau is an int >= 0 and excludes COS's calibration rounds."""
+    check_int("srp_steps", srp_steps, minimum=0)
+    if srp_steps and iterations:
+        raise ValueError(
+            f"srp_steps={srp_steps} and iterations={iterations}: SRP and COS are separate methods, set one of them to 0"
+        )

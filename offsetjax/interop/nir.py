@@ -37,7 +37,7 @@ from offsetjax.models.resnet import ResNet
 from offsetjax.models.vgg import VGG
 from offsetjax.neuron import if_simulate
 from offsetjax.offset import calibrate_initial_potential
-from offsetjax.site import INITIAL_POTENTIAL, IFActivation
+from offsetjax.site import BIAS_CORRECTION, INITIAL_POTENTIAL, IFActivation
 
 SEMANTICS = ("offsetjax", "nir")
 
@@ -114,6 +114,12 @@ def to_nir(snn: nn.Module, variables: Any, image_shape: tuple[int, int, int], ba
     if not (isinstance(activation, Activation) and issubclass(activation.module, IFActivation)):
         raise ValueError("to_nir needs the spiking network from offsetjax.spiking_model")
     options = dict(activation.options)
+    if options.get("srp_steps"):
+        raise ValueError("to_nir cannot write SRP's silencing mask (srp_steps > 0): NIR's IF node has no such field")
+    if BIAS_CORRECTION in variables:
+        raise ValueError(
+            f"to_nir does not fold the {BIAS_CORRECTION!r} collection (offsetjax.data_bias) into the graph's biases"
+        )
     site = {
         key: options.get(key, default)
         for key, default in (
