@@ -459,7 +459,7 @@ def evaluate_all(config: ExperimentConfig, model, variables, train_split, test_s
     for name, method in rows.items():
         began = time.perf_counter()
 
-        def run(num_steps: int, **options):
+        def run(num_steps: int, method: Method = method, **options):
             return evaluate.evaluate_snn(
                 model,
                 variables,

@@ -23,10 +23,10 @@ Two solvers (``solver=``):
   ``v0 + T * mean(a - r)`` and ``b + mean(a - r)`` (one spike over T steps moves r by
   theta / T, and v0 by theta moves the count by about one): exact while the rate is linear in
   the shift, far off at small T, where the rate is a coarse step function of it;
-* ``"bisect"`` (default): the rate is non-decreasing in v0 and in b, so the matching value is
-  found by bisection, within ``v0 +- T * theta`` and ``b +- theta``; when the target lies on a
-  flat stretch of the rate, the middle of that stretch; when it lies inside a jump, the side
-  closer to it.
+* ``"bisect"`` (default): the rate is a non-decreasing step function of v0 and of b, so
+  bisection (within ``v0 +- T * theta`` and ``b +- theta``) finds the achievable rate closest
+  to the target, and the middle of the stretch where the rate takes that value (a value at a
+  step's edge would let float round-off in the currents move spikes).
 
 Both depend on T: calibrate once per number of steps. The results are SNN variables for
 ``spiking_model(model, num_steps=T, ...)`` and compose with COS (simulating a network with
@@ -177,7 +177,8 @@ def _solve(currents, theta, v0, bias, target, num_steps: int, *, solver: str, pe
     target = average(target)
 
     def mean_rate(x):  # x: v0 [neuron] or b [C]
-        start, current = (v0, currents + x) if per_channel else (x, currents + bias)
+        shift = x if per_channel else bias
+        start, current = (v0 if per_channel else x), currents + jnp.broadcast_to(shift, currents.shape)
         _, state = if_simulate(current, theta, start, unroll=unroll)
         return average(theta * jnp.mean(state.count, axis=0) / num_steps)
 
@@ -195,12 +196,18 @@ def _solve(currents, theta, v0, bias, target, num_steps: int, *, solver: str, pe
 
         return jax.lax.fori_loop(0, BISECTION_STEPS, halve, (start - half_width, start + half_width))
 
+    # The rate closest to the target: reached where it first gets there, or just below.
     below, reached = bisect(lambda rate: rate >= target - tolerance)
-    _, exceeded = bisect(lambda rate: rate > target + tolerance)
     rate_reached, rate_below = mean_rate(reached), mean_rate(below)
-    on_target = jnp.abs(rate_reached - target) <= tolerance
-    closer_below = jnp.abs(rate_below - target) < jnp.abs(rate_reached - target)
-    return jnp.where(on_target, 0.5 * (reached + exceeded), jnp.where(closer_below, below, reached))
+    # (a tie, common as both are means of multiples of theta / L and theta / T, goes to the one
+    # reached, whatever the round-off in the two distances)
+    below_closer = jnp.abs(rate_below - target) < jnp.abs(rate_reached - target) - tolerance
+    closest = jnp.where(below_closer, rate_below, rate_reached)
+    # The middle of the stretch where the rate is that value: not at a jump, where float
+    # round-off in the currents would move a spike.
+    _, first = bisect(lambda rate: rate >= closest - tolerance)
+    _, beyond = bisect(lambda rate: rate > closest + tolerance)
+    return 0.5 * (first + beyond)
 
 
 def _batches(images: Array, batch_size: int, mesh: Mesh | None):
@@ -222,7 +229,7 @@ def _mean_activations(model, variables, images: Array, batch_size: int, mesh: Me
     variables = variables if mesh is None else parallel.replicate(mesh, variables)
     totals = None
     for chunk, mask, _ in _batches(images, batch_size, mesh):
-        sums = images_must_fit(lambda: _activation_sums(model, variables, chunk, mask), chunk)
+        sums = images_must_fit(functools.partial(_activation_sums, model, variables, chunk, mask), chunk)
         sums = jax.tree.map(parallel.local_value, sums)  # replicated: each process's own copy
         totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
     return {site: total / images.shape[0] for site, total in totals.items()}

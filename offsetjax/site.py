@@ -102,7 +102,7 @@ class IFActivation(nn.Module):
         v0 = self.variable(INITIAL_POTENTIAL, "v0", lambda: jnp.full(neuron_shape, 0.5 * theta)).value
         if self.has_variable(BIAS_CORRECTION, "b"):
             bias = jnp.asarray(self.get_variable(BIAS_CORRECTION, "b"), theta.dtype)
-            currents = (currents.astype(theta.dtype) + bias).astype(currents.dtype)
+            currents = (currents.astype(theta.dtype) + jnp.broadcast_to(bias, currents.shape)).astype(currents.dtype)
         currents = jnp.broadcast_to(currents, (steps, *currents.shape[1:]))
         presim_out = currents[:0]
         if self.srp_steps:

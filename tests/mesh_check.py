@@ -55,6 +55,16 @@ def main() -> None:
         operations=True,
     )
     alone, meshed = evaluate(batch_size=60), evaluate(batch_size=20, mesh=mesh)
+    # Data-level calibration over the mesh (60 images in batches of 20 -> 24, padded): the same
+    # potentials as on one device; SRP shards with the batch like COS.
+    potential_alone = oj.data_potential(model, single.variables, images[:60], num_steps=3)
+    potential_meshed = oj.data_potential(model, single.variables, images[:60], num_steps=3, batch_size=20, mesh=mesh)
+    potential_diff = max(
+        float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+        for a, b in zip(jax.tree.leaves(potential_alone), jax.tree.leaves(potential_meshed))
+    )
+    srp = functools.partial(oj.evaluate_snn, model, single.variables, split, num_steps=3, srp_steps=2, operations=True)
+    srp_alone, srp_meshed = srp(batch_size=60), srp(batch_size=20, mesh=mesh)
     try:  # a batch the 8 devices do not divide is refused
         parallel.shard_batch(mesh, images[:9])
         rejected = ""
@@ -75,6 +85,9 @@ def main() -> None:
                 "uneven_rejected": rejected,
                 "evaluate_synops": [alone.operations["synops"], meshed.operations["synops"]],
                 "evaluate_presim_synops": [alone.operations["presim_synops"], meshed.operations["presim_synops"]],
+                "data_potential_max_abs_diff": potential_diff,
+                "srp_accuracy_equal": bool(np.array_equal(srp_alone.accuracy, srp_meshed.accuracy)),
+                "srp_synops": [srp_alone.operations["synops"], srp_meshed.operations["synops"]],
             }
         )
     )

@@ -18,7 +18,9 @@ import quickstart  # noqa: E402
 
 from offsetjax.training import loop  # noqa: E402
 
-TINY = dataclasses.replace(quickstart.CONFIG, epochs=2, max_steps=4, iterations=(1, 2), eval_batch_size=120)
+TINY = dataclasses.replace(
+    quickstart.CONFIG, epochs=2, max_steps=4, iterations=(1, 2), eval_batch_size=120, methods=("cos",)
+)
 
 
 def test_results_schema_and_outputs(tmp_path):
@@ -29,15 +31,18 @@ def test_results_schema_and_outputs(tmp_path):
     assert on_disk["dataset"] == "digits" and on_disk["levels"] == 4 and 0 <= on_disk["ann_accuracy"] <= 1
     assert list(on_disk["snn"]) == ["qcfs", "cos_k1", "cos_k2"]
     for name, row in on_disk["snn"].items():
-        assert set(row) == {"presim_steps", "iterations", "saturated", "accuracy", "total_steps"}
+        keys = {"family", "presim_steps", "iterations", "saturated", "calibration_images", "accuracy", "total_steps"}
+        assert set(row) == keys and row["calibration_images"] == 0
         assert row["saturated"] == (None if name == "qcfs" else "fire")
-        assert list(row["accuracy"]) == ["1", "2", "3", "4"]
+        # the baseline runs to the equal-budget table's largest total, T_max + rho
+        assert list(row["accuracy"]) == [str(t) for t in range(1, 9 if name == "qcfs" else 5)]
         assert all(0 <= a <= 1 for a in row["accuracy"].values())
         assert row["total_steps"]["2"] == 2 + row["presim_steps"] * row["iterations"]
         assert set(on_disk["offset"][name]) >= {"zero_ratio", "mse"}
     assert on_disk["snn"]["cos_k1"]["total_steps"]["1"] == 5 and on_disk["snn"]["qcfs"]["total_steps"]["1"] == 1
     ops = on_disk["operations"]
-    assert list(ops) == list(on_disk["snn"]) and ops["qcfs"]["presim_synops"] == 0 < ops["cos_k1"]["presim_synops"]
+    assert list(ops) == list(on_disk["snn"])
+    assert ops["qcfs"]["presim_synops"]["4"] == 0 < ops["cos_k1"]["presim_synops"]["4"]
     for row in ops.values():
         synops = [row["synops"][t] for t in ("1", "2", "3", "4")]
         assert synops == sorted(synops) and synops[0] > 0  # cumulative over steps
@@ -46,7 +51,12 @@ def test_results_schema_and_outputs(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["workdir"] == str(tmp_path) and config["epochs"] == 2
     assert "| cos_k1 | 4 | 1 |" in (tmp_path / "results.md").read_text()
-    for plot in ("accuracy_vs_steps.png", "psi_per_layer.png", "offset_vs_iterations.png", "accuracy_vs_energy.png"):
+    table = (tmp_path / "results.md").read_text().split("Equal budget")[1]
+    assert [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()] == [
+        f"| {n}" for n in range(1, 9)
+    ]
+    plots = ("accuracy_vs_steps.png", "psi_per_layer.png", "offset_vs_iterations.png", "accuracy_vs_energy.png")
+    for plot in (*plots, "equal_budget.png"):
         assert (tmp_path / plot).read_bytes()[:4] == b"\x89PNG"
     assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 2
     again = pipeline.run(dataclasses.replace(TINY, workdir=str(tmp_path), eval_only=True, saturated=("fire", "hold")))
@@ -57,6 +67,47 @@ def test_results_schema_and_outputs(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["saturated"] == ["fire", "hold"]
     with pytest.raises(pipeline.RunError, match="trained with a different configuration: epochs 2 -> 3"):
         pipeline.run(dataclasses.replace(TINY, workdir=str(tmp_path), eval_only=True, epochs=3))
+
+
+def test_every_method_at_equal_budget_calibrates_on_training_images_only(tmp_path, monkeypatch):
+    config = dataclasses.replace(
+        TINY,
+        workdir=str(tmp_path),
+        methods=pipeline.METHOD_FAMILIES,
+        iterations=(1,),
+        max_steps=3,
+        presim_steps=2,
+        srp_steps=2,
+        warm_presim_steps=(2,),
+        calibration_images=64,
+    )
+    seen = []
+    for key, calibrate in dict(pipeline.CALIBRATIONS).items():
+
+        def spy(model, variables, images, *, calibrate=calibrate, **options):
+            seen.append(np.asarray(images))
+            return calibrate(model, variables, images, **options)
+
+        monkeypatch.setitem(pipeline.CALIBRATIONS, key, spy)
+    results = pipeline.run(config)
+    assert list(results["snn"]) == ["qcfs", "cos_k1", "data_v0", "data_bias", "warm_cos_r2", "srp"]
+    # per data-level method one calibration per T = 1..3, and one at T = L = 4 for the Table-3
+    # statistics (warm_cos reuses data_v0's), 64 training images each
+    assert len(seen) == 2 * 4 and all(images.shape == (64, 8, 8, 1) for images in seen)
+    train_split, test_split = pipeline.load_splits(config)
+    train_rows = {row.tobytes() for row in pipeline.data.normalize(train_split.images, "digits")}
+    for images in seen:  # fails if any calibration image came from the test split
+        assert all(row.tobytes() in train_rows for row in images)
+    extra = {"qcfs": 0, "cos_k1": 2, "data_v0": 0, "data_bias": 0, "warm_cos_r2": 2, "srp": 2}
+    for name, row in results["snn"].items():
+        assert row["total_steps"] == {t: int(t) + extra[name] for t in row["accuracy"]}
+        assert row["calibration_images"] == (64 if name in ("data_v0", "data_bias", "warm_cos_r2") else 0)
+        assert all(0 <= a <= 1 for a in row["accuracy"].values())
+    assert results["snn"]["srp"]["presim_steps"] == 2 and results["snn"]["srp"]["family"] == "srp"
+    assert list(results["snn"]["data_v0"]["accuracy"]) == ["1", "2", "3"]
+    assert list(results["snn"]["qcfs"]["accuracy"]) == ["1", "2", "3", "4", "5"]
+    text = (tmp_path / "results.md").read_text()
+    assert "data_v0 (64 images)" in text and (tmp_path / "equal_budget.png").exists()
 
 
 def test_crash_after_an_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypatch):
