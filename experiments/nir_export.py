@@ -12,7 +12,6 @@ calibration) and with NIR's literal IF node (reset to 0, v(0) = 0, v > theta), a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -38,21 +37,13 @@ def main():
     args = parser.parse_args()
     import nir
 
-    saved = json.loads((args.workdir / "config.json").read_text())
-    fields = {f.name for f in dataclasses.fields(pipeline.ExperimentConfig)}
-    config = pipeline.ExperimentConfig(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields}
-    )
-    config = dataclasses.replace(config, workdir=str(args.workdir))
-    _, test_split = pipeline.load_splits(config)
-    model = pipeline.build_model(config, data.NUM_CLASSES[config.dataset])
-    state, _ = pipeline.restore_trained(config, model, test_split, args.workdir)
+    config, model, ann_variables, _, test_split = pipeline.load_finished(args.workdir)
     image_shape = tuple(test_split.images.shape[1:])
     report = {"dataset": config.dataset, "arch": config.arch, "num_steps": args.num_steps, "methods": {}}
     (args.workdir / "nir").mkdir(exist_ok=True)
     for name, (presim, iterations) in {"qcfs": (0, 0), "cos_k1": (config.presim_steps, 1)}.items():
         snn = oj.spiking_model(model, num_steps=args.num_steps, presim_steps=presim, iterations=iterations)
-        variables = oj.convert_variables(snn, state.variables)
+        variables = oj.convert_variables(snn, ann_variables)
         path = args.workdir / "nir" / f"{name}.nir"
         nir.write(path, to_nir(snn, variables, image_shape))
         graph = nir.read(path)

@@ -550,6 +550,19 @@ def restore_trained(config: ExperimentConfig, model, test_split, workdir: Path):
     return state, sum(row["seconds"] for row in log)
 
 
+def load_finished(workdir: Path):
+    """A finished run, as scripts that study it need it: ``(config, model, variables, train_split,
+    test_split)``, the configuration read from ``workdir/config.json``."""
+    saved = json.loads((Path(workdir) / "config.json").read_text())
+    fields = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    config = ExperimentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields})
+    config = dataclasses.replace(config, workdir=str(workdir))
+    train_split, test_split = load_splits(config)
+    model = build_model(config, data.NUM_CLASSES[config.dataset])
+    state, _ = restore_trained(config, model, test_split, Path(workdir))
+    return config, model, state.variables, train_split, test_split
+
+
 def run(config: ExperimentConfig) -> dict:
     """One run in ``config.resolved_workdir()``: see the module docstring and README, "Runs and
     checkpoints", for what it refuses, locks and writes when."""

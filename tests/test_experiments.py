@@ -68,6 +68,16 @@ def test_results_schema_and_outputs(tmp_path):
     with pytest.raises(pipeline.RunError, match="trained with a different configuration: epochs 2 -> 3"):
         pipeline.run(dataclasses.replace(TINY, workdir=str(tmp_path), eval_only=True, epochs=3))
 
+    import calibration_sweep
+
+    sweep = calibration_sweep.main(
+        ["--workdir", str(tmp_path), "--sizes", "4", "16", "--steps", "2", "--draws", "0", "1"]
+    )
+    assert {size: list(row) for size, row in sweep["accuracy"].items()} == {"4": ["2"], "16": ["2"]}
+    assert all(len(draws) == 2 and all(0 <= a <= 1 for a in draws) for draws in sweep["accuracy"]["16"].values())
+    assert "| 16 |" in (tmp_path / "calibration_sweep.md").read_text()
+    assert (tmp_path / "calibration_sweep.png").read_bytes()[:4] == b"\x89PNG"
+
 
 def test_every_method_at_equal_budget_calibrates_on_training_images_only(tmp_path, monkeypatch):
     config = dataclasses.replace(

@@ -1,0 +1,138 @@
+"""How many training images does data-level calibration need? A sweep over the calibration set.
+
+    python experiments/calibration_sweep.py --workdir results/fashion_mnist/small_vgg \\
+        [--sizes 16 64 256 1024] [--steps 1 2 4 8] [--draws 0 1 2] [--method data_v0]
+
+For every size and draw (the seed of the random subset of the training split), calibrates the
+finished run's SNN once per T (:func:`offsetjax.data_potential` or :func:`offsetjax.data_bias`)
+and evaluates it on the whole test split. Writes ``<workdir>/calibration_sweep.json``, ``.md``
+and ``.png`` (accuracy against the calibration-set size, a line per T, the spread over draws).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pipeline  # noqa: E402
+from report import _save  # noqa: E402
+from rundir import write_atomic  # noqa: E402
+
+from offsetjax import evaluate  # noqa: E402
+from offsetjax.training import data  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--workdir", type=Path, required=True, help="a finished run of an experiment")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 64, 256, 1024], help="calibration-set sizes")
+    parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8], help="T values")
+    parser.add_argument("--draws", type=int, nargs="+", default=[0], help="seeds of the random training subsets")
+    parser.add_argument("--method", choices=("data_v0", "data_bias"), default="data_v0")
+    parser.add_argument("--solver", default="bisect", help="bisect or linear")
+    parser.add_argument("--batch-size", type=int, default=500, help="evaluation batch size")
+    args = parser.parse_args(argv)
+    if min(args.sizes) < 1 or min(args.steps) < 1:
+        parser.error("sizes and steps must be >= 1")
+    config, model, variables, train_split, test_split = pipeline.load_finished(args.workdir)
+    calibrate = pipeline.CALIBRATIONS["potential" if args.method == "data_v0" else "bias"]
+    report = {
+        "dataset": config.dataset,
+        "arch": config.arch,
+        "method": args.method,
+        "solver": args.solver,
+        "num_test_examples": data.num_examples(test_split),
+        "accuracy": {},  # size -> T -> [accuracy per draw]
+        "calibration_seconds": {},  # size -> seconds per calibration (mean over T and draws)
+    }
+    runs = [(size, draw, t) for size in args.sizes for draw in args.draws for t in args.steps]
+    with tqdm(total=len(runs), desc=f"{args.method} sweep", unit="run", mininterval=pipeline.PROGRESS_INTERVAL) as bar:
+        for size, draw, num_steps in runs:
+            images = pipeline.calibration_set(
+                dataclasses.replace(config, seed=draw, calibration_images=size), train_split
+            )
+            began = time.perf_counter()
+            snn_variables = calibrate(model, variables, images, num_steps=num_steps, solver=args.solver)
+            seconds = time.perf_counter() - began
+            accuracy = evaluate.evaluate_snn(
+                model,
+                variables,
+                test_split,
+                num_steps=num_steps,
+                snn_variables=snn_variables,
+                batch_size=args.batch_size,
+            ).accuracy[-1]
+            report["accuracy"].setdefault(str(size), {}).setdefault(str(num_steps), []).append(float(accuracy))
+            report["calibration_seconds"].setdefault(str(size), []).append(seconds)
+            bar.update(1)
+            bar.set_postfix(size=size, T=num_steps, acc=f"{accuracy:.4f}", refresh=False)
+    report["calibration_seconds"] = {k: float(np.mean(v)) for k, v in report["calibration_seconds"].items()}
+    report["command"] = "python experiments/calibration_sweep.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    write_atomic(args.workdir / "calibration_sweep.json", json.dumps(report, indent=2))
+    write_atomic(args.workdir / "calibration_sweep.md", markdown(report))
+    plot(report, args.workdir / "calibration_sweep.png")
+    print(markdown(report))
+    return report
+
+
+def markdown(report: dict) -> str:
+    sizes = list(report["accuracy"])
+    steps = list(report["accuracy"][sizes[0]])
+    draws = len(report["accuracy"][sizes[0]][steps[0]])
+    spread = f", mean (min-max) over {draws} random subsets" if draws > 1 else ""
+    lines = [
+        f"{report['method']} ({report['solver']}) on {report['dataset']} / {report['arch']}: top-1 accuracy (%) on "
+        f"{report['num_test_examples']} test images against the number of training images it calibrated on{spread}.",
+        "",
+        "| calibration images | " + " | ".join(f"T={t}" for t in steps) + " | seconds per calibration |",
+        "|---|" + "---|" * (len(steps) + 1),
+    ]
+    for size in sizes:
+        cells = []
+        for t in steps:
+            values = 100 * np.asarray(report["accuracy"][size][t])
+            cells.append(
+                f"{values.mean():.2f}" + (f" ({values.min():.2f}-{values.max():.2f})" if len(values) > 1 else "")
+            )
+        lines.append(f"| {size} | " + " | ".join(cells) + f" | {report['calibration_seconds'][size]:.1f} |")
+    return "\n".join(lines) + f"\n\nReproduce: `{report['command']}`\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install 'offsetjax[plots]'): skipping the plot")
+        return
+    sizes = [int(s) for s in report["accuracy"]]
+    fig, axis = plt.subplots(figsize=(6, 4))
+    for t in report["accuracy"][str(sizes[0])]:
+        values = [100 * np.asarray(report["accuracy"][str(s)][t]) for s in sizes]
+        means = [v.mean() for v in values]
+        errors = [[m - v.min() for m, v in zip(means, values)], [v.max() - m for m, v in zip(means, values)]]
+        axis.errorbar(sizes, means, yerr=errors, marker="o", capsize=3, label=f"T={t}")
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("calibration images (training split)")
+    axis.set_ylabel("top-1 accuracy (%)")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    fig.suptitle(f"{report['dataset']} / {report['arch']}: {report['method']} against calibration-set size")
+    _save(fig, path)
+
+
+if __name__ == "__main__":
+    main()
