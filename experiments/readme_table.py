@@ -3,11 +3,14 @@
 python experiments/readme_table.py results/fashion_mnist/small_vgg results/fashion_mnist/small_resnet
 python experiments/readme_table.py --energy results/quickstart results/fashion_mnist/small_vgg ...
 python experiments/readme_table.py --nir results/quickstart results/fashion_mnist/small_vgg ...
+python experiments/readme_table.py --budget results/digits/small_vgg results/fashion_mnist/small_vgg ...
 """
 
 import json
 import sys
 from pathlib import Path
+
+from report import equal_budget, equal_budget_lines
 
 STEPS = ("1", "2", "4", "8")
 
@@ -64,7 +67,37 @@ def nir_rows(run: Path) -> list[str]:
     ]
 
 
+def budget_tables(paths: list[Path]) -> list[str]:
+    """Each run's equal-budget table, then the winner per total across runs."""
+    runs = [json.loads((path / "results.json").read_text()) for path in paths]
+    lines = []
+    for results in runs:
+        lines += [
+            f"**{results['dataset']} / {results['arch']}** (ANN {100 * results['ann_accuracy']:.2f}%):",
+            "",
+            *equal_budget_lines(results),
+            "",
+        ]
+    names = [f"{r['dataset']} / {r['arch']}" for r in runs]
+    lines += ["| total steps | " + " | ".join(f"{n}: best (vs qcfs)" for n in names) + " |"]
+    lines += ["|---|" + "---|" * len(runs)]
+    totals = max((equal_budget(r)[0] for r in runs), key=len)
+    for total in totals:
+        cells = []
+        for results in runs:
+            by_total = equal_budget(results)[1]
+            values = {name: row[total] for name, row in by_total.items() if total in row}
+            best = max(values.values())
+            winners = "/".join(name for name, value in values.items() if value == best)
+            cells.append(f"{winners} {100 * best:.2f} ({100 * values['qcfs']:.2f})")
+        lines.append(f"| {total} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(paths: list[str]) -> None:
+    if paths[:1] == ["--budget"]:
+        print("\n".join(budget_tables([Path(p) for p in paths[1:]])))
+        return
     if paths[:1] == ["--nir"]:
         print("| data / net | method | run | " + " | ".join(f"T={t}" for t in STEPS) + " |")
         print("|---|---|---|" + "---|" * len(STEPS))
