@@ -58,6 +58,16 @@ def main(workdir: str) -> None:
             == meshed.statistics["all"]["psi_histogram"],
             "mse": [alone.statistics["all"]["mse"], meshed.statistics["all"]["mse"]],
         }
+    # Data-level calibration over both processes' devices: each feeds its rows of every batch.
+    calibrate = functools.partial(oj.data_potential, model, local_state.variables, train.images[:90], num_steps=3)
+    potential_alone, potential_meshed = calibrate(), calibrate(batch_size=30, mesh=mesh)
+    potential_diff = max(
+        float(np.max(np.abs(np.asarray(a) - parallel.local_value(b))))
+        for a, b in zip(
+            jax.tree.leaves(potential_alone["initial_potential"]),
+            jax.tree.leaves(potential_meshed["initial_potential"]),
+        )
+    )
     ann_alone = oj.ann_accuracy(model, local_state.variables, test, batch_size=90)
     ann_meshed = oj.ann_accuracy(model, local_state.variables, test, batch_size=30, mesh=mesh)
 
@@ -76,6 +86,7 @@ def main(workdir: str) -> None:
                     "train_max_abs_diff": train_diff,
                     "train_loss": [row["train_loss"] for row in mesh_log],
                     "evaluations": evaluations,
+                    "data_potential_max_abs_diff": potential_diff,
                     "ann_equal": ann_alone == ann_meshed,
                     "checkpoint_meta": meta,
                     "restored_equal": restored_equal,

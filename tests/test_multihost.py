@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 QUICK = [PYTHON, str(ROOT / "experiments" / "quickstart.py"), "--train-limit", "640", "--test-limit", "64"]
 QUICK += ["--epochs", "2", "--max-steps", "4", "--iterations", "1", "--eval-batch-size", "32"]
-QUICK += ["--checkpoint-every", "2"]
+QUICK += ["--checkpoint-every", "2", "--methods", "cos", "data_v0", "srp", "--calibration-images", "64"]
 
 
 def test_two_processes_train_evaluate_and_checkpoint_as_one(tmp_path):
@@ -41,6 +41,7 @@ def test_two_processes_train_evaluate_and_checkpoint_as_one(tmp_path):
         np.testing.assert_allclose(*row["mse"], rtol=1e-6)
         assert max(row["accuracy"]) > 0.5, row
     assert report["ann_equal"] and report["restored_equal"], report
+    assert report["data_potential_max_abs_diff"] < 1e-4, report
     assert report["checkpoint_meta"] == {"epoch": 2}
 
 
