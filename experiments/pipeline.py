@@ -92,6 +92,7 @@ class ExperimentConfig:
     calibration_images: int = _option(256, "training images data_v0, data_bias and warm_cos calibrate on")
     calibration_solver: str = _option("bisect", "data_v0 / data_bias solver: bisect or linear (Li et al.'s one step)")
     warm_presim_steps: tuple[int, ...] = _option((1, 2), "rho of the warm_cos rows (k = 1, from data_v0)")
+    data_max_steps: int = _option(8, "largest T of data_v0, data_bias, warm_cos (one calibration and run per T)")
     srp_steps: int = _option(4, "tau of SRP's pre-simulation")
     eval_batch_size: int = _option(256, "evaluation batch size (rounded up to a multiple of the devices)")
     checkpoint_every: int = _option(0, "also checkpoint every N training batches (0: at epoch ends only)")
@@ -195,6 +196,8 @@ def validate(config: ExperimentConfig) -> None:
         problems.append(
             f"warm-presim-steps must be in [1, max-steps = {config.max_steps}] each, got {list(config.warm_presim_steps)}"
         )
+    if config.data_max_steps < 1:
+        problems.append(f"data-max-steps must be >= 1, got {config.data_max_steps}")
     if not 1 <= config.srp_steps <= config.max_steps:
         problems.append(f"srp-steps must be in [1, max-steps = {config.max_steps}], got {config.srp_steps}")
     if not config.learning_rate > 0:
@@ -372,6 +375,7 @@ def methods(config: ExperimentConfig) -> dict[str, Method]:
     """Row name -> :class:`Method`. ``qcfs`` is the uncalibrated baseline, run to the largest
     total budget of the equal-budget table, ``max_steps + presim_steps``."""
     budget = config.max_steps + config.presim_steps
+    per_t = min(config.max_steps, config.data_max_steps)  # data-level rows: one calibration per T
     rows = {"qcfs": Method("qcfs", budget)}
     families = set(config.methods)
     if "cos" in families:
@@ -384,13 +388,13 @@ def methods(config: ExperimentConfig) -> dict[str, Method]:
                 }
             )
     if "data_v0" in families:
-        rows["data_v0"] = Method("data_v0", config.max_steps, calibration="potential")
+        rows["data_v0"] = Method("data_v0", per_t, calibration="potential")
     if "data_bias" in families:
-        rows["data_bias"] = Method("data_bias", config.max_steps, calibration="bias")
+        rows["data_bias"] = Method("data_bias", per_t, calibration="bias")
     if "warm_cos" in families:
         rows.update(
             {
-                f"warm_cos_r{rho}": Method("warm_cos", config.max_steps, rho, 1, calibration="potential")
+                f"warm_cos_r{rho}": Method("warm_cos", per_t, rho, 1, calibration="potential")
                 for rho in config.warm_presim_steps
             }
         )
