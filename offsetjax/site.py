@@ -104,7 +104,6 @@ class IFActivation(nn.Module):
             bias = jnp.asarray(self.get_variable(BIAS_CORRECTION, "b"), theta.dtype)
             currents = (currents.astype(theta.dtype) + jnp.broadcast_to(bias, currents.shape)).astype(currents.dtype)
         currents = jnp.broadcast_to(currents, (steps, *currents.shape[1:]))
-        presim_out = currents[:0]
         if self.srp_steps:
             presim_out, presim_state = if_simulate(currents[: self.srp_steps], theta, v0, unroll=self.unroll)
             keep = (presim_state.v > SRP_RESIDUAL_MARGIN * theta).astype(presim_out.dtype)
@@ -141,7 +140,9 @@ class IFActivation(nn.Module):
             self.sow(OPERATIONS, "synops", jnp.sum(events * fan[None, None], axis=per_step))
             self.sow(OPERATIONS, "presim_spikes", jnp.sum(presim_spikes, axis=per_sample))
             self.sow(OPERATIONS, "presim_synops", jnp.sum(presim_spikes * fan[None], axis=per_sample))
-        return (jnp.concatenate([presim_out, spikes]) * theta).astype(currents.dtype)
+        if self.srp_steps:  # the next site pre-simulates on the first tau steps
+            spikes = jnp.concatenate([presim_out, spikes])
+        return (spikes * theta).astype(currents.dtype)
 
 
 def check_srp(srp_steps: int, iterations: int) -> None:
