@@ -6,7 +6,8 @@
 For every size and draw (the seed of the random subset of the training split), calibrates the
 finished run's SNN once per T (:func:`offsetjax.data_potential` or :func:`offsetjax.data_bias`)
 and evaluates it on the whole test split. Writes ``<workdir>/calibration_sweep.json``, ``.md``
-and ``.png`` (accuracy against the calibration-set size, a line per T, the spread over draws).
+and ``.png`` (accuracy against the calibration-set size, a line per T, the spread over draws;
+``--name`` chooses another file name, e.g. for ``--solver linear``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--method", choices=("data_v0", "data_bias"), default="data_v0")
     parser.add_argument("--solver", default="bisect", help="bisect or linear")
     parser.add_argument("--batch-size", type=int, default=500, help="evaluation batch size")
+    parser.add_argument("--name", default="calibration_sweep", help="output files: <workdir>/NAME.{json,md,png}")
     args = parser.parse_args(argv)
     if min(args.sizes) < 1 or min(args.steps) < 1:
         parser.error("sizes and steps must be >= 1")
@@ -79,9 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
             bar.set_postfix(size=size, T=num_steps, acc=f"{accuracy:.4f}", refresh=False)
     report["calibration_seconds"] = {k: float(np.mean(v)) for k, v in report["calibration_seconds"].items()}
     report["command"] = "python experiments/calibration_sweep.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    write_atomic(args.workdir / "calibration_sweep.json", json.dumps(report, indent=2))
-    write_atomic(args.workdir / "calibration_sweep.md", markdown(report))
-    plot(report, args.workdir / "calibration_sweep.png")
+    write_atomic(args.workdir / f"{args.name}.json", json.dumps(report, indent=2))
+    write_atomic(args.workdir / f"{args.name}.md", markdown(report))
+    plot(report, args.workdir / f"{args.name}.png")
     print(markdown(report))
     return report
 
