@@ -1,4 +1,7 @@
-"""results.json -> results.md tables and PNG plots (matplotlib is an optional extra)."""
+"""results.json -> results.md tables and PNG plots (matplotlib is an optional extra).
+
+python experiments/report.py results/fashion_mnist/small_vgg ...   # rewrite them from results.json
+"""
 
 from __future__ import annotations
 
@@ -190,10 +193,23 @@ def write_plots(results: dict, workdir: Path) -> list[Path]:
 
     totals, by_total = equal_budget(results)
     fig, axis = plt.subplots(figsize=(7, 4.5))
-    for index, (name, row) in enumerate(by_total.items()):
+    styles = {"qcfs": "-", "cos": "-", "data_v0": "--", "data_bias": "--", "warm_cos": ":", "srp": "-."}
+    colors = iter(plt.get_cmap("tab10").colors)
+    for name, row in by_total.items():
+        if snn[name].get("saturated") == "hold":
+            continue  # saturated="hold" rows are in results.md; drawn, they would hide their "fire" rows
         points = sorted((total, accuracy) for total, accuracy in row.items() if total <= totals[-1])
-        style = "-" if index < 10 else "--"  # more lines than colours: the rest dashed
-        axis.plot([p[0] for p in points], [100 * p[1] for p in points], style, marker="o", markersize=3, label=name)
+        style = styles.get(snn[name].get("family", "cos"), "-")
+        color = "black" if name == "qcfs" else next(colors)
+        axis.plot(
+            [p[0] for p in points],
+            [100 * p[1] for p in points],
+            style,
+            color=color,
+            marker="o",
+            markersize=3,
+            label=name,
+        )
     axis.axhline(100 * results["ann_accuracy"], color="black", linestyle=":", label="ANN")
     axis.set_xlabel("total steps per sample (T + pre-simulation)")
     axis.set_ylabel("top-1 accuracy (%)")
@@ -233,3 +249,13 @@ def _save(fig, path: Path) -> Path:
 
     plt.close(fig)
     return path
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    for workdir in map(Path, sys.argv[1:]):
+        results = json.loads((workdir / "results.json").read_text())
+        (workdir / "results.md").write_text(write_markdown(results))
+        print(workdir, [path.name for path in write_plots(results, workdir)])
