@@ -53,7 +53,7 @@ def _images(seed: int, count: int, features: int = 3) -> np.ndarray:
     return np.asarray(jax.random.normal(jax.random.key(seed + 1), (count, features)), np.float32)
 
 
-@settings(max_examples=20)  # each example runs two calibrations: a few compiled programs each
+@settings(max_examples=12)  # each example runs two calibrations: a few compiled programs each
 @given(st.integers(0, 2**16), st.sampled_from([2, 4, 8]), st.floats(0.5, 2.0))
 def test_data_potential_removes_offset_spikes_of_shifted_potentials(seed, levels, theta):
     # Theorem-3 conditions (T = L, constant current) from v0 = theta/2 + n * theta, n in {-1, 0, 1}
@@ -123,7 +123,7 @@ def test_data_bias_linear_step_layer_by_layer_matches_a_hand_computation():
     np.testing.assert_allclose(oj.simulate(snn, variables, images)[-1], jnp.mean(expected, axis=0), atol=1e-5)
 
 
-@settings(max_examples=12)
+@settings(max_examples=8)
 @given(st.integers(0, 2**16), st.integers(1, 6))
 def test_bisection_gets_the_mean_rate_at_least_as_close_as_the_linear_step(seed, num_steps):
     model = TwoSites()
