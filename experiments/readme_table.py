@@ -87,6 +87,9 @@ def budget_tables(paths: list[Path]) -> list[str]:
         for results in runs:
             by_total = equal_budget(results)[1]
             values = {name: row[total] for name, row in by_total.items() if total in row}
+            if "qcfs" not in values:  # beyond this run's table
+                cells.append("—")
+                continue
             best = max(values.values())
             winners = "/".join(name for name, value in values.items() if value == best)
             cells.append(f"{winners} {100 * best:.2f} ({100 * values['qcfs']:.2f})")
