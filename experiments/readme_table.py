@@ -81,11 +81,11 @@ def budget_tables(paths: list[Path]) -> list[str]:
     names = [f"{r['dataset']} / {r['arch']}" for r in runs]
     lines += ["| total steps | " + " | ".join(f"{n}: best (vs qcfs)" for n in names) + " |"]
     lines += ["|---|" + "---|" * len(runs)]
-    totals = max((equal_budget(r)[0] for r in runs), key=len)
+    tables = [equal_budget(results) for results in runs]
+    totals = max((totals for totals, _ in tables), key=len)
     for total in totals:
         cells = []
-        for results in runs:
-            by_total = equal_budget(results)[1]
+        for _, by_total in tables:
             values = {name: row[total] for name, row in by_total.items() if total in row}
             if "qcfs" not in values:  # beyond this run's table
                 cells.append("—")

@@ -136,29 +136,25 @@ def _calibrate_sites(
     _check_call(snn, variables, images[:1])
     targets = _mean_activations(model, ann_variables, images, batch_size, mesh)
     collection, leaf = (BIAS_CORRECTION, "b") if per_channel else (INITIAL_POTENTIAL, "v0")
-    leaves = dict(traverse_util.flatten_dict(dict(variables.get(collection, {}))))
-    potentials = traverse_util.flatten_dict(dict(variables[INITIAL_POTENTIAL]))
-    biases = traverse_util.flatten_dict(dict(variables.get(BIAS_CORRECTION, {})))
+    leaves = {
+        name: traverse_util.flatten_dict(dict(variables.get(name, {}))) for name in (INITIAL_POTENTIAL, BIAS_CORRECTION)
+    }
+    thresholds = traverse_util.flatten_dict(dict(variables["params"]))
     for site in site_order(snn, tuple(images.shape[1:])):
         path = tuple(site.split("/"))
-        currents = _site_currents(snn, _replace(variables, collection, leaves), images, site, batch_size, mesh)
-        theta = _get(variables["params"], path)["threshold"]
-        v0 = potentials[(*path, "v0")] if collection != INITIAL_POTENTIAL else leaves[(*path, "v0")]
-        bias = leaves.get((*path, "b"), 0.0) if per_channel else biases.get((*path, "b"), 0.0)
-        leaves[(*path, leaf)] = _solve(
-            currents, theta, v0, bias, targets[site], num_steps, solver=solver, per_channel=per_channel, unroll=unroll
+        corrected = {**variables, collection: traverse_util.unflatten_dict(leaves[collection])}
+        leaves[collection][(*path, leaf)] = _solve(
+            _site_currents(snn, corrected, images, site, batch_size, mesh),
+            thresholds[(*path, "threshold")],
+            leaves[INITIAL_POTENTIAL][(*path, "v0")],
+            leaves[BIAS_CORRECTION].get((*path, "b"), 0.0),
+            targets[site],
+            num_steps,
+            solver=solver,
+            per_channel=per_channel,
+            unroll=unroll,
         )
-    return _replace(variables, collection, leaves)
-
-
-def _get(tree, path: tuple[str, ...]):
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
-def _replace(variables: dict, collection: str, leaves: dict) -> dict:
-    return {**variables, collection: traverse_util.unflatten_dict(leaves)}
+    return {**variables, collection: traverse_util.unflatten_dict(leaves[collection])}
 
 
 @functools.partial(jax.jit, static_argnames=("num_steps", "solver", "per_channel", "unroll"))

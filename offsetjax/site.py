@@ -134,7 +134,6 @@ class IFActivation(nn.Module):
             fan = jnp.asarray(fan, theta.dtype)
             events = spikes.astype(theta.dtype)  # [T, B, ...]
             per_step = tuple(range(2, events.ndim))
-            presim_spikes = jnp.broadcast_to(presim_spikes, currents.shape[1:])
             per_sample = tuple(range(1, presim_spikes.ndim))
             self.sow(OPERATIONS, "spikes", jnp.sum(events, axis=per_step))
             self.sow(OPERATIONS, "synops", jnp.sum(events * fan[None, None], axis=per_step))
