@@ -87,7 +87,7 @@ class ExperimentConfig:
     )
     methods: tuple[str, ...] = _option(
         ("qcfs", "cos", "data_v0", "data_bias", "warm_cos", "srp"),
-        "method families to evaluate (docs/method.md section 8); qcfs is always evaluated",
+        "method families to evaluate (docs/method.md section 8), or all; qcfs is always evaluated",
     )
     calibration_images: int = _option(256, "training images data_v0, data_bias and warm_cos calibrate on")
     calibration_solver: str = _option("bisect", "data_v0 / data_bias solver: bisect or linear (Li et al.'s one step)")
@@ -184,8 +184,8 @@ def validate(config: ExperimentConfig) -> None:
         if rule not in oj.offset.SATURATION_RULES:
             problems.append(f"saturated takes {' or '.join(oj.offset.SATURATION_RULES)}, got {rule!r}")
     for family in config.methods:
-        if family not in METHOD_FAMILIES:
-            problems.append(f"methods takes {', '.join(METHOD_FAMILIES)}, got {family!r}")
+        if family not in (*METHOD_FAMILIES, "all"):
+            problems.append(f"methods takes {', '.join(METHOD_FAMILIES)} or all, got {family!r}")
     if config.calibration_images < 1:
         problems.append(f"calibration-images must be >= 1, got {config.calibration_images}")
     if config.calibration_solver not in oj.data_calibration.SOLVERS:
@@ -377,7 +377,7 @@ def methods(config: ExperimentConfig) -> dict[str, Method]:
     budget = config.max_steps + config.presim_steps
     per_t = min(config.max_steps, config.data_max_steps)  # data-level rows: one calibration per T
     rows = {"qcfs": Method("qcfs", budget)}
-    families = set(config.methods)
+    families = set(METHOD_FAMILIES) if "all" in config.methods else set(config.methods)
     if "cos" in families:
         for rule in config.saturated:
             suffix = "" if rule == "fire" else f"_{rule}"
@@ -455,7 +455,6 @@ def evaluate_all(config: ExperimentConfig, model, variables, train_split, test_s
                 images,
                 num_steps=num_steps,
                 solver=config.calibration_solver,
-                batch_size=config.eval_batch_size,
                 mesh=mesh,
             )
         return calibrated[key]

@@ -17,7 +17,7 @@ import numpy as np
 from flax import traverse_util
 from jaxtyping import ArrayLike
 
-from offsetjax._checks import check_choice, check_finite, check_positive, check_steps
+from offsetjax._checks import check_choice, check_finite, check_positive, check_steps, concrete_value, is_abstract
 from offsetjax.models.layers import Activation
 from offsetjax.neuron import potential_dtype, resolve_unroll
 from offsetjax.offset import SATURATION_RULES
@@ -105,11 +105,18 @@ def convert_variables(snn_model: nn.Module, ann_variables: Any, example_images: 
     params = traverse_util.flatten_dict(ann_variables["params"])
     potentials = {}
     for path, leaf in params.items():
-        check_finite("ann_variables['params'] at " + "/".join(path), leaf)
+        # Checked on the host: a device reduction would compile a program per parameter shape.
+        if (value := concrete_value(leaf)) is not None:
+            check_finite("ann_variables['params'] at " + "/".join(path), value)
         if path[-1] == "threshold":
             check_positive("threshold at " + "/".join(path[:-1]), leaf)
             theta = jnp.asarray(leaf)
-            potentials[(*path[:-1], "v0")] = (0.5 * theta).astype(potential_dtype(theta.dtype))
+            dtype = potential_dtype(theta.dtype)
+            potentials[(*path[:-1], "v0")] = (
+                jnp.asarray(np.float32(0.5) * np.asarray(leaf, dtype))  # exact: a halving
+                if not is_abstract(leaf)
+                else (0.5 * theta).astype(dtype)
+            )
     if not potentials:
         raise ValueError("ann_variables['params'] holds no activation site (no 'threshold' parameter)")
     variables = {key: value for key, value in ann_variables.items() if key in ("params", "batch_stats")}

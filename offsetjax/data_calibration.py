@@ -6,10 +6,12 @@ pre-simulates every sample, these methods compare the ANN and the SNN once, on a
 set drawn from the training split, and store the correction in the SNN's variables: inference
 then costs T steps and nothing more.
 
-Both go through the sites in network order. At site l, with the sites before it already
-corrected, the calibration set is run through the SNN for T steps and site l's input currents
-are kept, ``[T, N, ...]`` (they do not depend on site l's own correction). The target is the
-ANN's mean QCFS output ``a`` and the SNN's rate is ``r = theta * count / T``, in the ANN's units.
+Both run the calibration set through the SNN for T steps once, as one batch in one compiled
+program, and correct each site as the pass reaches it: site l's input currents ``[T, N, ...]``
+come from the sites before it, already corrected (they do not depend on site l's own
+correction); site l's correction is solved from them and used at once for the rest of the pass.
+The target is the ANN's mean QCFS output ``a`` and the SNN's rate is ``r = theta * count / T``,
+in the ANN's units.
 
 * :func:`data_potential` chooses each neuron's initial potential v0 so that its mean rate over
   the calibration set matches its mean ANN activation;
@@ -47,12 +49,12 @@ from jax.sharding import Mesh
 from jaxtyping import Array, ArrayLike, Float
 
 from offsetjax import parallel
-from offsetjax._checks import check_choice, check_int, images_must_fit
+from offsetjax._checks import check_choice, check_finite, check_float, check_int, images_must_fit, is_abstract
 from offsetjax.activation import QCFS
 from offsetjax.convert import convert_variables, spiking_model
-from offsetjax.evaluate import _on_mesh, _to_host
-from offsetjax.neuron import if_simulate, potential_dtype
-from offsetjax.simulation import _check_call, check_images, site_order
+from offsetjax.evaluate import _on_mesh
+from offsetjax.neuron import potential_dtype, scan_unroll
+from offsetjax.simulation import check_network
 from offsetjax.site import BIAS_CORRECTION, INITIAL_POTENTIAL, IFActivation
 
 SOLVERS = ("bisect", "linear")
@@ -68,7 +70,6 @@ def data_potential(
     num_steps: int,
     solver: str = "bisect",
     snn_variables: Any | None = None,
-    batch_size: int = 256,
     mesh: Mesh | None = None,
     unroll: int | None = None,
 ) -> dict:
@@ -85,17 +86,17 @@ def data_potential(
       snn_variables: start from these SNN variables (default: ``convert_variables`` of the
         ANN's, v0 = theta / 2); the linear step and the bisection bracket are taken around
         their v0.
-      batch_size: images simulated at once, rounded up to a multiple of the mesh's devices.
-      mesh: shard each batch over this device mesh (same result as on one device).
-      unroll: scan unroll of the simulation (:func:`offsetjax.spiking_model`).
+      mesh: shard the calibration set over this device mesh (same result as on one device).
+      unroll: scan unroll of the sites' simulation (:func:`offsetjax.spiking_model`).
 
     Returns:
       SNN variables for ``spiking_model(model, num_steps=num_steps, ...)`` whose
       ``initial_potential`` leaves are per neuron (the site's neuron shape, no batch axis).
-      Memory: one site's currents for the whole calibration set, ``T * N * neurons`` floats.
+      Memory: the whole calibration set is one batch, so a layer's activations for all of it,
+      ``T * N * neurons`` floats, are held at once (as when simulating a batch of N images).
     """
     return _calibrate_sites(
-        model, ann_variables, images, num_steps, solver, snn_variables, batch_size, mesh, unroll, per_channel=False
+        model, ann_variables, images, num_steps, solver, snn_variables, mesh, unroll, per_channel=False
     )
 
 
@@ -107,7 +108,6 @@ def data_bias(
     num_steps: int,
     solver: str = "bisect",
     snn_variables: Any | None = None,
-    batch_size: int = 256,
     mesh: Mesh | None = None,
     unroll: int | None = None,
 ) -> dict:
@@ -120,47 +120,108 @@ def data_bias(
       (the last axis of the neuron shape), added to the site's input current at every step.
     """
     return _calibrate_sites(
-        model, ann_variables, images, num_steps, solver, snn_variables, batch_size, mesh, unroll, per_channel=True
+        model, ann_variables, images, num_steps, solver, snn_variables, mesh, unroll, per_channel=True
     )
 
 
 def _calibrate_sites(
-    model, ann_variables, images, num_steps, solver, snn_variables, batch_size, mesh, unroll, *, per_channel: bool
+    model, ann_variables, images, num_steps, solver, snn_variables, mesh, unroll, *, per_channel: bool
 ) -> dict:
     check_int("num_steps", num_steps, minimum=1)
-    check_int("batch_size", batch_size, minimum=1)
     check_choice("solver", solver, SOLVERS)
-    images = check_images(images)
+    images = _checked_host_images(images)
     snn = spiking_model(model, num_steps=num_steps, unroll=unroll)
     variables = convert_variables(snn, ann_variables) if snn_variables is None else dict(snn_variables)
-    _check_call(snn, variables, images[:1])
-    targets = _mean_activations(model, ann_variables, images, batch_size, mesh)
-    collection, leaf = (BIAS_CORRECTION, "b") if per_channel else (INITIAL_POTENTIAL, "v0")
-    leaves = {
-        name: traverse_util.flatten_dict(dict(variables.get(name, {}))) for name in (INITIAL_POTENTIAL, BIAS_CORRECTION)
-    }
-    thresholds = traverse_util.flatten_dict(dict(variables["params"]))
-    for site in site_order(snn, tuple(images.shape[1:])):
-        path = tuple(site.split("/"))
-        corrected = {**variables, collection: traverse_util.unflatten_dict(leaves[collection])}
-        leaves[collection][(*path, leaf)] = _solve(
-            _site_currents(snn, corrected, images, site, batch_size, mesh),
-            thresholds[(*path, "threshold")],
-            leaves[INITIAL_POTENTIAL][(*path, "v0")],
-            leaves[BIAS_CORRECTION].get((*path, "b"), 0.0),
-            targets[site],
-            num_steps,
+    check_network(snn, variables, images)
+    # The whole calibration set is one batch (padded to a multiple of the mesh's devices): each
+    # site's solution needs every image's currents, so batching would re-run the network per site.
+    count = images.shape[0]
+    devices = 1 if mesh is None else mesh.size
+    padded = np.concatenate([images, np.zeros((-count % devices, *images.shape[1:]), images.dtype)])
+    placed_images, placed_mask = _on_mesh(mesh, padded, np.arange(padded.shape[0]) < count)
+    placed = (ann_variables, variables) if mesh is None else parallel.replicate(mesh, (ann_variables, variables))
+    collection = BIAS_CORRECTION if per_channel else INITIAL_POTENTIAL
+    corrected = images_must_fit(
+        lambda: _calibrated_pass(
+            model,
+            snn,
+            *placed,
+            placed_images,
+            placed_mask,
+            count=count,
             solver=solver,
             per_channel=per_channel,
-            unroll=unroll,
+        ),
+        images,
+    )
+    if jax.process_count() > 1:  # replicated over the processes: each keeps its own copy
+        corrected = jax.tree.map(lambda leaf: jnp.asarray(parallel.local_value(leaf)), corrected)
+    return {**variables, collection: corrected}
+
+
+def _checked_host_images(images) -> np.ndarray:
+    """``images`` as a NumPy batch ``[N, ...]``: non-empty, floating and finite, checked on the
+    host (no device program is compiled for the check)."""
+    if is_abstract(images):
+        raise ValueError(
+            "images must be concrete: data_potential and data_bias run their own jit (one program per "
+            "network, T and calibration-set shape) and cannot be traced inside a caller's jit"
         )
-    return {**variables, collection: traverse_util.unflatten_dict(leaves[collection])}
+    images = np.asarray(images)
+    if images.ndim < 2 or images.shape[0] < 1:
+        raise ValueError(f"images must be a batch [N, ...] with N >= 1, got shape {images.shape}")
+    check_float("images", images)
+    check_finite("images", images)
+    return images
 
 
-@functools.partial(jax.jit, static_argnames=("num_steps", "solver", "per_channel", "unroll"))
-def _solve(currents, theta, v0, bias, target, num_steps: int, *, solver: str, per_channel: bool, unroll):
+@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("count", "solver", "per_channel"))
+def _calibrated_pass(
+    model: nn.Module,
+    snn: nn.Module,
+    ann_variables: Any,
+    variables: Any,
+    images: Array,
+    mask: Array,
+    *,
+    count: int,
+    solver: str,
+    per_channel: bool,
+) -> dict:
+    """One pass of the SNN over the calibration set in network order: each site's correction is
+    solved from its input currents (the sites before it already corrected) and used at once.
+    Returns the ``bias_correction`` (``per_channel``) or ``initial_potential`` collection."""
+    targets = _mean_activations(model, ann_variables, images, mask, count)
+    collection, leaf = (BIAS_CORRECTION, "b") if per_channel else (INITIAL_POTENTIAL, "v0")
+
+    def calibrate_site(next_fun, args, kwargs, context):
+        site = context.module
+        if isinstance(site, IFActivation) and context.method_name == "__call__":
+            bias = site.get_variable(BIAS_CORRECTION, "b") if site.has_variable(BIAS_CORRECTION, "b") else 0.0
+            solution = _solve(
+                args[0],
+                site.get_variable("params", "threshold"),
+                site.get_variable(INITIAL_POTENTIAL, "v0"),
+                bias,
+                targets["/".join(site.path)],
+                mask,
+                count,
+                site.num_steps,
+                solver=solver,
+                per_channel=per_channel,
+            )
+            site.put_variable(collection, leaf, solution)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(calibrate_site):
+        _, state = snn.apply(variables, images[None], mutable=[collection])
+    return state[collection]
+
+
+def _solve(currents, theta, v0, bias, target, mask, count: int, num_steps: int, *, solver: str, per_channel: bool):
     """The v0 ``[neuron]`` (or b ``[C]`` when ``per_channel``) whose mean rate over the
-    calibration currents ``[T or 1, N, ...]`` best matches ``target`` ``[neuron]``."""
+    calibration currents ``[T or 1, N, ...]`` (the rows where ``mask`` ``[N]`` holds, ``count``
+    of them) best matches ``target`` ``[neuron]``."""
     dtype = potential_dtype(currents.dtype)
     currents = jnp.broadcast_to(currents, (num_steps, *currents.shape[1:]))
     neuron_shape = currents.shape[2:]
@@ -171,12 +232,13 @@ def _solve(currents, theta, v0, bias, target, num_steps: int, *, solver: str, pe
     target = target.astype(dtype)
     average = (lambda x: jnp.mean(x.reshape(-1, x.shape[-1]), axis=0)) if per_channel else (lambda x: x)
     target = average(target)
+    row_mask = mask.reshape((-1,) + (1,) * len(neuron_shape))
 
     def mean_rate(x):  # x: v0 [neuron] or b [C]
         shift = x if per_channel else bias
         start, current = (v0 if per_channel else x), currents + jnp.broadcast_to(shift, currents.shape)
-        _, state = if_simulate(current, theta, start, unroll=unroll)
-        return average(theta * jnp.mean(state.count, axis=0) / num_steps)
+        spikes = jnp.sum(jnp.where(row_mask, _spike_counts(current, theta, start), 0), axis=0)  # exact: whole numbers
+        return average(theta * (spikes / count) / num_steps)
 
     start, gain, half_width = (bias, 1.0, theta) if per_channel else (v0, num_steps, num_steps * theta)
     if solver == "linear":
@@ -206,65 +268,32 @@ def _solve(currents, theta, v0, bias, target, num_steps: int, *, solver: str, pe
     return 0.5 * (first + beyond)
 
 
-def _batches(images: Array, batch_size: int, mesh: Mesh | None):
-    """``(images, mask, valid)`` chunks of one size (padded to a multiple of the mesh's devices;
-    ``valid`` real rows), each placed as the simulator's input (this process's rows, sharded)."""
-    devices = 1 if mesh is None else mesh.size
-    count = images.shape[0]
-    batch = -(-min(batch_size, count) // devices) * devices
-    for begin in range(0, count, batch):
-        chunk = np.asarray(images[begin : begin + batch])
-        valid = chunk.shape[0]
-        mask = np.arange(batch) < valid
-        chunk = np.concatenate([chunk, np.zeros((batch - valid, *chunk.shape[1:]), chunk.dtype)])
-        yield (*_on_mesh(mesh, chunk, mask), valid)
+def _spike_counts(currents: Array, theta: Array, v0: Array) -> Array:
+    """IF spike counts ``[N, ...]`` over ``currents`` ``[T, N, ...]`` from ``v0``: the arithmetic of
+    :func:`offsetjax.if_step` (the same counts), in a rolled loop carrying only ``(v, count)``,
+    inside each bisection step."""
+
+    def step(carry, current):
+        v, count = carry
+        charged = v + current
+        spike = (charged >= theta).astype(charged.dtype)
+        return (charged - theta * spike, count + spike), None
+
+    start = jnp.broadcast_to(v0, currents.shape[1:])
+    (_, count), _ = jax.lax.scan(step, (start, jnp.zeros_like(start)), currents, unroll=scan_unroll(currents.shape[0]))
+    return count
 
 
-def _mean_activations(model, variables, images: Array, batch_size: int, mesh: Mesh | None) -> dict:
-    """Per QCFS site, the ANN's activation averaged over ``images``: ``{"a/b": [neuron]}``."""
-    variables = variables if mesh is None else parallel.replicate(mesh, variables)
-    totals = None
-    for chunk, mask, _ in _batches(images, batch_size, mesh):
-        sums = images_must_fit(functools.partial(_activation_sums, model, variables, chunk, mask), chunk)
-        sums = jax.tree.map(parallel.local_value, sums)  # replicated: each process's own copy
-        totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
-    return {site: total / images.shape[0] for site, total in totals.items()}
+def _mean_activations(model: nn.Module, variables: Any, images: Array, mask: Array, count: int) -> dict:
+    """Per QCFS site, the ANN's activation averaged over the rows of ``images`` where ``mask``
+    holds (``count`` of them): ``{"a/b": [neuron]}``."""
 
-
-@functools.partial(jax.jit, static_argnums=0)
-def _activation_sums(model: nn.Module, variables: Any, images: Array, mask: Array) -> dict:
     def is_site(module: nn.Module, method_name: str) -> bool:
         return method_name == "__call__" and isinstance(module, QCFS)
 
     _, state = model.apply(variables, images, train=False, capture_intermediates=is_site, mutable=["intermediates"])
-    sums = {}
+    means = {}
     for path, (output,) in traverse_util.flatten_dict(state["intermediates"]).items():
         output = output.astype(potential_dtype(output.dtype))
-        sums["/".join(path[:-1])] = jnp.tensordot(mask.astype(output.dtype), output, axes=1)
-    return sums
-
-
-def _site_currents(snn, variables, images: Array, site: str, batch_size: int, mesh: Mesh | None) -> np.ndarray:
-    """The input currents of the IF site ``site`` over ``images``: ``[T or 1, N, ...]``, whole on
-    every process."""
-    variables = variables if mesh is None else parallel.replicate(mesh, variables)
-    chunks = [
-        _to_host(_currents_at(snn, variables, chunk, site), mesh)[:valid]
-        for chunk, _, valid in _batches(images, batch_size, mesh)
-    ]
-    return np.moveaxis(np.concatenate(chunks), 0, 1)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _currents_at(snn: nn.Module, variables: Any, images: Array, site: str) -> Array:
-    """Batch-major ``[B, T or 1, ...]``, as the batch is sharded."""
-    seen = {}
-
-    def record(next_fun, args, kwargs, context):
-        if isinstance(context.module, IFActivation) and "/".join(context.module.path) == site:
-            seen["currents"] = args[0]
-        return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(record):
-        snn.apply(variables, images[None])
-    return jnp.moveaxis(seen["currents"], 1, 0)
+        means["/".join(path[:-1])] = jnp.tensordot(mask.astype(output.dtype), output, axes=1) / count
+    return means

@@ -154,15 +154,19 @@ def check_images(images) -> Array:
 
 
 def _check_call(model: nn.Module, variables: Any, images) -> Array:
-    """What :func:`simulate` and friends check once per call, before compiling.
-
-    Images: a non-empty floating, finite batch (their rank and size against the network are
-    checked while tracing, see :func:`_apply`). The model: it has IF sites. The variables: they
-    were converted, every threshold is finite and > 0 and every v(0) finite, naming the site.
-    Inside a caller's ``jit`` the values are tracers and only the structural checks run.
-    """
+    """What :func:`simulate` and friends check once per call, before compiling: the images
+    (:func:`check_images`; their rank and size against the network are checked while tracing,
+    see :func:`_apply`) and the network with its variables (:func:`check_network`)."""
     images = check_images(images)
-    sites = images_must_fit(lambda: site_order(model, images.shape[1:]), images)
+    check_network(model, variables, images)
+    return images
+
+
+def check_network(model: nn.Module, variables: Any, images) -> None:
+    """The model has IF sites for ``images`` of this shape; the variables were converted, every
+    threshold is finite and > 0 and every v(0) finite, naming the site. Inside a caller's
+    ``jit`` the values are tracers and only the structural checks run. Compiles nothing."""
+    sites = images_must_fit(lambda: site_order(model, tuple(images.shape[1:])), images)
     if not sites:
         raise ValueError(
             f"model has no IFActivation site (a {type(model).__name__} with activation "
@@ -170,7 +174,6 @@ def _check_call(model: nn.Module, variables: Any, images) -> Array:
             "offsetjax.spiking_model(model, num_steps=...)"
         )
     check_snn_variables(variables)
-    return images
 
 
 def check_snn_variables(variables: Any) -> None:

@@ -58,7 +58,7 @@ def main() -> None:
     # Data-level calibration over the mesh (60 images in batches of 20 -> 24, padded): the same
     # potentials as on one device; SRP shards with the batch like COS.
     potential_alone = oj.data_potential(model, single.variables, images[:60], num_steps=3)
-    potential_meshed = oj.data_potential(model, single.variables, images[:60], num_steps=3, batch_size=20, mesh=mesh)
+    potential_meshed = oj.data_potential(model, single.variables, images[:60], num_steps=3, mesh=mesh)
     potential_diff = max(
         float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
         for a, b in zip(jax.tree.leaves(potential_alone), jax.tree.leaves(potential_meshed))

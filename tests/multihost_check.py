@@ -60,7 +60,7 @@ def main(workdir: str) -> None:
         }
     # Data-level calibration over both processes' devices: each feeds its rows of every batch.
     calibrate = functools.partial(oj.data_potential, model, local_state.variables, train.images[:90], num_steps=3)
-    potential_alone, potential_meshed = calibrate(), calibrate(batch_size=30, mesh=mesh)
+    potential_alone, potential_meshed = calibrate(), calibrate(mesh=mesh)
     potential_diff = max(
         float(np.max(np.abs(np.asarray(a) - parallel.local_value(b))))
         for a, b in zip(

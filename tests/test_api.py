@@ -69,6 +69,7 @@ def test_import_offsetjax_loads_no_training_data_or_torch_modules():
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_readme_python_blocks_run_as_printed():
     """Every ```python block of README.md, in order, in one namespace (```py blocks are
     illustrations that need files a reader has)."""

@@ -123,7 +123,7 @@ def test_data_bias_linear_step_layer_by_layer_matches_a_hand_computation():
     np.testing.assert_allclose(oj.simulate(snn, variables, images)[-1], jnp.mean(expected, axis=0), atol=1e-5)
 
 
-@settings(max_examples=8)
+@settings(max_examples=4)  # each example compiles four calibrations
 @given(st.integers(0, 2**16), st.integers(1, 6))
 def test_bisection_gets_the_mean_rate_at_least_as_close_as_the_linear_step(seed, num_steps):
     model = TwoSites()
@@ -191,14 +191,40 @@ def test_warm_cos_pre_simulates_from_the_data_level_potentials():
     np.testing.assert_array_equal(oj.calibrate_network(warm, calibrated, images)["act"]["v0"], expected)
 
 
-def test_calibration_set_size_and_batching_do_not_matter_beyond_the_set():
-    model = TwoSites()
-    ann_variables = _variables(model, 11)
-    images = _images(11, 40)
-    whole = oj.data_potential(model, ann_variables, images, num_steps=2)
-    batched = oj.data_potential(model, ann_variables, images, num_steps=2, batch_size=7)
-    for a, b in zip(jax.tree.leaves(whole["initial_potential"]), jax.tree.leaves(batched["initial_potential"])):
-        np.testing.assert_array_equal(a, b)
+class ManySites(nn.Module):
+    """Six sites of six different widths: six differently shaped site programs, were each compiled alone."""
+
+    activation: Any = Activation(oj.QCFS, levels=4)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        for index, width in enumerate((9, 8, 7, 6, 5, 4)):
+            x = self.activation(name=f"act{index}")(nn.Dense(width, name=f"dense{index}")(x))
+        return x
+
+
+def test_one_compiled_program_per_calibration_whatever_the_number_of_sites():
+    # A fresh network (shapes no other test uses): each method compiles exactly one program,
+    # and calling it again compiles nothing.
+    model = ManySites()
+    ann_variables = _variables(model, 13, features=11, thresholds=(1.0,) * 6)
+    images = _images(13, 37, features=11)
+    compilations = []
+
+    def record(name, seconds, **_):
+        if name == "/jax/core/compile/backend_compile_duration":
+            compilations.append(seconds)
+
+    jax.monitoring.register_event_duration_secs_listener(record)
+    try:
+        counts = []
+        for method in (oj.data_potential, oj.data_bias, oj.data_potential):
+            before = len(compilations)
+            method(model, ann_variables, images, num_steps=3)
+            counts.append(len(compilations) - before)
+        assert counts == [1, 1, 0]
+    finally:
+        jax.monitoring.unregister_event_duration_listener(record)
 
 
 def test_bad_arguments_are_named():

@@ -23,6 +23,7 @@ TINY = dataclasses.replace(
 )
 
 
+@pytest.mark.slow
 def test_results_schema_and_outputs(tmp_path):
     results = pipeline.run(dataclasses.replace(TINY, workdir=str(tmp_path)))
     on_disk = json.loads((tmp_path / "results.json").read_text())
@@ -79,6 +80,7 @@ def test_results_schema_and_outputs(tmp_path):
     assert (tmp_path / "calibration_sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_every_method_at_equal_budget_calibrates_on_training_images_only(tmp_path, monkeypatch):
     config = dataclasses.replace(
         TINY,
@@ -121,6 +123,7 @@ def test_every_method_at_equal_budget_calibrates_on_training_images_only(tmp_pat
     assert "data_v0 (64 images)" in text and (tmp_path / "equal_budget.png").exists()
 
 
+@pytest.mark.slow
 def test_crash_after_an_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypatch):
     config = dataclasses.replace(TINY, epochs=2)
     model = pipeline.build_model(config, 10)
@@ -145,6 +148,7 @@ def test_crash_after_an_epoch_then_resume_matches_uninterrupted(tmp_path, monkey
     jax.tree.map(np.testing.assert_array_equal, resumed.batch_stats, uninterrupted.batch_stats)
 
 
+@pytest.mark.slow
 def test_killed_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypatch):
     config = dataclasses.replace(TINY, epochs=2, checkpoint_every=7)
     model = pipeline.build_model(config, 10)
@@ -209,7 +213,13 @@ def test_unknown_architecture_is_named():
         pipeline.validate(dataclasses.replace(TINY, arch="alexnet"))
 
 
-@pytest.mark.parametrize("name", ["quickstart", "fashion_mnist", "cifar10", "cifar100", "imagenet"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "quickstart",
+        *(pytest.param(n, marks=pytest.mark.slow) for n in ("fashion_mnist", "cifar10", "cifar100", "imagenet")),
+    ],
+)
 def test_entry_points_answer_help(name):
     out = subprocess.run(
         [sys.executable, str(EXPERIMENTS / f"{name}.py"), "--help"], capture_output=True, text=True, timeout=120
@@ -218,6 +228,7 @@ def test_entry_points_answer_help(name):
     assert "--workdir" in out.stdout and "--resume" in out.stdout
 
 
+@pytest.mark.slow
 def test_cifar_config_runs_end_to_end_on_mock_tfds(tmp_path):
     import cifar10
     import tensorflow_datasets as tfds

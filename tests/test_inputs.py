@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("without_type_checker")
 
 IMAGES = jax.random.uniform(jax.random.key(0), (3, 8, 8, 2))
 MODEL = oj.models.small_vgg(2)
-ANN_VARIABLES = MODEL.init(jax.random.key(1), IMAGES)
+ANN_VARIABLES = jax.jit(MODEL.init)(jax.random.key(1), IMAGES)  # one program, not ~100 eager ones
 SNN = oj.spiking_model(MODEL, num_steps=2)
 SNN_VARIABLES = oj.convert_variables(SNN, ANN_VARIABLES)
 

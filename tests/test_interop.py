@@ -7,6 +7,7 @@ import pytest
 import offsetjax as oj
 from offsetjax.interop import load_torch_state_dict
 
+pytestmark = pytest.mark.slow  # with torch, the tier after the fast one
 torch = pytest.importorskip("torch")
 
 from tests.torch_models import LEVELS, ReferenceResNet, ReferenceVGG16, randomized  # noqa: E402

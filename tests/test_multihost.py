@@ -17,6 +17,8 @@ import offsetjax as oj
 from offsetjax import launch, training
 from offsetjax.training import checkpoint
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 QUICK = [PYTHON, str(ROOT / "experiments" / "quickstart.py"), "--train-limit", "640", "--test-limit", "64"]

@@ -35,8 +35,8 @@ def float64_variables(model, images):
     return traverse_util.unflatten_dict(flat)
 
 
-@pytest.mark.parametrize("name", sorted(NETWORKS))
-@pytest.mark.parametrize(("presim", "iterations"), [(0, 0), (3, 1)])
+@pytest.mark.parametrize("name", ["vgg", pytest.param("resnet", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(("presim", "iterations"), [pytest.param(0, 0, marks=pytest.mark.slow), (3, 1)])
 def test_written_graph_runs_to_the_simulators_logits(name, presim, iterations, tmp_path):
     with jax.enable_x64(True):
         images = jax.random.uniform(jax.random.key(0), (4, 8, 8, 2), jnp.float64)

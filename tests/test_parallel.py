@@ -14,6 +14,7 @@ from offsetjax import parallel
 from offsetjax.training import data
 
 
+@pytest.mark.slow
 def test_mesh_evaluation_identical_and_training_within_tolerance():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     script = Path(__file__).with_name("mesh_check.py")

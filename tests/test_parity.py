@@ -22,6 +22,7 @@ from offsetjax.interop import load_torch_state_dict
 from offsetjax.simulation import site_order
 from offsetjax.site import CALIBRATED_POTENTIAL, IFActivation
 
+pytestmark = pytest.mark.slow
 torch = pytest.importorskip("torch")
 
 from tests.torch_models import ReferenceResNet, ReferenceVGG16, calibrated_snn, realistic  # noqa: E402

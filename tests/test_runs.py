@@ -59,6 +59,7 @@ def assert_one_line_error(status: int, err: str, *fragments: str) -> None:
         assert fragment in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_not_overwritten_without_resume_or_overwrite(workdir, capsys):
     before = snapshot(workdir)
     status, err = run_main(capsys, workdir)
@@ -66,6 +67,7 @@ def test_a_finished_run_is_not_overwritten_without_resume_or_overwrite(workdir, 
     assert snapshot(workdir) == before
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_run_and_logs_final_progress_lines(workdir, capsys):
     (workdir / "results.md").write_text("old")
     status, err = run_main(capsys, workdir, "--overwrite", "--seed", "1")
@@ -76,6 +78,7 @@ def test_overwrite_replaces_the_run_and_logs_final_progress_lines(workdir, capsy
     assert "epoch 1/1: 100%" in err and "SNN cos_k1: 100%" in err, err
 
 
+@pytest.mark.slow
 def test_a_failed_eval_only_writes_nothing(workdir, capsys):
     before = snapshot(workdir)
     status, err = run_main(capsys, workdir, "--eval-only", "--max-steps", "2")  # rho = 4 > T
@@ -85,6 +88,7 @@ def test_a_failed_eval_only_writes_nothing(workdir, capsys):
     assert snapshot(workdir) == before
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_change_that_alters_the_result(workdir, capsys):
     before = snapshot(workdir)
     status, err = run_main(capsys, workdir, "--resume", "--learning-rate", "0.5", "--batch-size", "64")
@@ -96,6 +100,7 @@ def test_resume_refuses_a_change_that_alters_the_result(workdir, capsys):
     assert rundir.read_config(workdir)["eval_batch_size"] == 45
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_locked_workdir_exits_naming_the_holder(workdir, capsys):
     lock = rundir.claim(workdir, resume=True, eval_only=False, overwrite=False)
     try:
@@ -107,6 +112,7 @@ def test_a_second_run_on_a_locked_workdir_exits_naming_the_holder(workdir, capsy
     assert status == 0, err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_a_damaged_checkpoint_is_one_line_and_results_survive(workdir, capsys, damage):
     before = snapshot(workdir)

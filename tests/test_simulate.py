@@ -107,6 +107,7 @@ def test_calibration_is_a_pytree_to_pytree_function():
     np.testing.assert_array_equal(replayed, oj.simulate(calibrated_model, snn_variables, images))
 
 
+@pytest.mark.slow
 def test_calibration_raises_zero_ratio_in_a_network():
     model = oj.models.small_vgg(4)
     images = jax.random.normal(jax.random.key(2), (4, 8, 8, 1))

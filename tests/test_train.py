@@ -29,6 +29,7 @@ def trained_digits(epochs: int = 8):
     return model, state, test_split
 
 
+@pytest.mark.slow
 def test_digits_calibration_beats_baseline_at_t_up_to_l():
     """A briefly trained QCFS CNN (L = 4) on digits: calibrated SNN > uncalibrated for T <= L."""
     model, state, test_split = trained_digits()
@@ -53,9 +54,18 @@ def test_digits_calibration_beats_baseline_at_t_up_to_l():
     assert stats[0]["mse"] > stats[1]["mse"] >= stats[2]["mse"]
 
 
+SMALL_TX = training.sgd_cosine(learning_rate=0.1, total_steps=10)
+
+
+@functools.cache
+def small_state(seed: int) -> training.TrainState:
+    """An untrained digits network's training state: what a checkpoint holds, in milliseconds."""
+    return training.create_train_state(oj.models.small_vgg(10), SMALL_TX, np.zeros((2, 8, 8, 1), np.float32), seed=seed)
+
+
 def test_checkpoint_round_trip_and_corruption(tmp_path):
-    model, state, _ = trained_digits()
-    fresh = training.create_train_state(model, state.tx, np.zeros((2, 8, 8, 1), np.float32), seed=5)
+    state, fresh = small_state(0), small_state(5)
+    state = state.replace(step=state.step + 7)
     checkpoint.save(tmp_path / "latest", state, {"epoch": 3})
     restored, meta = checkpoint.restore(tmp_path / "latest", fresh)
     assert meta == {"epoch": 3}
@@ -78,8 +88,7 @@ def test_checkpoint_round_trip_and_corruption(tmp_path):
 def test_any_flipped_bit_in_a_checkpoint_is_reported(tmp_path):
     """One bit flipped in any file of a checkpoint (orbax's files, the metadata, the manifest):
     restore refuses it, naming the checkpoint and the file, before orbax reads anything."""
-    model, state, _ = trained_digits()
-    fresh = training.create_train_state(model, state.tx, np.zeros((2, 8, 8, 1), np.float32), seed=5)
+    state, fresh = small_state(0), small_state(5)
     checkpoint.save(tmp_path / "good", state, {"epoch": 3})
     files = sorted(p.relative_to(tmp_path / "good") for p in (tmp_path / "good").rglob("*") if p.is_file())
     assert len(files) >= 5, files
@@ -104,8 +113,7 @@ def test_any_flipped_bit_in_a_checkpoint_is_reported(tmp_path):
 
 
 def test_a_checkpoint_without_manifest_is_refused_until_sealed(tmp_path):
-    tx = training.sgd_cosine(learning_rate=0.1, total_steps=10)
-    state = training.create_train_state(oj.models.small_vgg(10), tx, np.zeros((2, 8, 8, 1), np.float32), seed=0)
+    state = small_state(0)
     checkpoint.save(tmp_path / "old", state, {"epoch": 1})
     for name in (checkpoint.MANIFEST, checkpoint.MANIFEST_DIGEST):  # as offsetjax 0.1 wrote it
         (tmp_path / "old" / name).unlink()
@@ -117,6 +125,7 @@ def test_a_checkpoint_without_manifest_is_refused_until_sealed(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, restored.params, state.params)
 
 
+@pytest.mark.slow
 def test_a_process_killed_while_saving_leaves_a_loadable_checkpoint(tmp_path):
     """Kill -9 a process in the middle of its checkpoint writes, several times: the checkpoint
     left behind is always a complete one (the one before, or the one being written)."""
@@ -133,9 +142,7 @@ while True:
     print("saving", epoch, flush=True)
     checkpoint.save({str(tmp_path / "latest")!r}, state, {{"epoch": epoch}})
 """
-    tx = training.sgd_cosine(learning_rate=0.1, total_steps=10)
-    state = training.create_train_state(oj.models.small_vgg(10), tx, np.zeros((2, 8, 8, 1), np.float32), seed=0)
-    fresh = training.create_train_state(oj.models.small_vgg(10), tx, np.zeros((2, 8, 8, 1), np.float32), seed=5)
+    state, fresh = small_state(0), small_state(5)
     rng = np.random.default_rng(1)
     for attempt in range(3):
         process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -157,10 +164,11 @@ def test_optimizer_rejects_empty_schedule():
         training.sgd_cosine(learning_rate=0.1, total_steps=0)
 
 
+@pytest.mark.slow
 def test_evaluation_masks_the_padding_of_the_last_batch():
     """Batches of 100 over 359 images (the last one padded): the same accuracy and statistics as
     one batch of all 359, from one compiled program."""
-    model, state, test_split = trained_digits(epochs=1)
+    model, state, test_split = trained_digits()
     run = functools.partial(
         evaluate.evaluate_snn,
         model,
@@ -178,6 +186,7 @@ def test_evaluation_masks_the_padding_of_the_last_batch():
         np.testing.assert_allclose(padded.statistics["all"][key], whole.statistics["all"][key], rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("standard_promotion")
 def test_bfloat16_compute_matches_float32_accuracy_and_trains():
     """Mixed precision (convolutions, batch norm and dense layers in bfloat16; parameters,
