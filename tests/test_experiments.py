@@ -123,12 +123,20 @@ def test_every_method_at_equal_budget_calibrates_on_training_images_only(tmp_pat
     assert "data_v0 (64 images)" in text and (tmp_path / "equal_budget.png").exists()
 
 
-@pytest.mark.slow
-def test_crash_after_an_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """TINY's two epochs trained without a break: what both resume tests must reach."""
     config = dataclasses.replace(TINY, epochs=2)
     model = pipeline.build_model(config, 10)
     train_split, test_split = pipeline.load_splits(config)
-    uninterrupted = pipeline.train_ann(config, model, train_split, test_split, tmp_path / "a")
+    return pipeline.train_ann(config, model, train_split, test_split, tmp_path_factory.mktemp("uninterrupted"))
+
+
+@pytest.mark.slow
+def test_crash_after_an_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypatch, uninterrupted):
+    config = dataclasses.replace(TINY, epochs=2)
+    model = pipeline.build_model(config, 10)
+    train_split, test_split = pipeline.load_splits(config)
 
     real_save = pipeline.checkpoint.save
 
@@ -149,11 +157,11 @@ def test_crash_after_an_epoch_then_resume_matches_uninterrupted(tmp_path, monkey
 
 
 @pytest.mark.slow
-def test_killed_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypatch):
+def test_killed_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypatch, uninterrupted):
+    """Also: checkpoints every 7 batches leave the trained parameters as they are without them."""
     config = dataclasses.replace(TINY, epochs=2, checkpoint_every=7)
     model = pipeline.build_model(config, 10)
     train_split, test_split = pipeline.load_splits(config)
-    uninterrupted = pipeline.train_ann(config, model, train_split, test_split, tmp_path / "a")
 
     real_step, calls = loop.train_step, []
 

@@ -22,9 +22,10 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 QUICK = [PYTHON, str(ROOT / "experiments" / "quickstart.py"), "--train-limit", "640", "--test-limit", "64"]
-QUICK += ["--epochs", "2", "--max-steps", "4", "--iterations", "1", "--eval-batch-size", "32"]
-# (data-level calibration over two processes: multihost_check.py)
-QUICK += ["--checkpoint-every", "2", "--methods", "cos"]
+QUICK += ["--epochs", "2", "--eval-batch-size", "32", "--checkpoint-every", "2"]
+# The resume test compares trained parameters: a short evaluation (the baseline, T = 1..5).
+# (COS and data-level calibration over two processes: multihost_check.py)
+QUICK += ["--methods", "qcfs", "--max-steps", "4", "--presim-steps", "1", "--iterations", "1"]
 
 
 def test_two_processes_train_evaluate_and_checkpoint_as_one(tmp_path):

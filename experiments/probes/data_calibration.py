@@ -88,6 +88,16 @@ def measure(network: str, num_steps: int, count: int) -> dict:
     return record
 
 
+def _commit(directory: Path) -> str:
+    """The git commit of the checkout holding ``directory`` (``+`` when it has uncommitted changes)."""
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+" if git("status", "--porcelain", "--", ".") else "")
+
+
 def table(records: list[dict]) -> str:
     lines = [
         "| library | network | T | images | data_potential: wall s, compilations, compile s, again s "
@@ -132,19 +142,20 @@ def main(argv: list[str] | None = None) -> None:
         "machines": {
             **saved.get("machines", {}),
             args.label: {
-                "library": str(Path(offsetjax.__file__).resolve().parent),
+                "library": _commit(Path(offsetjax.__file__).resolve().parent),
+                "command": "python " + " ".join(sys.argv),
                 "backend": jax.default_backend(),
                 "jax": jax.__version__,
                 "cpu": platform.processor() or platform.machine(),
                 "cores": os.cpu_count(),
             },
         },
-        "command": "python " + " ".join(sys.argv),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(saved, indent=2))
     machines = "; ".join(
-        f"{label}: {m['backend']} ({m['cpu']}, {m['cores']} cores), jax {m['jax']}, {m['library']}"
+        f"{label}: offsetjax {m['library']}, `{m['command']}`, {m['backend']} ({m['cpu']}, {m['cores']} cores), "
+        f"jax {m['jax']}"
         for label, m in saved["machines"].items()
     )
     out.with_suffix(".md").write_text(
