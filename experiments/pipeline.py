@@ -153,6 +153,9 @@ def parse_args(config: ExperimentConfig, argv: list[str] | None = None) -> Exper
     for name, value in values.items():
         if isinstance(value, list):
             values[name] = tuple(value)
+    if "methods" in values:  # "all" is recorded as the families it stands for
+        expanded = (METHOD_FAMILIES if name == "all" else (name,) for name in values["methods"])
+        values["methods"] = tuple(dict.fromkeys(family for names in expanded for family in names))
     config = dataclasses.replace(config, **values)
     try:
         validate(config)
@@ -184,8 +187,8 @@ def validate(config: ExperimentConfig) -> None:
         if rule not in oj.offset.SATURATION_RULES:
             problems.append(f"saturated takes {' or '.join(oj.offset.SATURATION_RULES)}, got {rule!r}")
     for family in config.methods:
-        if family not in (*METHOD_FAMILIES, "all"):
-            problems.append(f"methods takes {', '.join(METHOD_FAMILIES)} or all, got {family!r}")
+        if family not in METHOD_FAMILIES:
+            problems.append(f"methods takes {', '.join(METHOD_FAMILIES)} (or all of them: all), got {family!r}")
     if config.calibration_images < 1:
         problems.append(f"calibration-images must be >= 1, got {config.calibration_images}")
     if config.calibration_solver not in oj.data_calibration.SOLVERS:
@@ -377,7 +380,7 @@ def methods(config: ExperimentConfig) -> dict[str, Method]:
     budget = config.max_steps + config.presim_steps
     per_t = min(config.max_steps, config.data_max_steps)  # data-level rows: one calibration per T
     rows = {"qcfs": Method("qcfs", budget)}
-    families = set(METHOD_FAMILIES) if "all" in config.methods else set(config.methods)
+    families = set(config.methods)
     if "cos" in families:
         for rule in config.saturated:
             suffix = "" if rule == "fire" else f"_{rule}"

@@ -7,7 +7,7 @@ digits the uncalibrated SNN (qcfs) at T = 1..12, the paper's calibration (cos_k1
 k = 1) at T = 1..8, and the data-level bias calibration (data_bias, fitted on 256 training
 images once per T) at T = 1..4, where it is the best method at equal total steps; then the
 tables and plots. ``--methods all --iterations 1 2 4 --data-max-steps 8`` runs every method of
-``docs/method.md`` section 8 as the committed ``results/digits/small_vgg`` run did (about 6 min).
+``docs/method.md`` section 8 as the committed ``results/digits/small_vgg`` run did (about 5 min).
 """
 
 from pipeline import ExperimentConfig, main
