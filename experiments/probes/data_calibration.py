@@ -143,7 +143,9 @@ def main(argv: list[str] | None = None) -> None:
             **saved.get("machines", {}),
             args.label: {
                 "library": _commit(Path(offsetjax.__file__).resolve().parent),
-                "command": "python " + " ".join(sys.argv),
+                "command": ("PYTHONPATH=<that checkout> " if os.environ.get("PYTHONPATH") else "")
+                + "python "
+                + " ".join(sys.argv),
                 "backend": jax.default_backend(),
                 "jax": jax.__version__,
                 "cpu": platform.processor() or platform.machine(),
