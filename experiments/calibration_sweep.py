@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pipeline  # noqa: E402
 from report import _save  # noqa: E402
-from rundir import write_atomic  # noqa: E402
+from rundir import record, write_output  # noqa: E402
 
 from offsetjax import evaluate  # noqa: E402
 from offsetjax.training import data  # noqa: E402
@@ -81,9 +81,10 @@ def main(argv: list[str] | None = None) -> dict:
             bar.set_postfix(size=size, T=num_steps, acc=f"{accuracy:.4f}", refresh=False)
     report["calibration_seconds"] = {k: float(np.mean(v)) for k, v in report["calibration_seconds"].items()}
     report["command"] = "python experiments/calibration_sweep.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    write_atomic(args.workdir / f"{args.name}.json", json.dumps(report, indent=2))
-    write_atomic(args.workdir / f"{args.name}.md", markdown(report))
-    plot(report, args.workdir / f"{args.name}.png")
+    write_output(args.workdir, f"{args.name}.json", json.dumps(report, indent=2))
+    write_output(args.workdir, f"{args.name}.md", markdown(report))
+    if plot(report, args.workdir / f"{args.name}.png"):
+        record(args.workdir, args.workdir / f"{args.name}.png")
     print(markdown(report))
     return report
 
@@ -111,7 +112,8 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + f"\n\nReproduce: `{report['command']}`\n"
 
 
-def plot(report: dict, path: Path) -> None:
+def plot(report: dict, path: Path) -> bool:
+    """Write the plot to ``path``; False when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -119,7 +121,7 @@ def plot(report: dict, path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is not installed (pip install 'offsetjax[plots]'): skipping the plot")
-        return
+        return False
     sizes = [int(s) for s in report["accuracy"]]
     fig, axis = plt.subplots(figsize=(6, 4))
     for t in report["accuracy"][str(sizes[0])]:
@@ -134,6 +136,7 @@ def plot(report: dict, path: Path) -> None:
     axis.legend()
     fig.suptitle(f"{report['dataset']} / {report['arch']}: {report['method']} against calibration-set size")
     _save(fig, path)
+    return True
 
 
 if __name__ == "__main__":

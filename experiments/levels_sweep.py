@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pipeline  # noqa: E402
+from rundir import write_output  # noqa: E402
 
 import offsetjax as oj  # noqa: E402
 from offsetjax import evaluate  # noqa: E402
@@ -43,7 +44,9 @@ def main() -> None:
         )
         accuracy[str(levels)] = evaluate.ann_accuracy(variant, state.variables, test_split, batch_size=500)
         print(f"L = {levels}: {100 * accuracy[str(levels)]:.2f}%", flush=True)
-    (workdir / "levels_sweep.json").write_text(
+    write_output(
+        workdir,
+        "levels_sweep.json",
         json.dumps(
             {
                 "command": "python " + " ".join([os.path.relpath(sys.argv[0], pipeline.ROOT), *sys.argv[1:]]),
@@ -51,7 +54,7 @@ def main() -> None:
                 "ann_accuracy_by_levels": accuracy,
             },
             indent=2,
-        )
+        ),
     )
 
 

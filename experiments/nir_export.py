@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pipeline  # noqa: E402
-from rundir import write_atomic  # noqa: E402
+from rundir import record, write_output  # noqa: E402
 
 import offsetjax as oj  # noqa: E402
 from offsetjax.interop.nir import run_nir, to_nir  # noqa: E402
@@ -46,6 +46,7 @@ def main():
         variables = oj.convert_variables(snn, ann_variables)
         path = args.workdir / "nir" / f"{name}.nir"
         nir.write(path, to_nir(snn, variables, image_shape))
+        record(args.workdir, path)
         graph = nir.read(path)
         runs = {
             "simulate": jax.jit(lambda x, s=snn, v=variables: oj.simulate(s, v, x)),
@@ -63,7 +64,7 @@ def main():
         }
         print(name, {key: round(float(c[-1] / count), 4) for key, c in correct.items()}, flush=True)
     report["command"] = "python experiments/nir_export.py " + " ".join(sys.argv[1:])
-    write_atomic(args.workdir / "nir.json", json.dumps(report, indent=2))
+    write_output(args.workdir, "nir.json", json.dumps(report, indent=2))
     lines = [f"NIR export of {config.dataset} / {config.arch}, T = {args.num_steps}: top-1 accuracy (%).", ""]
     lines += ["| method | run | " + " | ".join(f"T={t}" for t in (1, 2, 4, 8) if t <= args.num_steps) + " |"]
     lines += ["|---|---|" + "---|" * len([t for t in (1, 2, 4, 8) if t <= args.num_steps])]
@@ -71,7 +72,7 @@ def main():
         for key, row in rows.items():
             cells = [f"{100 * row[str(t)]:.2f}" for t in (1, 2, 4, 8) if t <= args.num_steps]
             lines.append(f"| {name} | {key} | " + " | ".join(cells) + " |")
-    write_atomic(args.workdir / "nir.md", "\n".join(lines) + f"\n\nReproduce: `{report['command']}`\n")
+    write_output(args.workdir, "nir.md", "\n".join(lines) + f"\n\nReproduce: `{report['command']}`\n")
     print("\n".join(lines))
 
 

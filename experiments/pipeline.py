@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import write_markdown, write_plots  # noqa: E402
-from rundir import RunError, check_resumable, claim, read_config, write_atomic  # noqa: E402
+from rundir import RunError, check_resumable, claim, read_config, record, write_output  # noqa: E402
 
 import offsetjax as oj  # noqa: E402
 from offsetjax import (  # noqa: E402
@@ -323,6 +323,7 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
         if jax.process_index() == 0:
             with log_path.open("a") as log:
                 log.write(json.dumps(row) + "\n")
+            record(workdir, log_path)
         print(json.dumps(row), flush=True)
         return {"test_accuracy": test_accuracy}
 
@@ -595,7 +596,7 @@ def _run_locked(config: ExperimentConfig, workdir: Path, primary: bool) -> dict:
         state, train_seconds = restore_trained(config, model, test_split, workdir)
     else:
         if primary:
-            write_atomic(workdir / "config.json", config_text)
+            write_output(workdir, "config.json", config_text)
         state = train_ann(config, model, train_split, test_split, workdir)
         train_seconds = time.perf_counter() - began
     results = evaluate_all(config, model, state.variables, train_split, test_split)
@@ -603,11 +604,11 @@ def _run_locked(config: ExperimentConfig, workdir: Path, primary: bool) -> dict:
     results["wall_time_seconds"]["total"] = time.perf_counter() - began
     results["command"] = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
     if primary:  # only after the evaluation succeeded, each file whole or not at all
-        write_atomic(workdir / "results.json", json.dumps(results, indent=2))
-        write_atomic(workdir / "results.md", write_markdown(results))
-        write_plots(results, workdir)
+        write_output(workdir, "results.json", json.dumps(results, indent=2))
+        write_output(workdir, "results.md", write_markdown(results))
+        record(workdir, *write_plots(results, workdir))
         if config.eval_only:
-            write_atomic(workdir / "config.json", config_text)
+            write_output(workdir, "config.json", config_text)
         print(f"wrote {workdir}/results.json, results.md and plots", flush=True)
     return results
 

@@ -257,5 +257,9 @@ if __name__ == "__main__":
 
     for workdir in map(Path, sys.argv[1:]):
         results = json.loads((workdir / "results.json").read_text())
-        (workdir / "results.md").write_text(write_markdown(results))
-        print(workdir, [path.name for path in write_plots(results, workdir)])
+        from rundir import record, write_output
+
+        write_output(workdir, "results.md", write_markdown(results))
+        plots = write_plots(results, workdir)
+        record(workdir, *plots)
+        print(workdir, [path.name for path in plots])

@@ -6,12 +6,18 @@
   directory stops at once, naming the holder.
 * :func:`check_resumable` compares a new configuration with the stored one: a change of any
   field that alters the trained network is refused, naming the fields.
-* :func:`write_atomic` writes a file so that it is either the old or the new one, never half.
+* :func:`write_atomic` writes a file so that it is either the old or the new one, never half;
+  :func:`write_output` also records it as this project's output (:func:`record`).
+* ``--overwrite`` removes only what offsetjax wrote: the files recorded in ``OUTPUTS`` with the
+  digest they had when written, and checkpoints whose own manifest lists every file. Anything
+  else in the directory (a file of the user's, or one of ours edited since) makes
+  :func:`claim` refuse, listing it.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -19,9 +25,11 @@ from pathlib import Path
 
 #: What a directory holding a run contains (any one of them).
 RUN_FILES = ("config.json", "train_log.jsonl", "results.json", "checkpoints")
-#: Files :func:`claim` removes on ``--overwrite`` (plots too).
-OUTPUT_GLOBS = ("config.json", "train_log.jsonl", "results.json", "results.md", "*.png", "checkpoints")
 LOCK = ".lock"
+#: The record of every file offsetjax wrote in a run directory: ``{relative path: sha256}``.
+OUTPUTS = ".offsetjax-outputs.json"
+#: Where the pipeline keeps its checkpoints (each verified by its own manifest).
+CHECKPOINTS = "checkpoints"
 
 
 class RunError(Exception):
@@ -72,10 +80,99 @@ def claim(workdir: Path, *, resume: bool, eval_only: bool, overwrite: bool, prim
                 f"--workdir {workdir} already holds a run; continue it with --resume, evaluate it "
                 "again with --eval-only, or replace it with --overwrite"
             )
-        for pattern in OUTPUT_GLOBS:
-            for path in workdir.glob(pattern):
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        foreign = foreign_files(workdir)
+        if foreign:
+            lock.close()
+            shown = ", ".join(foreign[:8]) + (f" and {len(foreign) - 8} more" if len(foreign) > 8 else "")
+            raise RunError(
+                f"--workdir {workdir} holds files offsetjax did not write, or changed since it wrote them: "
+                f"{shown}; --overwrite removes only offsetjax's own outputs: move these away or choose "
+                "another --workdir"
+            )
+        remove_outputs(workdir)
     return lock
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def recorded_outputs(workdir: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of the files offsetjax recorded writing in ``workdir``."""
+    path = workdir / OUTPUTS
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def record(workdir: Path, *paths: Path) -> None:
+    """Record ``paths`` (files in ``workdir`` or below) as offsetjax's outputs, with their digests now."""
+    outputs = recorded_outputs(workdir)
+    for path in paths:
+        outputs[Path(path).relative_to(workdir).as_posix()] = _digest(Path(path))
+    write_atomic(workdir / OUTPUTS, json.dumps(outputs, indent=1, sort_keys=True))
+
+
+def write_output(workdir: Path, name: str, text: str | bytes) -> Path:
+    """:func:`write_atomic` ``workdir / name`` and :func:`record` it; returns the path."""
+    path = workdir / name
+    write_atomic(path, text)
+    record(workdir, path)
+    return path
+
+
+def _files(workdir: Path) -> list[Path]:
+    """Every file and link below ``workdir``, links not followed."""
+    found = []
+    for root, directories, files in os.walk(workdir):
+        found += [Path(root) / name for name in files]
+        found += [Path(root) / name for name in directories if (Path(root) / name).is_symlink()]
+    return sorted(found)
+
+
+def _checkpoint_file(workdir: Path, path: Path) -> bool:
+    """Whether ``path`` belongs to a checkpoint offsetjax wrote: listed, with its digest, in the
+    manifest of its checkpoint, or inside a staging copy that a crash left behind."""
+    parts = path.relative_to(workdir).parts
+    if len(parts) < 3 or parts[0] != CHECKPOINTS or path.is_symlink():
+        return False
+    name = parts[1]
+    if name.endswith((".staging", ".previous")):
+        return True
+    directory = workdir / CHECKPOINTS / name
+    inside = Path(*parts[2:]).as_posix()
+    if inside in ("manifest.json", "manifest.sha256"):
+        return True
+    try:
+        listed = json.loads((directory / "manifest.json").read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return listed.get(inside) == _digest(path)
+
+
+def foreign_files(workdir: Path) -> list[str]:
+    """The files below ``workdir`` that offsetjax did not write or that changed since it did
+    (relative paths); its lock and record of outputs excepted."""
+    outputs = recorded_outputs(workdir)
+    foreign = []
+    for path in _files(workdir):
+        name = path.relative_to(workdir).as_posix()
+        if name in (LOCK, OUTPUTS) or _checkpoint_file(workdir, path):
+            continue
+        if path.is_symlink() or outputs.get(name) != _digest(path):
+            foreign.append(name)
+    return foreign
+
+
+def remove_outputs(workdir: Path) -> None:
+    """Delete offsetjax's outputs in ``workdir`` (call after :func:`foreign_files` found none):
+    the recorded files, the checkpoints, the record, then the folders left empty."""
+    for name in recorded_outputs(workdir):
+        (workdir / name).unlink(missing_ok=True)
+    if (workdir / CHECKPOINTS).is_dir():
+        shutil.rmtree(workdir / CHECKPOINTS)
+    (workdir / OUTPUTS).unlink(missing_ok=True)
+    for root, _, _ in sorted(os.walk(workdir), key=lambda entry: -len(entry[0])):
+        if Path(root) != workdir and not any(Path(root).iterdir()):
+            Path(root).rmdir()
 
 
 def check_resumable(stored: dict, new: dict, training_fields: tuple[str, ...]) -> None:

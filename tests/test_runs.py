@@ -2,6 +2,8 @@
 one-line errors with exit status 2. Each case starts from a copy of one finished digits run."""
 
 import dataclasses
+import hashlib
+import json
 import os
 import shutil
 import sys
@@ -69,10 +71,14 @@ def test_a_finished_run_is_not_overwritten_without_resume_or_overwrite(workdir, 
 
 @pytest.mark.slow
 def test_overwrite_replaces_the_run_and_logs_final_progress_lines(workdir, capsys):
-    (workdir / "results.md").write_text("old")
+    rundir.write_output(workdir, "levels_sweep.json", "{}")  # a derived output: goes with the run
+    (workdir / "nir").mkdir()
+    rundir.write_output(workdir, "nir/qcfs.nir", b"graph")
     status, err = run_main(capsys, workdir, "--overwrite", "--seed", "1")
     assert status == 0, err
-    assert (workdir / "results.md").read_text() != "old"
+    assert not (workdir / "levels_sweep.json").exists() and not (workdir / "nir").exists()
+    assert set(rundir.recorded_outputs(workdir)) >= {"config.json", "results.json", "results.md", "train_log.jsonl"}
+    assert rundir.foreign_files(workdir) == []
     assert rundir.read_config(workdir)["seed"] == 1
     # stderr is not a terminal here, as in a log file: every bar leaves its final line.
     assert "epoch 1/1: 100%" in err and "SNN cos_k1: 100%" in err, err
@@ -170,3 +176,83 @@ def test_help_describes_every_flag_with_its_default_and_hides_other_datasets_fla
     assert "--max-steps MAX_STEPS" in out and "T_max" in out and "(default: 8)" in out
     assert "--overwrite" in out and "replace the run already in --workdir" in out
     assert "--autoaugment" not in out and "--idx-dir" not in out  # digits has no such data
+
+
+@pytest.mark.slow
+def test_overwrite_refuses_a_finished_run_beside_foreign_files_and_deletes_nothing(workdir, capsys):
+    (workdir / "checkpoints" / "resnet50_epoch90.pt").write_bytes(b"weights")
+    (workdir / "notes.txt").write_text("mine")
+    before = snapshot(workdir)
+    status, err = run_main(capsys, workdir, "--overwrite")
+    assert_one_line_error(status, err, "did not write", "checkpoints/resnet50_epoch90.pt", "notes.txt")
+    assert "results.json" not in err.split("did not write")[1]  # the run's own files are recognised
+    assert snapshot(workdir) == before
+
+
+def fake_run(workdir: Path) -> None:
+    """A run directory as the pipeline leaves it, written by hand: recorded outputs and a
+    checkpoint whose manifest lists its files."""
+    workdir.mkdir()
+    for name in ("config.json", "results.json", "results.md"):
+        rundir.write_output(workdir, name, f"{name} of the run")
+    state = workdir / "checkpoints" / "latest" / "state"
+    state.mkdir(parents=True)
+    (state / "data").write_bytes(b"arrays")
+    manifest = {"files": {"state/data": hashlib.sha256(b"arrays").hexdigest()}, "arrays": {}}
+    (state.parent / "manifest.json").write_text(json.dumps(manifest))
+    (state.parent / "manifest.sha256").write_text("digest\n")
+
+
+def claim_overwrite(workdir: Path):
+    return rundir.claim(workdir, resume=False, eval_only=False, overwrite=True)
+
+
+def test_overwrite_removes_what_offsetjax_wrote_and_nothing_else(tmp_path):
+    workdir = tmp_path / "run"
+    fake_run(workdir)
+    (workdir / "nir").mkdir()
+    rundir.write_output(workdir, "nir/cos_k1.nir", b"graph")  # derived outputs go with the run
+    rundir.write_output(workdir, "levels_sweep.json", "{}")
+    claim_overwrite(workdir).close()
+    assert sorted(p.name for p in workdir.iterdir()) == [rundir.LOCK]
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    ["checkpoints/resnet50_epoch90.pt", "figure1.png", "notes.txt", "checkpoints/latest/state/extra", "sub/dir/x"],
+)
+def test_overwrite_refuses_any_file_offsetjax_did_not_write_and_names_it(tmp_path, foreign):
+    workdir = tmp_path / "run"
+    fake_run(workdir)
+    (workdir / foreign).parent.mkdir(parents=True, exist_ok=True)
+    (workdir / foreign).write_text("the user's")
+    before = snapshot(workdir)
+    with pytest.raises(rundir.RunError, match=f"did not write.*{foreign}.*move these away") as caught:
+        claim_overwrite(workdir)
+    assert "\n" not in str(caught.value)
+    assert {k: v for k, v in snapshot(workdir).items() if k != rundir.LOCK} == {
+        k: v for k, v in before.items() if k != rundir.LOCK
+    }
+
+
+@pytest.mark.parametrize("change", ["edit an output", "edit a checkpoint file", "link", "no record"])
+def test_an_output_changed_since_offsetjax_wrote_it_is_not_removed(tmp_path, change):
+    workdir = tmp_path / "run"
+    fake_run(workdir)
+    if change == "edit an output":
+        (workdir / "results.md").write_text("my notes on the run")
+        named = "results.md"
+    elif change == "edit a checkpoint file":
+        (workdir / "checkpoints" / "latest" / "state" / "data").write_bytes(b"other arrays")
+        named = "checkpoints/latest/state/data"
+    elif change == "link":
+        (tmp_path / "elsewhere").mkdir()
+        (workdir / "results.md").unlink()
+        (workdir / "results.md").symlink_to(tmp_path / "elsewhere")
+        named = "results.md"
+    else:  # a run written before offsetjax kept a record (or the record was deleted)
+        (workdir / rundir.OUTPUTS).unlink()
+        named = "config.json"
+    with pytest.raises(rundir.RunError, match=named):
+        claim_overwrite(workdir)
+    assert (workdir / named).exists() or (workdir / named).is_symlink()
