@@ -246,6 +246,21 @@ def load_splits(config: ExperimentConfig) -> tuple[data.Split | data.StreamingSp
     return train_split, data.Split(data.normalize(test_split.images, config.dataset), test_split.labels)
 
 
+def check_data(config: ExperimentConfig, train_split, test_split) -> None:
+    """The errors that need the data's sizes, found before anything is written."""
+    problems = []
+    train_count, test_count = data.num_examples(train_split), data.num_examples(test_split)
+    if not config.eval_only and train_count < config.batch_size:
+        problems.append(
+            f"batch-size {config.batch_size} is larger than the {train_count} training images (--train-limit "
+            f"{config.train_limit}): training drops partial batches, so no step would run"
+        )
+    if test_count < 1:
+        problems.append(f"the test split is empty (--test-limit {config.test_limit})")
+    if problems:
+        raise RunError("; ".join(problems))
+
+
 def train_augment(config: ExperimentConfig):
     """Per-batch augmentation and normalisation of the training split (None for streamed data)."""
     if config.dataset == "imagenet2012":
@@ -272,7 +287,7 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
         total_steps=config.epochs * steps_per_epoch,
         weight_decay=config.weight_decay,
     )
-    state = training.create_train_state(model, tx, data.take(test_split, np.arange(2))[0], seed=config.seed)
+    state = training.create_train_state(model, tx, data.take(test_split, np.arange(1))[0], seed=config.seed)
     mesh = parallel.data_mesh()
     latest = workdir / "checkpoints" / "latest"
     log_path = workdir / "train_log.jsonl"
@@ -546,7 +561,7 @@ def _operations_at(operations: dict, t: int) -> dict:
 def restore_trained(config: ExperimentConfig, model, test_split, workdir: Path):
     """The finished training run in ``workdir`` and its training wall time (from train_log.jsonl)."""
     tx = training.sgd_cosine(learning_rate=config.learning_rate, total_steps=1, weight_decay=config.weight_decay)
-    state = training.create_train_state(model, tx, data.take(test_split, np.arange(2))[0], seed=config.seed)
+    state = training.create_train_state(model, tx, data.take(test_split, np.arange(1))[0], seed=config.seed)
     state, meta = checkpoint.restore(workdir / "checkpoints" / "latest", state)
     if meta["epoch"] != config.epochs or meta.get("batch", 0):
         raise RunError(
@@ -590,6 +605,7 @@ def _run_locked(config: ExperimentConfig, workdir: Path, primary: bool) -> dict:
         check_resumable(stored, dataclasses.asdict(config), TRAINING_FIELDS)
     began = time.perf_counter()
     train_split, test_split = load_splits(config)
+    check_data(config, train_split, test_split)
     model = build_model(config, num_classes=data.NUM_CLASSES[config.dataset])
     config_text = json.dumps(dataclasses.asdict(config), indent=2)
     if config.eval_only:

@@ -256,3 +256,9 @@ def test_an_output_changed_since_offsetjax_wrote_it_is_not_removed(tmp_path, cha
     with pytest.raises(rundir.RunError, match=named):
         claim_overwrite(workdir)
     assert (workdir / named).exists() or (workdir / named).is_symlink()
+
+
+def test_a_batch_larger_than_the_training_set_is_refused_before_anything_is_written(tmp_path, capsys):
+    status, err = run_main(capsys, tmp_path / "run", "--batch-size", "512")
+    assert_one_line_error(status, err, "batch-size 512 is larger than the 300 training images")
+    assert not (tmp_path / "run" / "config.json").exists()

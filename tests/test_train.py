@@ -159,6 +159,12 @@ while True:
         jax.tree.map(np.testing.assert_array_equal, restored.params, state.params)
 
 
+def test_fit_refuses_a_batch_larger_than_the_training_split():
+    split = data.Split(np.zeros((3, 8, 8, 1), np.float32), np.zeros(3, np.int32))
+    with pytest.raises(ValueError, match="batch_size 4 is larger than train_split's 3 examples"):
+        training.fit(oj.models.small_vgg(10), split, epochs=1, batch_size=4, learning_rate=0.1)
+
+
 def test_optimizer_rejects_empty_schedule():
     with pytest.raises(ValueError, match="total_steps must be >= 1"):
         training.sgd_cosine(learning_rate=0.1, total_steps=0)

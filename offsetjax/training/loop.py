@@ -154,11 +154,17 @@ def fit(
       ``train_accuracy``, ``seconds``, ``images_per_second`` and what ``after_epoch`` added.
 
     Raises:
+      ValueError: ``batch_size`` larger than ``train_split`` (no full batch to train on).
       FloatingPointError: on a non-finite loss (checked every 10 steps and at each epoch end,
         before ``after_batch`` sees the step).
     """
     steps_per_epoch = num_batches(num_examples(train_split), batch_size)
-    example = np.asarray(take(train_split, np.arange(2))[0])
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"batch_size {batch_size} is larger than train_split's {num_examples(train_split)} examples: "
+            "epochs drop the partial batch, so no step would run"
+        )
+    example = np.asarray(take(train_split, np.arange(1))[0])
     if augment is None and example.dtype == np.uint8:
         raise ValueError("train_split holds uint8 images: pass an augment that normalises them (data.train_transform)")
     if state is None:
