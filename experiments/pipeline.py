@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -203,8 +204,10 @@ def validate(config: ExperimentConfig) -> None:
         problems.append(f"data-max-steps must be >= 1, got {config.data_max_steps}")
     if not 1 <= config.srp_steps <= config.max_steps:
         problems.append(f"srp-steps must be in [1, max-steps = {config.max_steps}], got {config.srp_steps}")
-    if not config.learning_rate > 0:
-        problems.append(f"learning-rate must be > 0, got {config.learning_rate}")
+    if not 0 < config.learning_rate < math.inf:
+        problems.append(f"learning-rate must be finite and > 0, got {config.learning_rate}")
+    if not 0 <= config.weight_decay < math.inf:
+        problems.append(f"weight-decay must be finite and >= 0, got {config.weight_decay}")
     if sum((config.resume, config.eval_only, config.overwrite)) > 1:
         problems.append("--resume, --eval-only and --overwrite exclude each other")
     if problems:
@@ -293,6 +296,13 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
     log_path = workdir / "train_log.jsonl"
     start_epoch, start_batch = 0, 0
     if config.resume:
+        if not latest.exists():
+            raise RunError(
+                f"--resume: no checkpoint in {latest}: the run stopped before its first checkpoint; "
+                "start it again with --overwrite (or --checkpoint-every N to save within epochs)"
+            )
+        if jax.process_index() == 0:
+            read_train_log(log_path, repair=True)
         state, meta = checkpoint.restore(latest, state)
         # "epoch" counts completed epochs, "batch" the batches done of the next one.
         start_epoch, start_batch = meta["epoch"], meta.get("batch", 0)
@@ -568,8 +578,28 @@ def restore_trained(config: ExperimentConfig, model, test_split, workdir: Path):
             f"--eval-only needs a finished run of {config.epochs} epochs in {workdir}, found epoch {meta['epoch']} "
             f"batch {meta.get('batch', 0)}; finish it with --resume"
         )
-    log = [json.loads(line) for line in (workdir / "train_log.jsonl").read_text().splitlines()]
+    log = read_train_log(workdir / "train_log.jsonl")
     return state, sum(row["seconds"] for row in log)
+
+
+def read_train_log(path: Path, *, repair: bool = False) -> list[dict]:
+    """The rows of ``train_log.jsonl``. A last line cut short by a crash is dropped (and, with
+    ``repair``, removed from the file so that a resumed run appends after whole lines); a broken
+    line before it is a :class:`RunError` naming it."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    lines = text.splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise RunError(f"{path} line {number} is not a JSON row: {line[:60]!r}") from None
+            if repair:
+                write_output(path.parent, path.name, "".join(json.dumps(row) + "\n" for row in rows))
+    return rows
 
 
 def load_finished(workdir: Path):

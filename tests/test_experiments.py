@@ -195,8 +195,36 @@ def test_resume_without_checkpoint_is_an_error(tmp_path):
     config = dataclasses.replace(TINY, resume=True)
     model = pipeline.build_model(config, 10)
     train_split, test_split = pipeline.load_splits(config)
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(pipeline.RunError, match="no checkpoint in .*start it again with --overwrite"):
         pipeline.train_ann(config, model, train_split, test_split, tmp_path)
+
+
+def test_a_log_line_cut_short_by_a_crash_is_dropped_and_a_broken_one_named(tmp_path):
+    rows = [{"epoch": 1, "seconds": 1.5}, {"epoch": 2, "seconds": 2.0}]
+    log = tmp_path / "train_log.jsonl"
+    log.write_text("".join(json.dumps(row) + "\n" for row in rows) + '{"epoch": 3, "sec')
+    assert pipeline.read_train_log(log) == rows
+    assert log.read_text().endswith('"sec')  # reading alone changes nothing
+    assert pipeline.read_train_log(log, repair=True) == rows
+    assert log.read_text() == "".join(json.dumps(row) + "\n" for row in rows)
+    log.write_text('{"epoch": 1}\nnot json\n{"epoch": 3}\n')
+    with pytest.raises(pipeline.RunError, match="line 2 is not a JSON row"):
+        pipeline.read_train_log(log)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--learning-rate", "inf"], "learning-rate must be finite and > 0, got inf"),
+        (["--learning-rate", "nan"], "learning-rate must be finite and > 0, got nan"),
+        (["--weight-decay", "nan"], "weight-decay must be finite and >= 0, got nan"),
+        (["--weight-decay", "-1"], "weight-decay must be finite and >= 0, got -1.0"),
+    ],
+)
+def test_non_finite_or_negative_rates_are_refused_before_any_work(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        pipeline.parse_args(quickstart.CONFIG, flags)
+    assert message in capsys.readouterr().err
 
 
 def test_command_line_overrides_every_field():

@@ -262,3 +262,11 @@ def test_a_batch_larger_than_the_training_set_is_refused_before_anything_is_writ
     status, err = run_main(capsys, tmp_path / "run", "--batch-size", "512")
     assert_one_line_error(status, err, "batch-size 512 is larger than the 300 training images")
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_eval_only_reads_past_a_log_line_cut_short_by_a_crash(workdir, capsys):
+    with (workdir / "train_log.jsonl").open("a") as log:
+        log.write('{"epoch": 2, "train_lo')
+    status, err = run_main(capsys, workdir, "--eval-only")
+    assert status == 0, err
