@@ -41,7 +41,8 @@ def spiking_model(
       model: a Flax network with an ``activation`` field (every model in ``offsetjax.models``).
       num_steps: T >= 1.
       presim_steps: rho, 0 <= rho <= T.
-      iterations: k >= 0; ``presim_steps=0, iterations=0`` is the uncalibrated baseline.
+      iterations: k >= 0; ``presim_steps=0, iterations=0`` is the uncalibrated baseline
+        (``presim_steps > 0`` needs ``iterations >= 1``: refused otherwise).
       eps: relative margin of Theorem 2.
       saturated: rule (ii) for a neuron that fired at every pre-simulation step: ``"fire"``
         (default, as the authors' code: it fires at every later step) or ``"hold"`` (left
@@ -52,6 +53,11 @@ def spiking_model(
         :func:`offsetjax.scan_unroll` of the loop's length, chosen to bound compile time.
     """
     check_steps(num_steps=num_steps, presim_steps=presim_steps, iterations=iterations)
+    if presim_steps > 0 and iterations == 0:
+        raise ValueError(
+            f"presim_steps={presim_steps} with iterations=0 calibrates nothing: the network would run "
+            "uncalibrated; pass iterations >= 1 (COS) or presim_steps=0 (the uncalibrated baseline)"
+        )
     check_choice("saturated", saturated, SATURATION_RULES)
     check_srp(srp_steps, iterations)
     resolve_unroll(unroll, num_steps)

@@ -98,3 +98,27 @@ def test_checks_do_not_break_a_callers_jit():
     np.testing.assert_allclose(jitted(SNN_VARIABLES, IMAGES), oj.simulate(SNN, SNN_VARIABLES, IMAGES), atol=1e-6)
     closed_over = jax.jit(lambda images: oj.simulate(SNN, SNN_VARIABLES, images))  # concrete variables
     np.testing.assert_allclose(closed_over(IMAGES), oj.simulate(SNN, SNN_VARIABLES, IMAGES), atol=1e-6)
+
+
+def test_a_split_with_more_images_than_labels_or_fewer_is_refused():
+    images = np.asarray(IMAGES)
+    for labels in (np.zeros(2, np.int32), np.zeros(5, np.int32)):
+        split = data.Split(images, labels)
+        with pytest.raises(ValueError, match=f"split holds 3 images and {len(labels)} labels"):
+            oj.evaluate.ann_accuracy(MODEL, ANN_VARIABLES, split, batch_size=2)
+        with pytest.raises(ValueError, match=f"split holds 3 images and {len(labels)} labels"):
+            oj.evaluate_snn(MODEL, ANN_VARIABLES, split, num_steps=2, batch_size=2)
+
+
+def test_pre_simulation_without_iterations_is_refused_not_run_uncalibrated():
+    with pytest.raises(ValueError, match="presim_steps=2 with iterations=0 calibrates nothing"):
+        oj.spiking_model(MODEL, num_steps=2, presim_steps=2, iterations=0)
+    with pytest.raises(ValueError, match="presim_steps=2 with iterations=0 calibrates nothing"):
+        oj.evaluate_snn(
+            MODEL,
+            ANN_VARIABLES,
+            data.Split(np.asarray(IMAGES), np.zeros(3, np.int32)),
+            num_steps=2,
+            presim_steps=2,
+            batch_size=3,
+        )

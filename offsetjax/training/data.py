@@ -83,8 +83,15 @@ class StreamingSplit:
 
 
 def num_examples(split: Split | StreamingSplit) -> int:
-    """Number of examples in an in-memory or streaming split."""
-    return len(split.labels) if isinstance(split, Split) else len(split)
+    """Number of examples in an in-memory or streaming split; a :class:`Split` whose images and
+    labels differ in number is refused (``ValueError``)."""
+    if isinstance(split, Split):
+        if len(split.images) != len(split.labels):
+            raise ValueError(
+                f"split holds {len(split.images)} images and {len(split.labels)} labels: one label per image expected"
+            )
+        return len(split.labels)
+    return len(split)
 
 
 def take(split: Split | StreamingSplit, indices, rng: np.random.Generator | None = None):
