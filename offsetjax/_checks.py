@@ -100,9 +100,12 @@ def images_must_fit(run, images, what: str = "the network"):
 
     try:
         return run()
-    except (ScopeParamShapeError, TypeError) as error:
-        if "shape" not in str(error):
+    except (ScopeParamShapeError, TypeError, ZeroDivisionError) as error:
+        if isinstance(error, TypeError) and "shape" not in str(error):
             raise
+        # (a layer whose input has no elements left, e.g. channels-first images pooled to nothing,
+        # makes flax's initialiser divide by a fan-in of zero)
         raise ValueError(
-            f"images of shape {tuple(images.shape)} do not fit {what} (wrong size or number of channels?): {error}"
+            f"images of shape {tuple(images.shape)} do not fit {what}: expected one batch [B, H, W, C], "
+            f"channels last, of the size it was built for (channels first? one unbatched image?): {error!r}"
         ) from error

@@ -122,3 +122,20 @@ def test_pre_simulation_without_iterations_is_refused_not_run_uncalibrated():
             presim_steps=2,
             batch_size=3,
         )
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 8, 8), (8, 8, 2)], ids=["channels first", "one unbatched image"])
+def test_images_in_the_wrong_layout_are_named_by_every_entry_point(shape):
+    images = np.zeros(shape, np.float32)
+    calls = {
+        "simulate": lambda: oj.simulate(SNN, SNN_VARIABLES, images),
+        "calibrate_network": lambda: oj.calibrate_network(
+            oj.spiking_model(MODEL, num_steps=2, presim_steps=1, iterations=1), SNN_VARIABLES, images
+        ),
+        "count_operations": lambda: oj.count_operations(SNN, SNN_VARIABLES, images),
+        "data_potential": lambda: oj.data_potential(MODEL, ANN_VARIABLES, images, num_steps=2),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=r"images of shape .* \[B, H, W, C\]") as caught:
+            call()
+        assert "Traceback" not in str(caught.value), name
