@@ -47,7 +47,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if min(args.sizes) < 1 or min(args.steps) < 1:
         parser.error("sizes and steps must be >= 1")
+    for name in ("sizes", "steps", "draws"):
+        values = getattr(args, name)
+        if len(set(values)) != len(values):  # a repeated draw would be averaged as if it were another
+            parser.error(f"--{name} repeats a value: {values}")
     config, model, variables, train_split, test_split = pipeline.load_finished(args.workdir)
+    available = data.num_examples(train_split)
+    if max(args.sizes) > available:
+        parser.error(f"--sizes {max(args.sizes)} exceeds the run's {available} training images")
     calibrate = pipeline.CALIBRATIONS["potential" if args.method == "data_v0" else "bias"]
     report = {
         "dataset": config.dataset,

@@ -78,6 +78,17 @@ def test_results_schema_and_outputs(tmp_path):
     assert all(len(draws) == 2 and all(0 <= a <= 1 for a in draws) for draws in sweep["accuracy"]["16"].values())
     assert "| 16 |" in (tmp_path / "calibration_sweep.md").read_text()
     assert (tmp_path / "calibration_sweep.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit):  # more images than the run's training split
+        calibration_sweep.main(["--workdir", str(tmp_path), "--sizes", "100000", "--steps", "1"])
+
+
+@pytest.mark.parametrize("flag", ["--sizes", "--steps", "--draws"])
+def test_calibration_sweep_refuses_a_repeated_value(flag, tmp_path, capsys):
+    import calibration_sweep
+
+    with pytest.raises(SystemExit):
+        calibration_sweep.main(["--workdir", str(tmp_path), flag, "2", "2"])
+    assert f"{flag} repeats a value: [2, 2]" in capsys.readouterr().err
 
 
 @pytest.mark.slow
