@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> dict:
         values = getattr(args, name)
         if len(set(values)) != len(values):  # a repeated draw would be averaged as if it were another
             parser.error(f"--{name} repeats a value: {values}")
-    config, model, variables, train_split, test_split = pipeline.load_finished(args.workdir)
+    try:
+        config, model, variables, train_split, test_split = pipeline.load_finished(args.workdir)
+    except pipeline.USER_ERRORS as error:
+        parser.error(str(error))
     available = data.num_examples(train_split)
     if max(args.sizes) > available:
         parser.error(f"--sizes {max(args.sizes)} exceeds the run's {available} training images")

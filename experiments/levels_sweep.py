@@ -8,7 +8,6 @@ Writes ``levels_sweep.json`` into the run directory.
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -30,19 +29,16 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 3, 4, 8, 16, 1024])
     args = parser.parse_args()
     workdir = Path(args.workdir)
-    saved = json.loads((workdir / "config.json").read_text())
-    saved["iterations"] = tuple(saved["iterations"])
-    saved["saturated"] = tuple(saved.get("saturated", ("fire",)))
-    config = dataclasses.replace(pipeline.ExperimentConfig(**saved), workdir=str(workdir))
-    _, test_split = pipeline.load_splits(config)
-    model = pipeline.build_model(config, data.NUM_CLASSES[config.dataset])
-    state, _ = pipeline.restore_trained(config, model, test_split, workdir)
+    try:
+        config, _, variables, _, test_split = pipeline.load_finished(workdir)
+    except pipeline.USER_ERRORS as error:
+        parser.error(str(error))
     accuracy = {}
     for levels in args.levels:
         variant = oj.models.ARCHITECTURES[config.arch](
             data.NUM_CLASSES[config.dataset], activation=oj.models.Activation(oj.QCFS, levels=levels)
         )
-        accuracy[str(levels)] = evaluate.ann_accuracy(variant, state.variables, test_split, batch_size=500)
+        accuracy[str(levels)] = evaluate.ann_accuracy(variant, variables, test_split, batch_size=500)
         print(f"L = {levels}: {100 * accuracy[str(levels)]:.2f}%", flush=True)
     write_output(
         workdir,

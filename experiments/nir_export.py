@@ -37,7 +37,10 @@ def main():
     args = parser.parse_args()
     import nir
 
-    config, model, ann_variables, _, test_split = pipeline.load_finished(args.workdir)
+    try:
+        config, model, ann_variables, _, test_split = pipeline.load_finished(args.workdir)
+    except pipeline.USER_ERRORS as error:
+        parser.error(str(error))
     image_shape = tuple(test_split.images.shape[1:])
     report = {"dataset": config.dataset, "arch": config.arch, "num_steps": args.num_steps, "methods": {}}
     (args.workdir / "nir").mkdir(exist_ok=True)

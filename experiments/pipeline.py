@@ -604,7 +604,10 @@ def read_train_log(path: Path, *, repair: bool = False) -> list[dict]:
 
 def load_finished(workdir: Path):
     """A finished run, as scripts that study it need it: ``(config, model, variables, train_split,
-    test_split)``, the configuration read from ``workdir/config.json``."""
+    test_split)``, the configuration read from ``workdir/config.json``. A directory without a
+    run is a :class:`RunError` naming it."""
+    if not (Path(workdir) / "config.json").is_file():
+        raise RunError(f"--workdir {workdir} holds no run of offsetjax's experiments (no config.json)")
     saved = json.loads((Path(workdir) / "config.json").read_text())
     fields = {f.name for f in dataclasses.fields(ExperimentConfig)}
     config = ExperimentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields})

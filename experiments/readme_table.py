@@ -6,11 +6,13 @@ python experiments/readme_table.py --nir results/quickstart results/fashion_mnis
 python experiments/readme_table.py --budget results/digits/small_vgg results/fashion_mnist/small_vgg ...
 """
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 from report import equal_budget, equal_budget_lines
+from rundir import results_directory
 
 STEPS = ("1", "2", "4", "8")
 
@@ -97,21 +99,30 @@ def budget_tables(paths: list[Path]) -> list[str]:
     return lines
 
 
-def main(paths: list[str]) -> None:
-    if paths[:1] == ["--budget"]:
-        print("\n".join(budget_tables([Path(p) for p in paths[1:]])))
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    table = parser.add_mutually_exclusive_group()
+    for flag in ("--budget", "--nir", "--energy"):
+        table.add_argument(flag, action="store_true", help=f"the {flag[2:]} table (default: accuracy)")
+    parser.add_argument("runs", nargs="+", type=results_directory, help="finished runs (holding results.json)")
+    args = parser.parse_args(argv)
+    paths = args.runs
+    if args.nir and not all((path / "nir.json").is_file() for path in paths):
+        parser.error("--nir needs nir.json in every run (python experiments/nir_export.py --workdir RUN)")
+    if args.budget:
+        print("\n".join(budget_tables(paths)))
         return
-    if paths[:1] == ["--nir"]:
+    if args.nir:
         print("| data / net | method | run | " + " | ".join(f"T={t}" for t in STEPS) + " |")
         print("|---|---|---|" + "---|" * len(STEPS))
-        for path in paths[1:]:
+        for path in paths:
             print("\n".join(nir_rows(Path(path))))
         return
-    if paths[:1] == ["--energy"]:
+    if args.energy:
         header = " | ".join(f"T={t}: acc. / M synops / µJ" for t in STEPS)
         print(f"| data / net | method | ANN: acc. / M MACs / µJ | {header} | pre-simulation share at T_max |")
         print("|---|---|---|" + "---|" * len(STEPS) + "---|")
-        for path in paths[1:]:
+        for path in paths:
             print("\n".join(energy_rows(Path(path))))
         return
     print("| data | net | method | ANN | " + " | ".join(f"T={t} (total)" for t in STEPS) + " | ψ=0 at T=L | MSE |")

@@ -252,10 +252,14 @@ def _save(fig, path: Path) -> Path:
 
 
 if __name__ == "__main__":
+    import argparse
     import json
-    import sys
 
-    for workdir in map(Path, sys.argv[1:]):
+    from rundir import results_directory
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("workdirs", nargs="+", type=results_directory, help="finished runs (holding results.json)")
+    for workdir in parser.parse_args().workdirs:
         results = json.loads((workdir / "results.json").read_text())
         from rundir import record, write_output
 

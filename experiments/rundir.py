@@ -204,3 +204,15 @@ def write_atomic(path: Path, text: str | bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(text.encode() if isinstance(text, str) else text)
     os.replace(tmp, path)
+
+
+def results_directory(value: str) -> Path:
+    """An ``argparse`` type: a directory holding a run's ``results.json``."""
+    import argparse
+
+    path = Path(value)
+    if not (path / "results.json").is_file():
+        raise argparse.ArgumentTypeError(
+            f"{value} holds no results.json (not a finished run of offsetjax's experiments)"
+        )
+    return path

@@ -297,3 +297,28 @@ def test_cifar_config_runs_end_to_end_on_mock_tfds(tmp_path):
     assert set(results["snn"]) == {"qcfs", "cos_k1"}
     assert list(results["snn"]["cos_k1"]["accuracy"]) == ["1", "2", "3", "4"]
     assert list(results["snn"]["qcfs"]["accuracy"]) == [str(t) for t in range(1, 9)]  # to T_max + rho
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("report.py", [], "the following arguments are required: workdirs"),
+        ("report.py", ["{missing}"], "holds no results.json"),
+        ("readme_table.py", ["--bogus", "{finished}"], "unrecognized arguments: --bogus"),
+        ("readme_table.py", ["--budget", "{foreign}"], "holds no results.json"),
+        ("levels_sweep.py", ["--workdir", "{foreign}"], "holds no run of offsetjax's experiments"),
+        ("calibration_sweep.py", ["--workdir", "{missing}"], "holds no run of offsetjax's experiments"),
+    ],
+)
+def test_scripts_on_a_missing_or_foreign_directory_exit_2_with_one_line(script, args, message, tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not a run")
+    (tmp_path / "finished").mkdir()
+    (tmp_path / "finished" / "results.json").write_text("{}")
+    argv = [a.format(missing=tmp_path / "missing", foreign=foreign, finished=tmp_path / "finished") for a in args]
+    out = subprocess.run(
+        [sys.executable, str(EXPERIMENTS / script), *argv], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
