@@ -294,6 +294,7 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
     mesh = parallel.data_mesh()
     latest = workdir / "checkpoints" / "latest"
     log_path = workdir / "train_log.jsonl"
+    trained_as = {name: getattr(config, name) for name in TRAINING_FIELDS}  # travels in every checkpoint
     start_epoch, start_batch = 0, 0
     if config.resume:
         if not latest.exists():
@@ -301,6 +302,7 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
                 f"--resume: no checkpoint in {latest}: the run stopped before its first checkpoint; "
                 "start it again with --overwrite (or --checkpoint-every N to save within epochs)"
             )
+        check_trained_as(config, latest)
         if jax.process_index() == 0:
             read_train_log(log_path, repair=True)
         state, meta = checkpoint.restore(latest, state)
@@ -327,7 +329,7 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
         bar.update(1)
         if config.checkpoint_every and (batch + 1) % config.checkpoint_every == 0 and batch + 1 < steps_per_epoch:
             training.check_finite_loss(metrics, epoch, batch)
-            checkpoint.save(latest, state, {"epoch": epoch, "batch": batch + 1})
+            checkpoint.save(latest, state, {"epoch": epoch, "batch": batch + 1, "training_config": trained_as})
         if bar.n % 10 == 0:
             seen = (bar.n - bar.initial) * config.batch_size
             bar.set_postfix(
@@ -344,7 +346,7 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
             model, state.variables, test_split, batch_size=config.eval_batch_size, mesh=mesh
         )
         row = {**row, "test_accuracy": test_accuracy}
-        checkpoint.save(latest, state, row)
+        checkpoint.save(latest, state, {**row, "training_config": trained_as})
         if jax.process_index() == 0:
             with log_path.open("a") as log:
                 log.write(json.dumps(row) + "\n")
@@ -572,6 +574,7 @@ def restore_trained(config: ExperimentConfig, model, test_split, workdir: Path):
     """The finished training run in ``workdir`` and its training wall time (from train_log.jsonl)."""
     tx = training.sgd_cosine(learning_rate=config.learning_rate, total_steps=1, weight_decay=config.weight_decay)
     state = training.create_train_state(model, tx, data.take(test_split, np.arange(1))[0], seed=config.seed)
+    check_trained_as(config, workdir / "checkpoints" / "latest")
     state, meta = checkpoint.restore(workdir / "checkpoints" / "latest", state)
     if meta["epoch"] != config.epochs or meta.get("batch", 0):
         raise RunError(
@@ -580,6 +583,18 @@ def restore_trained(config: ExperimentConfig, model, test_split, workdir: Path):
         )
     log = read_train_log(workdir / "train_log.jsonl")
     return state, sum(row["seconds"] for row in log)
+
+
+def check_trained_as(config: ExperimentConfig, latest: Path) -> None:
+    """Refuse to resume or evaluate the checkpoint ``latest`` under other training fields than it
+    was trained with (its metadata carries them, so a lost or edited config.json cannot relabel
+    it). Read before the state is restored, so a different network is named, not a shape error."""
+    try:
+        stored = json.loads((latest / checkpoint.META).read_text()).get("training_config")
+    except (OSError, ValueError, AttributeError):
+        return  # missing or corrupt: checkpoint.restore names it
+    if stored is not None:
+        check_resumable(stored, dataclasses.asdict(config), TRAINING_FIELDS, source=f"{latest} (its checkpoint)")
 
 
 def read_train_log(path: Path, *, repair: bool = False) -> list[dict]:

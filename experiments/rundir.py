@@ -175,8 +175,9 @@ def remove_outputs(workdir: Path) -> None:
             Path(root).rmdir()
 
 
-def check_resumable(stored: dict, new: dict, training_fields: tuple[str, ...]) -> None:
-    """Refuse a resumed or re-evaluated run whose training configuration differs from the stored one."""
+def check_resumable(stored: dict, new: dict, training_fields: tuple[str, ...], source: str = "config.json") -> None:
+    """Refuse a resumed or re-evaluated run whose training configuration differs from the stored
+    one (read from ``source``)."""
     changed = [
         f"{name} {stored.get(name)!r} -> {new[name]!r}"
         for name in training_fields
@@ -186,7 +187,7 @@ def check_resumable(stored: dict, new: dict, training_fields: tuple[str, ...]) -
         raise RunError(
             "the run in --workdir was trained with a different configuration: "
             + ", ".join(changed)
-            + "; use the stored values (config.json) or start a new run (--overwrite or another --workdir)"
+            + f"; use the stored values ({source}) or start a new run (--overwrite or another --workdir)"
         )
 
 

@@ -19,10 +19,17 @@ import quickstart  # noqa: E402
 import rundir  # noqa: E402
 
 CONFIG = dataclasses.replace(
-    quickstart.CONFIG, epochs=1, train_limit=300, test_limit=90, max_steps=4, iterations=(1,), eval_batch_size=90
+    quickstart.CONFIG,
+    epochs=1,
+    train_limit=300,
+    test_limit=90,
+    max_steps=4,
+    iterations=(1,),
+    eval_batch_size=90,
+    methods=("cos",),
 )
 FLAGS = ["--epochs", "1", "--train-limit", "300", "--test-limit", "90", "--max-steps", "4", "--iterations", "1"]
-FLAGS += ["--eval-batch-size", "90"]
+FLAGS += ["--eval-batch-size", "90", "--methods", "cos"]
 
 
 @pytest.fixture(scope="module")
@@ -269,4 +276,15 @@ def test_eval_only_reads_past_a_log_line_cut_short_by_a_crash(workdir, capsys):
     with (workdir / "train_log.jsonl").open("a") as log:
         log.write('{"epoch": 2, "train_lo')
     status, err = run_main(capsys, workdir, "--eval-only")
+    assert status == 0, err
+
+
+@pytest.mark.slow
+def test_the_checkpoint_knows_how_it_was_trained_when_config_json_is_gone(workdir, capsys):
+    (workdir / "config.json").unlink()
+    before = snapshot(workdir)
+    status, err = run_main(capsys, workdir, "--eval-only", "--levels", "8", "--learning-rate", "0.3", "--seed", "5")
+    assert_one_line_error(status, err, "levels 4 -> 8", "learning_rate 0.05 -> 0.3", "seed 0 -> 5", "its checkpoint")
+    assert snapshot(workdir) == before  # no config.json claiming what the checkpoint is not
+    status, err = run_main(capsys, workdir, "--eval-only")  # its own settings: evaluated as trained
     assert status == 0, err
