@@ -78,6 +78,16 @@ def check_finite(name: str, value) -> None:
         raise ValueError(f"{name} must be finite, found {bad} NaN or Inf values")
 
 
+def check_image_batch(images, axis: str = "B"):
+    """Check and return ``images``: a batch ``[B, ...]`` with B >= 1, floating and finite (a
+    NumPy batch is checked on the host, a device array on its device)."""
+    if images.ndim < 2 or images.shape[0] < 1:
+        raise ValueError(f"images must be a batch [{axis}, ...] with {axis} >= 1, got shape {images.shape}")
+    check_float("images", images)
+    check_finite("images", images)
+    return images
+
+
 def check_float(name: str, value) -> None:
     """Check that an array has a floating dtype."""
     if not jnp.issubdtype(value.dtype, jnp.floating):

@@ -49,7 +49,7 @@ from jax.sharding import Mesh
 from jaxtyping import Array, ArrayLike, Float
 
 from offsetjax import parallel
-from offsetjax._checks import check_choice, check_finite, check_float, check_int, images_must_fit, is_abstract
+from offsetjax._checks import check_choice, check_image_batch, check_int, images_must_fit, is_abstract
 from offsetjax.activation import QCFS
 from offsetjax.convert import convert_variables, spiking_model
 from offsetjax.evaluate import _on_mesh
@@ -167,12 +167,7 @@ def _checked_host_images(images) -> np.ndarray:
             "images must be concrete: data_potential and data_bias run their own jit (one program per "
             "network, T and calibration-set shape) and cannot be traced inside a caller's jit"
         )
-    images = np.asarray(images)
-    if images.ndim < 2 or images.shape[0] < 1:
-        raise ValueError(f"images must be a batch [N, ...] with N >= 1, got shape {images.shape}")
-    check_float("images", images)
-    check_finite("images", images)
-    return images
+    return check_image_batch(np.asarray(images), axis="N")
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("count", "solver", "per_channel"))

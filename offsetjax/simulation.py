@@ -26,7 +26,7 @@ import numpy as np
 from flax import traverse_util
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from offsetjax._checks import check_finite, check_float, images_must_fit
+from offsetjax._checks import check_image_batch, images_must_fit
 from offsetjax.site import CALIBRATED_POTENTIAL, INITIAL_POTENTIAL, OPERATIONS, STATISTICS, IFActivation
 from offsetjax.stats import OffsetStatistics, masked_total
 
@@ -145,12 +145,7 @@ def srp_steps(model: nn.Module) -> int:
 
 def check_images(images) -> Array:
     """``images`` as an array, checked: a batch ``[B, ...]`` with B >= 1, floating, finite."""
-    images = jnp.asarray(images)
-    if images.ndim < 2 or images.shape[0] < 1:
-        raise ValueError(f"images must be a batch [B, ...] with B >= 1, got shape {images.shape}")
-    check_float("images", images)
-    check_finite("images", images)
-    return images
+    return check_image_batch(jnp.asarray(images))
 
 
 def _check_call(model: nn.Module, variables: Any, images) -> Array:
