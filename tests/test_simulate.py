@@ -114,7 +114,7 @@ def test_calibration_raises_zero_ratio_in_a_network():
     variables = trained_like(model, images, threshold=0.3)
     ratios = []
     for iterations in (0, 1, 2):
-        snn = oj.spiking_model(model, num_steps=4, presim_steps=4, iterations=iterations)
+        snn = oj.spiking_model(model, num_steps=4, presim_steps=4 if iterations else 0, iterations=iterations)
         _, per_site = oj.simulate_with_statistics(snn, oj.convert_variables(snn, variables, images), images)
         assert list(per_site) == [f"conv{i}_act" for i in range(5)] + ["fc0_act"]  # network order
         ratios.append(oj.summarize(per_site)["all"]["zero_ratio"])
