@@ -112,6 +112,21 @@ def test_any_flipped_bit_in_a_checkpoint_is_reported(tmp_path):
     assert meta == {"epoch": 3}
 
 
+def test_a_checkpoint_of_another_network_is_refused_naming_the_arrays(tmp_path):
+    checkpoint.save(tmp_path / "latest", small_state(0), {"epoch": 1})
+    hundred_classes = training.create_train_state(
+        oj.models.small_vgg(100), SMALL_TX, np.zeros((2, 8, 8, 1), np.float32), seed=0
+    )
+    with pytest.raises(checkpoint.CheckpointError, match=r"another network .*\(256, 10\).*wanted \(\(256, 100\)"):
+        checkpoint.restore(tmp_path / "latest", hundred_classes)
+    resnet = training.create_train_state(
+        oj.models.small_resnet(10), SMALL_TX, np.zeros((2, 8, 8, 1), np.float32), seed=0
+    )
+    with pytest.raises(checkpoint.CheckpointError, match=r"another network .* array\(s\) missing from it") as caught:
+        checkpoint.restore(tmp_path / "latest", resnet)
+    assert "\n" not in str(caught.value)
+
+
 def test_a_checkpoint_without_manifest_is_refused_until_sealed(tmp_path):
     state = small_state(0)
     checkpoint.save(tmp_path / "old", state, {"epoch": 1})

@@ -73,6 +73,15 @@ def array_digests(tree) -> dict[str, str]:
     return digests
 
 
+def _shapes(tree) -> dict[str, tuple]:
+    """``{path: (shape, dtype)}`` of every array leaf."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {
+        jax.tree_util.keystr(path, simple=True, separator="/"): (tuple(np.shape(leaf)), str(np.asarray(leaf).dtype))
+        for path, leaf in leaves
+    }
+
+
 def _file_digests(directory: Path) -> dict[str, str]:
     return {
         str(path.relative_to(directory)): _sha256(path.read_bytes())
@@ -163,7 +172,8 @@ def restore(directory: str | os.PathLike, state):
     Raises:
       FileNotFoundError: no checkpoint in ``directory``.
       CheckpointError: the checkpoint is incomplete or any byte of it differs from what was
-        written (naming the files), or a restored array differs from its digest (naming it).
+        written (naming the files), it holds arrays of other shapes or dtypes than ``state``
+        (another network: naming them), or a restored array differs from its digest.
     """
     directory = Path(directory).absolute()
     if not directory.exists() and directory.with_name(directory.name + ".previous").exists():
@@ -180,12 +190,31 @@ def restore(directory: str | os.PathLike, state):
             f"checkpoint {directory} is corrupt: {len(changed)} file(s) differ from their digests "
             f"({', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''}); nothing was read from it"
         )
+    target = _target(state)
+    wanted = _shapes(target)
+    missing, extra = sorted(set(wanted) - set(manifest["arrays"])), sorted(set(manifest["arrays"]) - set(wanted))
+    if missing or extra:
+        raise CheckpointError(
+            f"checkpoint {directory} holds another network than the state it is restored into: "
+            f"{len(missing)} array(s) missing from it ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}), "
+            f"{len(extra)} not in the state ({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''})"
+        )
     try:
         with ocp.StandardCheckpointer() as checkpointer:
-            restored = checkpointer.restore(directory / "state", _target(state))
+            restored = checkpointer.restore(directory / "state", target)
         meta = json.loads((directory / META).read_text())
     except Exception as error:  # orbax raises many types
-        raise CheckpointError(f"checkpoint {directory} does not restore: {type(error).__name__}: {error}") from None
+        message = " ".join(str(error).split())  # one line
+        raise CheckpointError(f"checkpoint {directory} does not restore: {type(error).__name__}: {message}") from None
+    saved = _shapes(restored)
+    different = [
+        f"{name} {saved.get(name)} (wanted {shape})" for name, shape in wanted.items() if saved.get(name) != shape
+    ]
+    if different:  # e.g. a 10-class network's checkpoint restored into a 100-class state
+        raise CheckpointError(
+            f"checkpoint {directory} holds another network than the state it is restored into: "
+            f"{', '.join(different[:5])}{', ...' if len(different) > 5 else ''}"
+        )
     digests = array_digests(restored)
     arrays = sorted(name for name, digest in manifest["arrays"].items() if digests.get(name) != digest)
     if arrays:  # the files are as written, so this is a restore bug rather than corruption
