@@ -1,8 +1,9 @@
 """The paper's reference networks in PyTorch, in the layout of the authors' code, for the import
 and parity tests (imported only where torch is installed)."""
 
-import torch
+import pytest
 
+torch = pytest.importorskip("torch")  # (also kept out of collection: tests/conftest.py)
 nn = torch.nn
 
 #: Fine quantization, so float rounding differences between torch and XLA cannot flip a level
