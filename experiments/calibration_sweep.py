@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pipeline  # noqa: E402
 from report import _save  # noqa: E402
-from rundir import record, write_output  # noqa: E402
+from rundir import record, run_id, write_output  # noqa: E402
 
 from offsetjax import evaluate  # noqa: E402
 from offsetjax.training import data  # noqa: E402
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "dataset": config.dataset,
         "arch": config.arch,
+        "run": run_id(args.workdir),
         "method": args.method,
         "solver": args.solver,
         "num_test_examples": data.num_examples(test_split),

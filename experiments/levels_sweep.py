@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pipeline  # noqa: E402
-from rundir import write_output  # noqa: E402
+from rundir import run_id, write_output  # noqa: E402
 
 import offsetjax as oj  # noqa: E402
 from offsetjax import evaluate  # noqa: E402
@@ -46,6 +46,7 @@ def main() -> None:
         json.dumps(
             {
                 "command": "python " + " ".join([os.path.relpath(sys.argv[0], pipeline.ROOT), *sys.argv[1:]]),
+                "run": run_id(workdir),
                 "trained_levels": config.levels,
                 "ann_accuracy_by_levels": accuracy,
             },

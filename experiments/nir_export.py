@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pipeline  # noqa: E402
-from rundir import record, write_output  # noqa: E402
+from rundir import record, run_id, write_output  # noqa: E402
 
 import offsetjax as oj  # noqa: E402
 from offsetjax.interop.nir import run_nir, to_nir  # noqa: E402
@@ -42,7 +42,13 @@ def main():
     except pipeline.USER_ERRORS as error:
         parser.error(str(error))
     image_shape = tuple(test_split.images.shape[1:])
-    report = {"dataset": config.dataset, "arch": config.arch, "num_steps": args.num_steps, "methods": {}}
+    report = {
+        "dataset": config.dataset,
+        "arch": config.arch,
+        "run": run_id(args.workdir),
+        "num_steps": args.num_steps,
+        "methods": {},
+    }
     (args.workdir / "nir").mkdir(exist_ok=True)
     for name, (presim, iterations) in {"qcfs": (0, 0), "cos_k1": (config.presim_steps, 1)}.items():
         snn = oj.spiking_model(model, num_steps=args.num_steps, presim_steps=presim, iterations=iterations)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from report import equal_budget, equal_budget_lines
-from rundir import results_directory
+from rundir import RunError, check_derived, results_directory
 
 STEPS = ("1", "2", "4", "8")
 
@@ -59,7 +59,7 @@ NIR_RUNS = {
 
 
 def nir_rows(run: Path) -> list[str]:
-    report = json.loads((run / "nir.json").read_text())
+    report = check_derived(run, "nir.json", "nir_export.py")
     return [
         f"| {report['dataset']} / {report['arch']} | {method} | {NIR_RUNS[key]} | "
         + " | ".join(f"{100 * row[t]:.2f}" if t in row else "—" for t in STEPS)
@@ -115,8 +115,11 @@ def main(argv: list[str]) -> None:
     if args.nir:
         print("| data / net | method | run | " + " | ".join(f"T={t}" for t in STEPS) + " |")
         print("|---|---|---|" + "---|" * len(STEPS))
-        for path in paths:
-            print("\n".join(nir_rows(Path(path))))
+        try:
+            lines = [line for path in paths for line in nir_rows(Path(path))]
+        except RunError as error:
+            parser.error(str(error))
+        print("\n".join(lines))
         return
     if args.energy:
         header = " | ".join(f"T={t}: acc. / M synops / µJ" for t in STEPS)

@@ -207,6 +207,30 @@ def write_atomic(path: Path, text: str | bytes) -> None:
     os.replace(tmp, path)
 
 
+def run_id(workdir: Path) -> str:
+    """The identity of the trained network in ``workdir``: the first 16 hex digits of the sha256
+    of its ``train_log.jsonl``, which only training (a new run or a resumed one) changes. Files
+    derived from a run record it, so a table never shows them beside another run's results."""
+    log = Path(workdir) / "train_log.jsonl"
+    if not log.is_file():
+        raise RunError(f"{workdir} holds no train_log.jsonl: not a trained run of offsetjax's experiments")
+    return _digest(log)[:16]
+
+
+def check_derived(workdir: Path, name: str, script: str) -> dict:
+    """``workdir / name`` (a JSON report derived from the run), refused unless it records this
+    run's :func:`run_id`."""
+    report = json.loads((Path(workdir) / name).read_text())
+    made_from, this_run = report.get("run"), run_id(workdir)
+    if made_from != this_run:
+        raise RunError(
+            f"{Path(workdir) / name} was made from {f'run {made_from}' if made_from else 'an unrecorded run'}, "
+            f"not the run now in {workdir} (run {this_run}): make it again with "
+            f"python experiments/{script} --workdir {workdir}"
+        )
+    return report
+
+
 def results_directory(value: str) -> Path:
     """An ``argparse`` type: a directory holding a run's ``results.json``."""
     import argparse

@@ -7,7 +7,9 @@ under tracing the shapes are still checked.
 
 from __future__ import annotations
 
+import functools
 import numbers
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -119,3 +121,72 @@ def images_must_fit(run, images, what: str = "the network"):
             f"images of shape {tuple(images.shape)} do not fit {what}: expected one batch [B, H, W, C], "
             f"channels last, of the size it was built for (channels first? one unbatched image?): {error!r}"
         ) from error
+
+
+class TracedNetwork(NamedTuple):
+    """What one abstract ``init`` of a network shows: its variables' shapes,
+    ``{collection: {"a/b/name": shape}}``, and the module paths of its IF sites in call order."""
+
+    variables: dict[str, dict[str, tuple[int, ...]]]
+    sites: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=128)
+def trace_network(model, input_shape: tuple[int, ...]) -> TracedNetwork:
+    """``model.init`` traced abstractly for a float32 input of ``input_shape`` (nothing is
+    compiled), cached per network and shape."""
+    import flax.linen as nn
+    from flax import traverse_util
+
+    from offsetjax.site import IFActivation
+
+    sites: list[str] = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, IFActivation) and context.method_name == "__call__":
+            name = "/".join(context.module.path)
+            if name not in sites:
+                sites.append(name)
+        return next_fun(*args, **kwargs)
+
+    example = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+    with nn.intercept_methods(record):
+        shapes = jax.eval_shape(functools.partial(model.init, jax.random.key(0)), example)
+    variables = {
+        collection: {
+            "/".join(path): tuple(leaf.shape)
+            for path, leaf in traverse_util.flatten_dict(tree).items()
+            if hasattr(leaf, "shape")  # (sown values are tuples)
+        }
+        for collection, tree in shapes.items()
+    }
+    return TracedNetwork(variables, tuple(sites))
+
+
+def check_same_tree(name: str, actual, expected: dict[str, tuple[int, ...]], what: str, *, shapes: bool = True) -> None:
+    """Check that the pytree ``actual`` has exactly the leaves ``expected`` (``{"a/b": shape}``,
+    from :func:`trace_network`), with those shapes when ``shapes``; the error names up to
+    four missing, extra and misshaped leaves."""
+    from flax import traverse_util
+
+    if not hasattr(actual, "items"):
+        raise ValueError(f"{name} must be a mapping of arrays, got {type(actual).__name__}")
+    actual_shapes = {"/".join(k): np.shape(v) for k, v in traverse_util.flatten_dict(dict(actual)).items()}
+    missing = sorted(set(expected) - set(actual_shapes))
+    extra = sorted(set(actual_shapes) - set(expected))
+    misshaped = [
+        f"{k} {actual_shapes[k]} (expected {expected[k]})"
+        for k in sorted(set(actual_shapes) & set(expected))
+        if shapes and tuple(actual_shapes[k]) != tuple(expected[k])
+    ]
+    if missing or extra or misshaped:
+        listed = lambda items: ", ".join(items[:4]) + (f" and {len(items) - 4} more" if len(items) > 4 else "")  # noqa: E731
+        parts = [
+            f"{label} {listed(items)}"
+            for label, items in (("missing", missing), ("unexpected", extra), ("misshaped", misshaped))
+            if items
+        ]
+        raise ValueError(
+            f"{name} do not fit {what}: " + "; ".join(parts) + " (images of another size or number of channels "
+            "than the network was built for, or variables of another network or number of classes?)"
+        )

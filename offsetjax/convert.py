@@ -7,17 +7,24 @@ new collection ``initial_potential`` holds v(0) = theta/2 per neuron of every si
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 from jaxtyping import ArrayLike
 
-from offsetjax._checks import check_choice, check_finite, check_positive, check_steps, concrete_value, is_abstract
+from offsetjax._checks import (
+    check_choice,
+    check_finite,
+    check_positive,
+    check_same_tree,
+    check_steps,
+    concrete_value,
+    is_abstract,
+    trace_network,
+)
 from offsetjax.models.layers import Activation
 from offsetjax.neuron import potential_dtype, resolve_unroll
 from offsetjax.offset import SATURATION_RULES
@@ -105,9 +112,9 @@ def convert_variables(snn_model: nn.Module, ann_variables: Any, example_images: 
     if "params" not in ann_variables:
         raise ValueError(f"ann_variables must hold 'params', got collections {sorted(ann_variables)}")
     if example_images is not None:
-        example = jax.ShapeDtypeStruct((1, *np.shape(example_images)), jnp.float32)
-        expected = jax.eval_shape(functools.partial(snn_model.init, jax.random.key(0)), example)
-        _check_same_tree("ann_variables['params']", ann_variables["params"], expected["params"])
+        expected = trace_network(snn_model, (1, *np.shape(example_images)))  # [T = 1, B, ...]
+        what = f"this {type(snn_model).__name__} on images of shape {tuple(np.shape(example_images))}"
+        check_same_tree("ann_variables['params']", ann_variables["params"], expected.variables["params"], what)
     params = traverse_util.flatten_dict(ann_variables["params"])
     potentials = {}
     for path, leaf in params.items():
@@ -128,17 +135,3 @@ def convert_variables(snn_model: nn.Module, ann_variables: Any, example_images: 
     variables = {key: value for key, value in ann_variables.items() if key in ("params", "batch_stats")}
     variables[INITIAL_POTENTIAL] = traverse_util.unflatten_dict(potentials)
     return variables
-
-
-def _check_same_tree(name: str, actual: Any, expected: Any) -> None:
-    actual_flat = {"/".join(k): np.shape(v) for k, v in traverse_util.flatten_dict(actual).items()}
-    expected_flat = {"/".join(k): tuple(v.shape) for k, v in traverse_util.flatten_dict(expected).items()}
-    missing = sorted(set(expected_flat) - set(actual_flat))
-    extra = sorted(set(actual_flat) - set(expected_flat))
-    misshaped = [
-        f"{k}: {actual_flat[k]} != {expected_flat[k]}"
-        for k in sorted(set(actual_flat) & set(expected_flat))
-        if actual_flat[k] != expected_flat[k]
-    ]
-    if missing or extra or misshaped:
-        raise ValueError(f"{name} does not match the network: missing {missing}, extra {extra}, misshaped {misshaped}")

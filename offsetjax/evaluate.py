@@ -20,10 +20,10 @@ from jax.sharding import Mesh
 from jaxtyping import Array, ArrayLike, Float
 
 from offsetjax import parallel
-from offsetjax._checks import check_int, images_must_fit
+from offsetjax._checks import check_int, images_must_fit, trace_network
 from offsetjax.convert import convert_variables, spiking_model
 from offsetjax.operations import energy, with_fan_out
-from offsetjax.simulation import _check_call, _simulate_collecting, check_images
+from offsetjax.simulation import _check_call, _simulate_collecting, check_images, check_variables_fit
 from offsetjax.stats import OffsetStatistics, accumulate, summarize
 from offsetjax.training.data import Split, StreamingSplit, num_examples, take
 
@@ -53,6 +53,11 @@ def predict(model: nn.Module, variables: Any, images: Float[ArrayLike, "B ..."])
     ``uint8`` images are refused).
     """
     images = check_images(images)
+    if not hasattr(variables, "keys") or "params" not in variables:
+        raise ValueError("variables must be a mapping with 'params' (the trained ANN's variables)")
+    traced = images_must_fit(lambda: trace_network(model, (1, *images.shape[1:])), images)
+    what = f"this {type(model).__name__} on images of shape {tuple(images.shape)}"
+    check_variables_fit(variables, traced.variables, ("params", "batch_stats"), what)
     return images_must_fit(lambda: _predict(model, variables, images), images)
 
 

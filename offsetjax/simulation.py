@@ -26,8 +26,8 @@ import numpy as np
 from flax import traverse_util
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from offsetjax._checks import check_image_batch, images_must_fit
-from offsetjax.site import CALIBRATED_POTENTIAL, INITIAL_POTENTIAL, OPERATIONS, STATISTICS, IFActivation
+from offsetjax._checks import check_image_batch, check_same_tree, images_must_fit, trace_network
+from offsetjax.site import CALIBRATED_POTENTIAL, INITIAL_POTENTIAL, OPERATIONS, STATISTICS
 from offsetjax.stats import OffsetStatistics, masked_total
 
 
@@ -98,23 +98,10 @@ def per_site(sown: dict, order: tuple[str, ...]) -> dict:
     return {name: flat[name] for name in order}
 
 
-@functools.lru_cache(maxsize=128)
 def site_order(model: nn.Module, image_shape: tuple[int, ...]) -> tuple[str, ...]:
     """Module paths of the network's IF sites in the order the network calls them (traced
     abstractly with float32 images of ``image_shape``; the order does not depend on dtype)."""
-    order: list[str] = []
-
-    def record(next_fun, args, kwargs, context):
-        if isinstance(context.module, IFActivation) and context.method_name == "__call__":
-            name = "/".join(context.module.path)
-            if name not in order:
-                order.append(name)
-        return next_fun(*args, **kwargs)
-
-    example = jax.ShapeDtypeStruct((1, 1, *image_shape), jnp.float32)
-    with nn.intercept_methods(record):
-        jax.eval_shape(functools.partial(model.init, jax.random.key(0)), example)
-    return tuple(order)
+    return trace_network(model, (1, 1, *image_shape)).sites
 
 
 def calibrate_network(model: nn.Module, variables: Any, images: Float[ArrayLike, "B ..."]) -> dict:
@@ -158,17 +145,41 @@ def _check_call(model: nn.Module, variables: Any, images) -> Array:
 
 
 def check_network(model: nn.Module, variables: Any, images) -> None:
-    """The model has IF sites for ``images`` of this shape; the variables were converted, every
-    threshold is finite and > 0 and every v(0) finite, naming the site. Inside a caller's
-    ``jit`` the values are tracers and only the structural checks run. Compiles nothing."""
-    sites = images_must_fit(lambda: site_order(model, tuple(images.shape[1:])), images)
-    if not sites:
+    """The model has IF sites for ``images`` of this shape; the variables are this network's
+    (every parameter and batch statistic by name and shape, an initial potential per site), were
+    converted, every threshold is finite and > 0 and every v(0) finite, naming the site. Inside a
+    caller's ``jit`` the values are tracers and only the structural checks run. Compiles nothing."""
+    traced = images_must_fit(lambda: trace_network(model, (1, 1, *images.shape[1:])), images)
+    if not traced.sites:
         raise ValueError(
             f"model has no IFActivation site (a {type(model).__name__} with activation "
             f"{getattr(model, 'activation', None)!r}): build the spiking network with "
             "offsetjax.spiking_model(model, num_steps=...)"
         )
     check_snn_variables(variables)
+    what = f"this {type(model).__name__} on images of shape {tuple(images.shape)}"
+    check_variables_fit(variables, traced.variables, ("params", "batch_stats"), what)
+    check_same_tree(
+        f"variables[{INITIAL_POTENTIAL!r}]",
+        variables[INITIAL_POTENTIAL],
+        traced.variables[INITIAL_POTENTIAL],
+        what,
+        shapes=False,
+    )
+
+
+def check_variables_fit(variables: Any, expected: dict, collections: tuple[str, ...], what: str) -> None:
+    """Every collection of ``collections`` the network has (``expected``, from
+    ``trace_network``) is in ``variables`` with exactly the network's leaves and shapes;
+    ``what`` names the network and input in the error."""
+    for collection in collections:
+        if collection not in expected:
+            continue
+        if collection not in variables:
+            raise ValueError(
+                f"variables hold no {collection!r} collection (collections {sorted(variables)}), which {what} needs"
+            )
+        check_same_tree(f"variables[{collection!r}]", variables[collection], expected[collection], what)
 
 
 def check_snn_variables(variables: Any) -> None:

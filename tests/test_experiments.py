@@ -1,6 +1,7 @@
 """The experiment pipeline on digits: results schema, plots, crash-and-resume, config overrides."""
 
 import dataclasses
+import hashlib
 import json
 import subprocess
 import sys
@@ -322,3 +323,22 @@ def test_scripts_on_a_missing_or_foreign_directory_exit_2_with_one_line(script, 
     )
     assert out.returncode == 2, out.stderr
     assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_derived_report_of_another_run_is_refused_and_the_committed_ones_are_their_runs(tmp_path):
+    """readme_table --nir shows nir.json only beside the run it was made from (its run id, the
+    digest of train_log.jsonl); every committed derived report names its committed run."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text("{}")
+    (run / "train_log.jsonl").write_text('{"epoch": 1}\n')
+    (run / "nir.json").write_text(json.dumps({"run": "0123456789abcdef", "methods": {}}))
+    script = [sys.executable, str(EXPERIMENTS / "readme_table.py"), "--nir"]
+    out = subprocess.run([*script, str(run)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "was made from run 0123456789abcdef, not the run now in" in out.stderr, out.stderr
+    results = Path(__file__).resolve().parent.parent / "results"
+    for report in results.glob("*/*/*.json"):
+        if report.name not in ("results.json", "config.json") and (report.parent / "train_log.jsonl").exists():
+            stamped = json.loads(report.read_text())["run"]
+            log = (report.parent / "train_log.jsonl").read_bytes()
+            assert stamped == hashlib.sha256(log).hexdigest()[:16], report

@@ -67,8 +67,8 @@ def test_invalid_snn_variables_name_the_site(collection, value, message):
         oj.simulate_with_statistics(SNN, variables, IMAGES)
 
 
-def test_wrong_spatial_size_names_both_shapes():
-    with pytest.raises(ValueError, match=r"images of shape \(3, 16, 16, 2\) do not fit the network"):
+def test_wrong_spatial_size_names_the_images_and_the_layer_that_does_not_fit():
+    with pytest.raises(ValueError, match=r"on images of shape \(3, 16, 16, 2\): misshaped fc0/kernel \(128, 256\)"):
         oj.simulate(SNN, SNN_VARIABLES, jnp.ones((3, 16, 16, 2)))
 
 
@@ -139,3 +139,22 @@ def test_images_in_the_wrong_layout_are_named_by_every_entry_point(shape):
         with pytest.raises(ValueError, match=r"images of shape .* \[B, H, W, C\]") as caught:
             call()
         assert "Traceback" not in str(caught.value), name
+
+
+def test_variables_of_another_network_are_refused_naming_the_leaves():
+    """Row 11: another architecture's or another class count's variables, before any compile."""
+    ones = lambda model: jax.tree.map(jnp.ones_like, jax.eval_shape(model.init, jax.random.key(1), IMAGES))  # noqa: E731
+    resnet_variables, wider = ones(oj.models.small_resnet(2)), ones(oj.models.small_vgg(7))
+    for variables, leaf in ((resnet_variables, r"missing conv0"), (wider, r"misshaped classifier/bias \(7,\)")):
+        for name, call in {
+            "convert_variables": lambda v=variables: oj.convert_variables(SNN, v, IMAGES),
+            "simulate": lambda v=variables: oj.simulate(SNN, oj.convert_variables(SNN, v), IMAGES),
+            "predict": lambda v=variables: oj.predict(MODEL, v, IMAGES),
+            "data_potential": lambda v=variables: oj.data_potential(MODEL, v, IMAGES, num_steps=2),
+        }.items():
+            with pytest.raises(ValueError, match=rf"do not fit this VGG on images of shape .*{leaf}") as caught:
+                call()
+            assert "\n" not in str(caught.value), name
+    no_stats = {"params": ANN_VARIABLES["params"]}
+    with pytest.raises(ValueError, match=r"no 'batch_stats' collection"):
+        oj.predict(MODEL, no_stats, IMAGES)

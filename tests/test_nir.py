@@ -55,3 +55,37 @@ def test_written_graph_runs_to_the_simulators_logits(name, presim, iterations, t
         np.testing.assert_allclose(oj.simulate(back, back_variables, images), expected, rtol=1e-9, atol=1e-12)
         literal = run_nir(read, images, semantics="nir")
         assert not np.allclose(literal, expected)  # v(0) = 0, reset to zero, strict >: another network
+
+
+@pytest.mark.usefixtures("without_type_checker")
+def test_bad_images_graphs_and_shapes_are_one_clear_error():
+    """Row 13: run_nir and to_nir name what they expected."""
+    images = jnp.ones((2, 8, 8, 2))
+    model = NETWORKS["vgg"]
+    snn = oj.spiking_model(model, num_steps=2)
+    variables = oj.convert_variables(
+        snn, jax.tree.map(jnp.ones_like, jax.eval_shape(model.init, jax.random.key(0), images))
+    )
+
+    def graph(drop_edges_into=None, metadata=True):
+        written = to_nir(snn, variables, (8, 8, 2))
+        written.edges = [edge for edge in written.edges if edge[1] != drop_edges_into]
+        written.metadata = written.metadata if metadata else {}
+        return written
+
+    refused = {
+        r"\[B, 8, 8, 2\] .* got shape \(2, 2, 8, 8\)": lambda: run_nir(graph(), jnp.ones((2, 2, 8, 8))),
+        r"\[B, 8, 8, 2\] .* got shape \(2, 9, 9, 2\)": lambda: run_nir(graph(), jnp.ones((2, 9, 9, 2))),
+        r"\[B, 8, 8, 2\] .* got shape \(8, 8, 2\)": lambda: run_nir(graph(), jnp.ones((1, 8, 8, 2))[0]),
+        r"writer '', not 'offsetjax'": lambda: run_nir(graph(metadata=False), images),
+        r"nodes \['output'\] have no incoming edge": lambda: run_nir(graph("output"), images),
+        r"nodes \['conv0_act'\] have no incoming edge": lambda: run_nir(graph("conv0_act"), images),
+        r"num_steps must be >= 1": lambda: run_nir(graph(), images, num_steps=0),
+        r"graph must be a nir.NIRGraph": lambda: run_nir({"nodes": {}}, images),
+        r"image_shape must be \(H, W, C\)": lambda: to_nir(snn, variables, (8, 8)),
+        r"images of shape \(1, 2, 8, 8\) do not fit": lambda: to_nir(snn, variables, (2, 8, 8)),
+    }
+    for message, call in refused.items():
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert run_nir(graph(metadata=False), images, semantics="nir").shape == (1, 2, 3)  # NIR's IF needs no metadata

@@ -202,9 +202,9 @@ def test_images_that_do_not_fit_the_network_are_named():
     variables = trained_like(model, IMAGES)
     snn = oj.spiking_model(model, num_steps=2)
     snn_variables = oj.convert_variables(snn, variables, IMAGES)
-    with pytest.raises(ValueError, match=r"images of shape \(3, 8, 8, 3\) do not fit the network"):
+    with pytest.raises(ValueError, match=r"do not fit this VGG on images of shape \(3, 8, 8, 3\)"):
         oj.simulate(snn, snn_variables, jnp.ones((3, 8, 8, 3)))
-    with pytest.raises(ValueError, match=r"images of shape \(3, 8, 8, 5\) do not fit the network"):
+    with pytest.raises(ValueError, match=r"do not fit this VGG on images of shape \(3, 8, 8, 5\)"):
         oj.evaluate.predict(model, variables, jnp.ones((3, 8, 8, 5)))
 
 

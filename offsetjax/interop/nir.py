@@ -31,12 +31,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from offsetjax._checks import check_choice, check_image_batch, check_int
 from offsetjax.convert import spiking_model
 from offsetjax.models.layers import Activation
 from offsetjax.models.resnet import ResNet
 from offsetjax.models.vgg import VGG
 from offsetjax.neuron import if_simulate
 from offsetjax.offset import calibrate_initial_potential
+from offsetjax.simulation import check_network
 from offsetjax.site import BIAS_CORRECTION, INITIAL_POTENTIAL, IFActivation
 
 SEMANTICS = ("offsetjax", "nir")
@@ -113,6 +115,15 @@ def to_nir(snn: nn.Module, variables: Any, image_shape: tuple[int, int, int], ba
     activation = getattr(snn, "activation", None)
     if not (isinstance(activation, Activation) and issubclass(activation.module, IFActivation)):
         raise ValueError("to_nir needs the spiking network from offsetjax.spiking_model")
+    if (
+        not isinstance(image_shape, (tuple, list))
+        or len(image_shape) != 3
+        or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 for n in image_shape)
+    ):
+        raise ValueError(f"image_shape must be (H, W, C) of one image, three ints >= 1, got {image_shape!r}")
+    if not isinstance(snn, (VGG, ResNet)):
+        raise ValueError(f"to_nir writes VGG and ResNet networks of offsetjax.models, got {type(snn).__name__}")
+    check_network(snn, variables, np.empty((1, *image_shape), np.float32))
     options = dict(activation.options)
     if options.get("srp_steps"):
         raise ValueError("to_nir cannot write SRP's silencing mask (srp_steps > 0): NIR's IF node has no such field")
@@ -138,10 +149,8 @@ def to_nir(snn: nn.Module, variables: Any, image_shape: tuple[int, int, int], ba
     writer.add("input", nir.Input({"input": np.array(shape)}))
     if isinstance(snn, VGG):
         last = _vgg(writer, snn, shape)
-    elif isinstance(snn, ResNet):
-        last = _resnet(writer, snn, shape)
     else:
-        raise ValueError(f"to_nir writes VGG and ResNet networks of offsetjax.models, got {type(snn).__name__}")
+        last = _resnet(writer, snn, shape)
     classes = writer.nodes[last].weight.shape[0]
     writer.add("output", nir.Output({"output": np.array([classes])}), last)
     network = (
@@ -289,14 +298,18 @@ def run_nir(graph, images, *, semantics: str = "offsetjax", num_steps: int | Non
     Returns:
       The running mean of the output over steps, ``[T, B, classes]``, as :func:`offsetjax.simulate`.
     """
-    if semantics not in SEMANTICS:
-        raise ValueError(f"semantics must be one of {SEMANTICS}, got {semantics!r}")
+    check_choice("semantics", semantics, SEMANTICS)
     nir = _nir()
+    incoming = _check_graph(nir, graph, semantics)
     meta = dict(graph.metadata)
-    num_steps = int(num_steps or meta.get("num_steps", 1))
-    incoming: dict[str, list[str]] = {}
-    for source, target in graph.edges:
-        incoming.setdefault(target, []).append(source)
+    num_steps = check_int("num_steps", int(meta.get("num_steps", 1)) if num_steps is None else num_steps, minimum=1)
+    images = check_image_batch(jnp.asarray(images))
+    channels, height, width = (int(n) for n in np.asarray(graph.nodes["input"].input_type["input"]))
+    if images.ndim != 4 or tuple(images.shape[1:]) != (height, width, channels):
+        raise ValueError(
+            f"images must be one batch [B, H, W, C] = [B, {height}, {width}, {channels}] for this graph (its input "
+            f"is C, H, W = {channels}, {height}, {width}), got shape {tuple(images.shape)}"
+        )
     values: dict[str, jax.Array] = {}
 
     def compute(name: str) -> jax.Array:
@@ -317,6 +330,44 @@ def run_nir(graph, images, *, semantics: str = "offsetjax", num_steps: int | Non
     out = jnp.broadcast_to(out, (num_steps, *out.shape[1:]))
     steps = jnp.arange(1, num_steps + 1, dtype=out.dtype).reshape(-1, 1, 1)
     return jnp.cumsum(out, axis=0) / steps
+
+
+def _check_graph(nir, graph, semantics: str) -> dict[str, list[str]]:
+    """Check that ``graph`` is a NIR graph :func:`run_nir` can run; return each node's sources."""
+    if not isinstance(graph, nir.NIRGraph):
+        raise ValueError(f"graph must be a nir.NIRGraph (nir.read of a file to_nir wrote), got {type(graph).__name__}")
+    for name, kind in (("input", nir.Input), ("output", nir.Output)):
+        if not isinstance(graph.nodes.get(name), kind):
+            raise ValueError(
+                f"graph must have a nir.{kind.__name__} node named {name!r}, got nodes {sorted(graph.nodes)}"
+            )
+    unknown = sorted({n for edge in graph.edges for n in edge} - set(graph.nodes))
+    if unknown:
+        raise ValueError(f"graph has edges to or from nodes it does not hold: {unknown}")
+    incoming: dict[str, list[str]] = {}
+    for source, target in graph.edges:
+        incoming.setdefault(target, []).append(source)
+    unfed = sorted(name for name in graph.nodes if name != "input" and name not in incoming)
+    if unfed:
+        raise ValueError(f"graph nodes {unfed} have no incoming edge: every node but 'input' needs one")
+    if semantics == "offsetjax":
+        unmarked = sorted(
+            name for name, node in graph.nodes.items() if isinstance(node, nir.IF) and "v_init" not in node.metadata
+        )
+        writer = _text(dict(graph.metadata).get("writer", ""))
+        problem = (
+            f"its metadata names writer {writer!r}, not 'offsetjax'"
+            if writer != "offsetjax"
+            else f"IF nodes {unmarked} have no v_init metadata"
+            if unmarked
+            else None
+        )
+        if problem:
+            raise ValueError(
+                f"semantics='offsetjax' runs graphs written by offsetjax.interop.nir.to_nir, but {problem}; "
+                "semantics='nir' runs any graph with NIR's literal IF"
+            )
+    return incoming
 
 
 def _apply_node(nir, node, x, semantics: str, num_steps: int):
