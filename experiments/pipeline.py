@@ -131,12 +131,31 @@ DATASET_FLAGS = {
 }
 
 
+#: Options that only some method families read: given on the command line without one of them
+#: selected, they would change nothing, so they are refused; unselected, they are not validated.
+METHOD_OPTIONS = {
+    "iterations": ("cos",),
+    "saturated": ("cos",),
+    "calibration_images": ("data_v0", "data_bias", "warm_cos"),
+    "calibration_solver": ("data_v0", "data_bias", "warm_cos"),
+    "data_max_steps": ("data_v0", "data_bias", "warm_cos"),
+    "warm_presim_steps": ("warm_cos",),
+    "srp_steps": ("srp",),
+}
+
+
+def _used(config: ExperimentConfig, option: str) -> bool:
+    """Whether a selected method family reads ``option`` (every option not in METHOD_OPTIONS is read)."""
+    return option not in METHOD_OPTIONS or bool(set(METHOD_OPTIONS[option]) & set(config.methods))
+
+
 def parse_args(config: ExperimentConfig, argv: list[str] | None = None) -> ExperimentConfig:
     """Override any field of ``config`` from the command line (``--help`` lists them with their
     defaults: the entry point's values)."""
     parser = argparse.ArgumentParser(
         description=f"offsetjax experiment {config.name!r}: train a QCFS ANN, convert, calibrate, report",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,  # a prefix of a flag is an error, not silently that flag
     )
     for field in dataclasses.fields(config):
         if config.dataset not in DATASET_FLAGS.get(field.name, (config.dataset,)):
@@ -158,6 +177,14 @@ def parse_args(config: ExperimentConfig, argv: list[str] | None = None) -> Exper
         expanded = (METHOD_FAMILIES if name == "all" else (name,) for name in values["methods"])
         values["methods"] = tuple(dict.fromkeys(family for names in expanded for family in names))
     config = dataclasses.replace(config, **values)
+    given = {token.split("=")[0] for token in (sys.argv[1:] if argv is None else argv) if token.startswith("--")}
+    for option, families in METHOD_OPTIONS.items():
+        flag = "--" + option.replace("_", "-")
+        if flag in given and not _used(config, option):
+            parser.error(
+                f"{flag} applies to --methods {' / '.join(families)}, none of which this run includes "
+                f"(methods: {' '.join(config.methods)}): add one to --methods or drop {flag}"
+            )
     try:
         validate(config)
     except RunError as error:
@@ -182,27 +209,29 @@ def validate(config: ExperimentConfig) -> None:
             problems.append(f"{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
     if not 1 <= config.presim_steps <= config.max_steps:
         problems.append(f"presim-steps must be in [1, max-steps = {config.max_steps}], got {config.presim_steps}")
-    if not config.iterations or min(config.iterations) < 1:
+    if _used(config, "iterations") and (not config.iterations or min(config.iterations) < 1):
         problems.append(f"iterations must be >= 1 each, got {list(config.iterations)}")
-    for rule in config.saturated:
+    for rule in config.saturated if _used(config, "saturated") else ():
         if rule not in oj.offset.SATURATION_RULES:
             problems.append(f"saturated takes {' or '.join(oj.offset.SATURATION_RULES)}, got {rule!r}")
     for family in config.methods:
         if family not in METHOD_FAMILIES:
             problems.append(f"methods takes {', '.join(METHOD_FAMILIES)} (or all of them: all), got {family!r}")
-    if config.calibration_images < 1:
+    if _used(config, "calibration_images") and config.calibration_images < 1:
         problems.append(f"calibration-images must be >= 1, got {config.calibration_images}")
-    if config.calibration_solver not in oj.data_calibration.SOLVERS:
+    if _used(config, "calibration_solver") and config.calibration_solver not in oj.data_calibration.SOLVERS:
         problems.append(
             f"calibration-solver takes {' or '.join(oj.data_calibration.SOLVERS)}, got {config.calibration_solver!r}"
         )
-    if not config.warm_presim_steps or not all(1 <= r <= config.max_steps for r in config.warm_presim_steps):
+    if _used(config, "warm_presim_steps") and (
+        not config.warm_presim_steps or not all(1 <= r <= config.max_steps for r in config.warm_presim_steps)
+    ):
         problems.append(
             f"warm-presim-steps must be in [1, max-steps = {config.max_steps}] each, got {list(config.warm_presim_steps)}"
         )
-    if config.data_max_steps < 1:
+    if _used(config, "data_max_steps") and config.data_max_steps < 1:
         problems.append(f"data-max-steps must be >= 1, got {config.data_max_steps}")
-    if not 1 <= config.srp_steps <= config.max_steps:
+    if _used(config, "srp_steps") and not 1 <= config.srp_steps <= config.max_steps:
         problems.append(f"srp-steps must be in [1, max-steps = {config.max_steps}], got {config.srp_steps}")
     if not 0 < config.learning_rate < math.inf:
         problems.append(f"learning-rate must be finite and > 0, got {config.learning_rate}")
@@ -295,7 +324,7 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
     latest = workdir / "checkpoints" / "latest"
     log_path = workdir / "train_log.jsonl"
     trained_as = {name: getattr(config, name) for name in TRAINING_FIELDS}  # travels in every checkpoint
-    start_epoch, start_batch = 0, 0
+    start_epoch, start_batch, carried_seconds = 0, 0, 0.0
     if config.resume:
         if not latest.exists():
             raise RunError(
@@ -308,6 +337,7 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
         state, meta = checkpoint.restore(latest, state)
         # "epoch" counts completed epochs, "batch" the batches done of the next one.
         start_epoch, start_batch = meta["epoch"], meta.get("batch", 0)
+        carried_seconds = float(meta.get("seconds_in_epoch", 0.0)) if start_batch else 0.0
         print(f"resumed from {latest} after epoch {start_epoch}, batch {start_batch}")
     elif log_path.exists() and jax.process_index() == 0:
         log_path.unlink()
@@ -329,7 +359,10 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
         bar.update(1)
         if config.checkpoint_every and (batch + 1) % config.checkpoint_every == 0 and batch + 1 < steps_per_epoch:
             training.check_finite_loss(metrics, epoch, batch)
-            checkpoint.save(latest, state, {"epoch": epoch, "batch": batch + 1, "training_config": trained_as})
+            # the epoch's seconds so far, those of a resumed epoch's earlier session included
+            seconds = time.perf_counter() - clock["epoch_began"] + (carried_seconds if epoch == start_epoch else 0.0)
+            meta = {"epoch": epoch, "batch": batch + 1, "seconds_in_epoch": seconds, "training_config": trained_as}
+            checkpoint.save(latest, state, meta)
         if bar.n % 10 == 0:
             seen = (bar.n - bar.initial) * config.batch_size
             bar.set_postfix(
@@ -346,13 +379,18 @@ def train_ann(config: ExperimentConfig, model, train_split: data.Split, test_spl
             model, state.variables, test_split, batch_size=config.eval_batch_size, mesh=mesh
         )
         row = {**row, "test_accuracy": test_accuracy}
+        if epoch == start_epoch and start_batch:  # the epoch's time before the resume counts too
+            row = {**row, "seconds": row["seconds"] + carried_seconds, "resumed_at_batch": start_batch}
         checkpoint.save(latest, state, {**row, "training_config": trained_as})
         if jax.process_index() == 0:
             with log_path.open("a") as log:
                 log.write(json.dumps(row) + "\n")
             record(workdir, log_path)
         print(json.dumps(row), flush=True)
+        clock["epoch_began"] = time.perf_counter()
         return {"test_accuracy": test_accuracy}
+
+    clock = {"epoch_began": time.perf_counter()}
 
     state, _ = training.fit(
         model,
@@ -662,7 +700,8 @@ def _run_locked(config: ExperimentConfig, workdir: Path, primary: bool) -> dict:
         if primary:
             write_output(workdir, "config.json", config_text)
         state = train_ann(config, model, train_split, test_split, workdir)
-        train_seconds = time.perf_counter() - began
+        # every epoch's logged seconds, those of earlier sessions of a resumed run included
+        train_seconds = sum(row["seconds"] for row in read_train_log(workdir / "train_log.jsonl"))
     results = evaluate_all(config, model, state.variables, train_split, test_split)
     results["wall_time_seconds"]["train"] = train_seconds
     results["wall_time_seconds"]["total"] = time.perf_counter() - began

@@ -188,11 +188,14 @@ def test_killed_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypatc
         pipeline.train_ann(config, model, train_split, test_split, tmp_path / "b")
     monkeypatch.setattr(loop, "train_step", real_step)
     meta = json.loads((tmp_path / "b" / "checkpoints" / "latest" / "meta.json").read_text())
-    assert (meta["epoch"], meta["batch"]) == (1, 14)
+    assert (meta["epoch"], meta["batch"]) == (1, 14) and meta["seconds_in_epoch"] > 0
     resumed = pipeline.train_ann(
         dataclasses.replace(config, resume=True), model, train_split, test_split, tmp_path / "b"
     )
     jax.tree.map(np.testing.assert_array_equal, resumed.params, uninterrupted.params)
+    # the resumed epoch's logged time includes its first 14 batches, run before the kill
+    row = pipeline.read_train_log(tmp_path / "b" / "train_log.jsonl")[-1]
+    assert row["epoch"] == 2 and row["resumed_at_batch"] == 14 and row["seconds"] > meta["seconds_in_epoch"]
 
 
 def test_nan_loss_stops_before_it_reaches_a_checkpoint(tmp_path):
@@ -248,6 +251,29 @@ def test_command_line_overrides_every_field():
     assert config.resolved_workdir() == Path("/tmp/x")
     assert pipeline.parse_args(quickstart.CONFIG, []).resolved_workdir().parts[-2:] == ("results", "quickstart")
     assert pipeline.parse_args(quickstart.CONFIG, ["--saturated", "fire", "hold"]).saturated == ("fire", "hold")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--methods", "qcfs", "cos", "--srp-steps", "2"], "--srp-steps applies to --methods srp, none of which"),
+        (["--methods", "qcfs", "--iterations", "2"], "--iterations applies to --methods cos, none of which"),
+        (["--warm-presim-steps=2"], "--warm-presim-steps applies to --methods warm_cos"),
+        (["--srp", "2"], "unrecognized arguments: --srp"),  # no abbreviations
+    ],
+)
+def test_an_option_of_a_method_not_run_is_refused_not_ignored(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        pipeline.parse_args(quickstart.CONFIG, flags)
+    assert message in capsys.readouterr().err
+
+
+def test_options_of_methods_not_run_are_not_validated():
+    """quickstart's default srp-steps (4) and warm-presim-steps do not block --max-steps 1 when
+    srp and warm_cos are not run; they do when they are."""
+    assert pipeline.parse_args(quickstart.CONFIG, ["--max-steps", "1", "--presim-steps", "1"]).max_steps == 1
+    with pytest.raises(pipeline.RunError, match=r"srp-steps must be in \[1, max-steps = 1\]"):
+        pipeline.validate(dataclasses.replace(quickstart.CONFIG, max_steps=1, presim_steps=1, methods=("srp",)))
 
 
 def test_unknown_saturation_rule_is_named(capsys):

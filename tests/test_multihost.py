@@ -25,7 +25,7 @@ QUICK = [PYTHON, str(ROOT / "experiments" / "quickstart.py"), "--train-limit", "
 QUICK += ["--epochs", "2", "--eval-batch-size", "32", "--checkpoint-every", "2"]
 # The resume test compares trained parameters: a short evaluation (the baseline, T = 1..5).
 # (COS and data-level calibration over two processes: multihost_check.py)
-QUICK += ["--methods", "qcfs", "--max-steps", "4", "--presim-steps", "1", "--iterations", "1"]
+QUICK += ["--methods", "qcfs", "--max-steps", "4", "--presim-steps", "1"]
 
 
 def test_two_processes_train_evaluate_and_checkpoint_as_one(tmp_path):
