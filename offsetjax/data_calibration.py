@@ -49,10 +49,10 @@ from jax.sharding import Mesh
 from jaxtyping import Array, ArrayLike, Float
 
 from offsetjax import parallel
+from offsetjax._batching import device_batch, on_mesh, padded
 from offsetjax._checks import check_choice, check_image_batch, check_int, images_must_fit, is_abstract
 from offsetjax.activation import QCFS
 from offsetjax.convert import convert_variables, spiking_model
-from offsetjax.evaluate import _on_mesh
 from offsetjax.neuron import potential_dtype, scan_unroll
 from offsetjax.simulation import check_network
 from offsetjax.site import BIAS_CORRECTION, INITIAL_POTENTIAL, IFActivation
@@ -136,9 +136,8 @@ def _calibrate_sites(
     # The whole calibration set is one batch (padded to a multiple of the mesh's devices): each
     # site's solution needs every image's currents, so batching would re-run the network per site.
     count = images.shape[0]
-    devices = 1 if mesh is None else mesh.size
-    padded = np.concatenate([images, np.zeros((-count % devices, *images.shape[1:]), images.dtype)])
-    placed_images, placed_mask = _on_mesh(mesh, padded, np.arange(padded.shape[0]) < count)
+    size = device_batch(count, mesh)
+    placed_images, placed_mask = on_mesh(mesh, padded(images, size), np.arange(size) < count)
     placed = (ann_variables, variables) if mesh is None else parallel.replicate(mesh, (ann_variables, variables))
     collection = BIAS_CORRECTION if per_channel else INITIAL_POTENTIAL
     corrected = images_must_fit(

@@ -9,23 +9,23 @@ serves the whole dataset, and the padding is masked out of every count.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jaxtyping import Array, ArrayLike, Float
 
 from offsetjax import parallel
-from offsetjax._checks import check_int, images_must_fit, trace_network
+from offsetjax._batching import device_batch, on_mesh, padded_batches, to_host
+from offsetjax._checks import images_must_fit, trace_network
 from offsetjax.convert import convert_variables, spiking_model
 from offsetjax.operations import energy, with_fan_out
-from offsetjax.simulation import _check_call, _simulate_collecting, check_images, check_variables_fit
+from offsetjax.simulation import check_call, check_images, check_variables_fit, simulate_collecting
+from offsetjax.splits import Split, StreamingSource, num_examples, take
 from offsetjax.stats import OffsetStatistics, accumulate, summarize
-from offsetjax.training.data import Split, StreamingSplit, num_examples, take
 
 
 class SNNEvaluation(NamedTuple):
@@ -72,57 +72,15 @@ def _predict(model: nn.Module, variables: Any, images: Array) -> Array:
     return logits
 
 
-def padded_batches(
-    split: Split | StreamingSplit, batch_size: int
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield ``(images, labels, mask)`` in order, every batch of exactly ``batch_size`` rows;
-    the last one is zero-padded and ``mask`` ``[batch_size]`` marks the real rows."""
-    check_int("batch_size", batch_size, minimum=1)
-    count = num_examples(split)
-    if count == 0:
-        raise ValueError("split has no examples to evaluate")
-    for begin in range(0, count, batch_size):
-        images, labels = take(split, np.arange(begin, min(begin + batch_size, count)))
-        valid = len(labels)
-        if valid < batch_size:
-            images = np.concatenate([images, np.zeros((batch_size - valid, *images.shape[1:]), images.dtype)])
-            labels = np.concatenate([labels, np.zeros(batch_size - valid, labels.dtype)])
-        yield images, labels, np.arange(batch_size) < valid
-
-
-def _device_batch(batch_size: int, mesh: Mesh | None) -> int:
-    """``batch_size`` rounded up to a multiple of the mesh's device count (checked by
-    :func:`padded_batches`)."""
-    devices = 1 if mesh is None else mesh.devices.size
-    return -(-batch_size // devices) * devices
-
-
-def _on_mesh(mesh: Mesh | None, *arrays: np.ndarray):
-    """The batch as the simulator's input: sharded over ``mesh`` when one is given."""
-    if mesh is None:
-        return arrays
-    if jax.process_count() > 1:  # each process contributes its own rows of the global batch
-        rows = len(arrays[0]) // jax.process_count()
-        arrays = tuple(a[jax.process_index() * rows : (jax.process_index() + 1) * rows] for a in arrays)
-    return parallel.shard_batch(mesh, *arrays)
-
-
-def _to_host(tree, mesh: Mesh | None):
-    """NumPy copies; arrays over a multi-process mesh are gathered whole onto every process."""
-    if mesh is not None and jax.process_count() > 1:
-        return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
-    return jax.tree.map(np.asarray, tree)
-
-
 def ann_accuracy(
-    model: nn.Module, variables: Any, split: Split | StreamingSplit, *, batch_size: int, mesh: Mesh | None = None
+    model: nn.Module, variables: Any, split: Split | StreamingSource, *, batch_size: int, mesh: Mesh | None = None
 ) -> float:
     """Top-1 accuracy of the ANN in eval mode, in [0, 1]; batches sharded over ``mesh`` if given."""
     correct = 0
     variables = variables if mesh is None else parallel.replicate(mesh, variables)
-    for images, labels, mask in padded_batches(split, _device_batch(batch_size, mesh)):
-        (images,) = _on_mesh(mesh, images)
-        logits = _to_host(predict(model, variables, images), mesh)
+    for images, labels, mask in padded_batches(split, device_batch(batch_size, mesh)):
+        (images,) = on_mesh(mesh, images)
+        logits = to_host(predict(model, variables, images), mesh)
         correct += int(np.sum((logits.argmax(-1) == labels) & mask))
     return correct / num_examples(split)
 
@@ -130,7 +88,7 @@ def ann_accuracy(
 def evaluate_snn(
     model: nn.Module,
     ann_variables: Any,
-    split: Split | StreamingSplit,
+    split: Split | StreamingSource,
     *,
     num_steps: int,
     presim_steps: int = 0,
@@ -183,11 +141,11 @@ def evaluate_snn(
     correct = np.zeros(num_steps, np.int64)
     totals: dict[str, OffsetStatistics] = {}
     events = {"spikes": np.zeros(num_steps), "synops": np.zeros(num_steps), "presim_spikes": 0.0, "presim_synops": 0.0}
-    for images, labels, mask in padded_batches(split, _device_batch(batch_size, mesh)):
-        sharded_images, sharded_mask = _on_mesh(mesh, images, mask)
-        sharded_images = _check_call(snn, variables, sharded_images)
-        logits, per_site, ops = _to_host(
-            _simulate_collecting(snn, variables, sharded_images, sharded_mask if statistics else None, operations),
+    for images, labels, mask in padded_batches(split, device_batch(batch_size, mesh)):
+        sharded_images, sharded_mask = on_mesh(mesh, images, mask)
+        sharded_images = check_call(snn, variables, sharded_images)
+        logits, per_site, ops = to_host(
+            simulate_collecting(snn, variables, sharded_images, sharded_mask if statistics else None, operations),
             mesh,
         )
         for name, stats in (per_site or {}).items():

@@ -34,7 +34,7 @@ from flax import traverse_util
 from jaxtyping import Array, ArrayLike, Float
 
 from offsetjax.models.layers import Activation, pools_as_sums
-from offsetjax.simulation import _check_call, _simulate_collecting
+from offsetjax.simulation import check_call, simulate_collecting
 from offsetjax.site import FAN_OUT
 
 #: Picojoules of one accumulate (a spike's synaptic event), 45 nm, 32-bit float add.
@@ -129,9 +129,9 @@ def count_operations(snn: nn.Module, variables: Any, images: Float[ArrayLike, "B
       variables: its variables (:func:`offsetjax.convert_variables`).
       images: ``[B, H, W, C]``, as for :func:`offsetjax.simulate`.
     """
-    images = _check_call(snn, variables, images)
+    images = check_call(snn, variables, images)
     with_fans, input_macs, dense_macs = with_fan_out(snn, variables, tuple(images.shape[1:]))
-    logits, _, sites = _simulate_collecting(snn, with_fans, images, None, True)
+    logits, _, sites = simulate_collecting(snn, with_fans, images, None, True)
     field = {name: {site: values[name] for site, values in sites.items()} for name in Operations._fields[:4]}
     return Operations(**field, input_macs=input_macs, dense_macs=dense_macs, logits=logits)
 

@@ -43,7 +43,7 @@ def simulate(model: nn.Module, variables: Any, images: Float[ArrayLike, "B ..."]
       ``logits[t-1] = (1/t) * sum_{s<=t} out(s)``, ``[T, B, classes]``: the prediction after t
       steps is ``argmax(logits[t-1])``, and at t = T with T = L it equals the ANN's logits.
     """
-    images = _check_call(model, variables, images)
+    images = check_call(model, variables, images)
     logits, _, _ = images_must_fit(lambda: _apply(model, variables, images, None), images)
     return logits
 
@@ -63,19 +63,19 @@ def simulate_with_statistics(
       sample_mask: optional boolean ``[B]``: the statistics count only the samples where it is
         true (for a batch padded to a fixed size). Default: every sample.
     """
-    images = _check_call(model, variables, images)
+    images = check_call(model, variables, images)
     if sample_mask is None:
         sample_mask = jnp.ones(images.shape[:1], bool)
     if tuple(sample_mask.shape) != images.shape[:1]:
         raise ValueError(f"sample_mask must have shape {images.shape[:1]} (one per image), got {sample_mask.shape}")
-    logits, stats, _ = _simulate_collecting(model, variables, images, sample_mask, operations=False)
+    logits, stats, _ = simulate_collecting(model, variables, images, sample_mask, operations=False)
     return logits, stats
 
 
-def _simulate_collecting(model: nn.Module, variables: Any, images: Array, sample_mask, operations: bool):
+def simulate_collecting(model: nn.Module, variables: Any, images: Array, sample_mask, operations: bool):
     """``(logits, statistics per site or None, operations per site or None)`` from one run:
     statistics when ``sample_mask`` is given, each site's sown :data:`OPERATIONS` when asked.
-    ``images`` as :func:`_check_call` returned them (the caller checks, once)."""
+    ``images`` as :func:`check_call` returned them (the caller checks, once)."""
     logits, stats, ops = images_must_fit(lambda: _apply(model, variables, images, sample_mask, operations), images)
     order = site_order(model, images.shape[1:])
     return (
@@ -111,7 +111,7 @@ def calibrate_network(model: nn.Module, variables: Any, images: Float[ArrayLike,
     Calibration is a function from one initial-potential pytree to another: simulating the
     uncalibrated network (``iterations=0``) from this pytree reproduces the calibrated run.
     """
-    images = _check_call(model, variables, images)
+    images = check_call(model, variables, images)
     sown = images_must_fit(lambda: _calibrated_potentials(model, variables, images), images)
     return jax.tree.map(lambda leaf: leaf[0], sown, is_leaf=lambda x: isinstance(x, tuple))
 
@@ -135,7 +135,7 @@ def check_images(images) -> Array:
     return check_image_batch(jnp.asarray(images))
 
 
-def _check_call(model: nn.Module, variables: Any, images) -> Array:
+def check_call(model: nn.Module, variables: Any, images) -> Array:
     """What :func:`simulate` and friends check once per call, before compiling: the images
     (:func:`check_images`; their rank and size against the network are checked while tracing,
     see :func:`_apply`) and the network with its variables (:func:`check_network`)."""

@@ -60,10 +60,11 @@ def test_conversion_needs_no_images_and_calibration_keeps_the_batch_axis():
 
 
 def test_import_offsetjax_loads_no_training_data_or_torch_modules():
+    """The core stands alone: no training package, optimiser, checkpointing, data or plotting."""
     code = (
         "import sys, offsetjax; "
-        "print(sorted(m for m in ('tensorflow_datasets', 'orbax', 'orbax.checkpoint', 'torch', 'tqdm', 'matplotlib', "
-        "'sklearn') if m in sys.modules))"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow_datasets', 'orbax', 'torch', 'tqdm', "
+        "'matplotlib', 'sklearn', 'optax', 'grain', 'nir') or m.startswith('offsetjax.training')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -17,9 +17,10 @@ import os
 import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
+
+from offsetjax.splits import Split, num_examples, take  # noqa: F401 - the training package's names for them
 
 
 def _optional(module: str, package: str):
@@ -52,13 +53,6 @@ NORMALIZATION = {
 }
 
 
-class Split(NamedTuple):
-    """One split: ``images`` ``[N, H, W, C]`` (uint8, or float in [0, 1]) and ``labels`` ``[N]``."""
-
-    images: np.ndarray
-    labels: np.ndarray
-
-
 class StreamingSplit:
     """A random-access source read batch by batch, for data that does not fit in memory.
 
@@ -80,25 +74,6 @@ class StreamingSplit:
         records = [self.source[int(i)] for i in indices]
         images = np.stack([self.preprocess(rng, np.asarray(r["image"])) for r in records])
         return normalize(images, self.dataset), np.asarray([r["label"] for r in records], np.int32)
-
-
-def num_examples(split: Split | StreamingSplit) -> int:
-    """Number of examples in an in-memory or streaming split; a :class:`Split` whose images and
-    labels differ in number is refused (``ValueError``)."""
-    if isinstance(split, Split):
-        if len(split.images) != len(split.labels):
-            raise ValueError(
-                f"split holds {len(split.images)} images and {len(split.labels)} labels: one label per image expected"
-            )
-        return len(split.labels)
-    return len(split)
-
-
-def take(split: Split | StreamingSplit, indices, rng: np.random.Generator | None = None):
-    """``(images, labels)`` of the examples at ``indices``."""
-    if isinstance(split, Split):
-        return split.images[indices], split.labels[indices]
-    return split.take(indices, rng)
 
 
 def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
