@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import offsetjax as oj
+from offsetjax.offset import NEVER_SILENT_POTENTIAL
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESIM_STEPS = 4
@@ -79,7 +80,7 @@ def jax_timings(name: str, batch: int, steps: list[int], repeats: int) -> dict:
                 per_t[label] = None
                 continue
             snn = oj.spiking_model(model, num_steps=num_steps, presim_steps=presim, iterations=iterations)
-            snn_variables = oj.convert_variables(snn, variables, images)
+            snn_variables = oj.convert_variables(snn, variables, example_images=images)
             per_t[label] = timed(
                 lambda snn=snn, snn_variables=snn_variables: oj.simulate(
                     snn, snn_variables, images
@@ -153,7 +154,11 @@ def torch_timings(name: str, batch: int, steps: list[int], repeats: int) -> dict
                 min_fired = torch.where(fired, torch.minimum(min_fired, v), min_fired)
                 max_silent = torch.where(fired, max_silent, torch.maximum(max_silent, charged))
             psi = torch.floor((v - (shifted - v0)) / theta)
-            remove, add = (psi < 0) & (count > 0), (psi > 0) & torch.isfinite(max_silent)
+            # offsetjax's default rule, saturated="fire": a neuron that never stayed silent counts
+            # its largest silent potential as NEVER_SILENT_POTENTIAL * theta, so it is lifted too
+            never_silent = NEVER_SILENT_POTENTIAL * theta
+            max_silent = torch.where(torch.isfinite(max_silent), max_silent, torch.full_like(max_silent, never_silent))
+            remove, add = (psi < 0) & (count > 0), psi > 0
             down = torch.clamp(torch.where(remove, min_fired, 0) + eps * theta, min=theta)
             up = torch.clamp(theta + eps * theta - torch.where(add, max_silent, 0), min=theta)
             shifted = torch.where(remove, shifted - down, torch.where(add, shifted + up, shifted))
@@ -223,6 +228,16 @@ def torch_timings(name: str, batch: int, steps: list[int], repeats: int) -> dict
             site.num_steps, site.presim, site.iterations = num_steps, presim, iterations
         with torch.inference_mode():
             return net(images if not num_steps else images[None]).mean(0) if num_steps else net(images)
+
+    # Both sides time the same algorithm: this calibration gives offsetjax's v0 (neurons that
+    # fire at every pre-simulation step included).
+    currents = np.random.default_rng(0).uniform(-0.5, 2.5, (PRESIM_STEPS, 256)).astype(np.float32)
+    for k in (1, 4):
+        ours = oj.calibrate_initial_potential(
+            currents, THRESHOLD, THRESHOLD / 2, presim_steps=PRESIM_STEPS, iterations=k
+        )
+        theirs = calibrate(torch.from_numpy(currents), THRESHOLD, torch.full((256,), THRESHOLD / 2), k)
+        np.testing.assert_allclose(theirs.numpy(), np.asarray(ours), rtol=0, atol=1e-5)
 
     out = {"ann": timed(run, repeats)}
     for num_steps in steps:

@@ -28,6 +28,7 @@ import pipeline  # noqa: E402
 from report import _save  # noqa: E402
 from rundir import record, run_id, write_output  # noqa: E402
 
+import offsetjax as oj  # noqa: E402
 from offsetjax import evaluate  # noqa: E402
 from offsetjax.training import data  # noqa: E402
 
@@ -75,17 +76,11 @@ def main(argv: list[str] | None = None) -> dict:
             images = pipeline.calibration_set(
                 dataclasses.replace(config, seed=draw, calibration_images=size), train_split
             )
+            snn = oj.spiking_model(model, num_steps=num_steps)
             began = time.perf_counter()
-            snn_variables = calibrate(model, variables, images, num_steps=num_steps, solver=args.solver)
+            snn_variables = calibrate(snn, variables, images, solver=args.solver)
             seconds = time.perf_counter() - began
-            accuracy = evaluate.evaluate_snn(
-                model,
-                variables,
-                test_split,
-                num_steps=num_steps,
-                snn_variables=snn_variables,
-                batch_size=args.batch_size,
-            ).accuracy[-1]
+            accuracy = evaluate.evaluate_snn(snn, snn_variables, test_split, batch_size=args.batch_size).accuracy[-1]
             report["accuracy"].setdefault(str(size), {}).setdefault(str(num_steps), []).append(float(accuracy))
             report["calibration_seconds"].setdefault(str(size), []).append(seconds)
             bar.update(1)

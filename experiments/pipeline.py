@@ -44,6 +44,7 @@ from offsetjax import (  # noqa: E402
     parallel,
     training,  # noqa: E402
 )
+from offsetjax.site import CALIBRATED_FOR  # noqa: E402
 from offsetjax.training import checkpoint, data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -512,17 +513,15 @@ def evaluate_all(config: ExperimentConfig, model, variables, train_split, test_s
         images = calibration_set(config, train_split)
     calibrated: dict[tuple[str, int], dict] = {}  # (calibration, T) -> SNN variables, shared by rows
 
-    def snn_variables(method: Method, num_steps: int):
-        if method.calibration is None:
-            return None
+    def calibration(method: Method, num_steps: int) -> dict:
+        """The method's data-level calibration for T = ``num_steps`` (made once, shared by rows)."""
         key = (method.calibration, num_steps)
         if key not in calibrated:
             calibrate = CALIBRATIONS[method.calibration]
             calibrated[key] = calibrate(
-                model,
+                oj.spiking_model(model, num_steps=num_steps),
                 variables,
                 images,
-                num_steps=num_steps,
                 solver=config.calibration_solver,
                 mesh=mesh,
             )
@@ -532,19 +531,25 @@ def evaluate_all(config: ExperimentConfig, model, variables, train_split, test_s
         began = time.perf_counter()
 
         def run(num_steps: int, method: Method = method, **options):
-            return evaluate.evaluate_snn(
+            # COS needs rho <= T: at T < rho the network runs rho steps and is read at t = T (the
+            # steps after T change nothing before it); a data-level calibration made for T is then
+            # run in that longer network on purpose, so its record of T is dropped.
+            snn = oj.spiking_model(
                 model,
-                variables,
-                test_split,
                 num_steps=max(num_steps, method.presim_steps),
                 presim_steps=method.presim_steps,
                 iterations=method.iterations,
                 saturated=method.saturated,
                 srp_steps=method.srp_steps,
-                snn_variables=snn_variables(method, num_steps),
-                batch_size=config.eval_batch_size,
-                mesh=mesh,
-                **options,
+            )
+            if method.calibration is None:
+                snn_variables = oj.convert_variables(snn, variables)
+            else:
+                snn_variables = calibration(method, num_steps)
+                if num_steps < method.presim_steps:
+                    snn_variables = {k: v for k, v in snn_variables.items() if k != CALIBRATED_FOR}
+            return evaluate.evaluate_snn(
+                snn, snn_variables, test_split, batch_size=config.eval_batch_size, mesh=mesh, **options
             )
 
         # One run gives every T, unless the calibration depends on T: then one run per T.
@@ -672,7 +677,7 @@ def load_finished(workdir: Path):
 
 
 def run(config: ExperimentConfig) -> dict:
-    """One run in ``config.resolved_workdir()``: see the module docstring and README, "Runs and
+    """One run in ``config.resolved_workdir()``: see the module docstring and docs/usage.md, "Runs and
     checkpoints", for what it refuses, locks and writes when."""
     validate(config)
     workdir = config.resolved_workdir()

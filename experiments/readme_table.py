@@ -1,6 +1,7 @@
-"""Print the README's results tables from results/*/results.json (no number is typed by hand).
+"""Print the results tables of the README and docs/results.md from results/*/results.json (no number is typed by hand).
 
 python experiments/readme_table.py results/fashion_mnist/small_vgg results/fashion_mnist/small_resnet
+python experiments/readme_table.py results/digits/small_vgg ... --methods qcfs cos_k1 data_bias
 python experiments/readme_table.py --energy results/quickstart results/fashion_mnist/small_vgg ...
 python experiments/readme_table.py --nir results/quickstart results/fashion_mnist/small_vgg ...
 python experiments/readme_table.py --budget results/digits/small_vgg results/fashion_mnist/small_vgg ...
@@ -17,10 +18,12 @@ from rundir import RunError, check_derived, results_directory
 STEPS = ("1", "2", "4", "8")
 
 
-def rows(run: Path) -> list[str]:
+def rows(run: Path, methods: list[str] | None = None) -> list[str]:
     results = json.loads((run / "results.json").read_text())
     out = []
     for name, row in results["snn"].items():
+        if methods and name not in methods:
+            continue
         cells = " | ".join(
             f"{100 * row['accuracy'][t]:.2f} ({row['total_steps'][t]})" if t in row["accuracy"] else "—" for t in STEPS
         )
@@ -104,6 +107,7 @@ def main(argv: list[str]) -> None:
     table = parser.add_mutually_exclusive_group()
     for flag in ("--budget", "--nir", "--energy"):
         table.add_argument(flag, action="store_true", help=f"the {flag[2:]} table (default: accuracy)")
+    parser.add_argument("--methods", nargs="+", help="only these rows of the accuracy table (default: every row)")
     parser.add_argument("runs", nargs="+", type=results_directory, help="finished runs (holding results.json)")
     args = parser.parse_args(argv)
     paths = args.runs
@@ -131,7 +135,7 @@ def main(argv: list[str]) -> None:
     print("| data | net | method | ANN | " + " | ".join(f"T={t} (total)" for t in STEPS) + " | ψ=0 at T=L | MSE |")
     print("|---|---|---|---|" + "---|" * len(STEPS) + "---|---|")
     for path in paths:
-        print("\n".join(rows(Path(path))))
+        print("\n".join(rows(Path(path), args.methods)))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ loaded by ``import offsetjax``.
 
 from offsetjax import models, parallel
 from offsetjax.activation import QCFS, qcfs
-from offsetjax.convert import convert_variables, spiking_model
+from offsetjax.convert import ann_model, convert_variables, schedule, spiking_model
 from offsetjax.data_calibration import data_bias, data_potential
 from offsetjax.evaluate import SNNEvaluation, ann_accuracy, evaluate_snn, predict
 from offsetjax.neuron import IFState, if_simulate, if_step, scan_unroll
@@ -40,6 +40,7 @@ __all__ = [
     "SNNEvaluation",
     "accumulate",
     "ann_accuracy",
+    "ann_model",
     "calibrate_initial_potential",
     "calibrate_network",
     "convert_variables",
@@ -57,6 +58,7 @@ __all__ = [
     "parallel",
     "predict",
     "qcfs",
+    "schedule",
     "shift_initial_potential",
     "scan_unroll",
     "simulate",

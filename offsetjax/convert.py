@@ -7,6 +7,7 @@ new collection ``initial_potential`` holds v(0) = theta/2 per neuron of every si
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -70,8 +71,8 @@ def spiking_model(
     resolve_unroll(unroll, num_steps)
     if not hasattr(model, "activation"):
         raise ValueError(f"model must have an `activation` field to swap, got {type(model).__name__}")
-    site = Activation(
-        IFActivation,
+    site = SpikingSites(
+        model.activation,
         num_steps=num_steps,
         presim_steps=presim_steps,
         iterations=iterations,
@@ -83,7 +84,58 @@ def spiking_model(
     return model.clone(activation=site)
 
 
-def convert_variables(snn_model: nn.Module, ann_variables: Any, example_images: ArrayLike | None = None) -> dict:
+@dataclasses.dataclass(frozen=True, init=False)
+class SpikingSites(Activation):
+    """The IF sites of a network from :func:`spiking_model`: an :class:`Activation` of
+    :class:`IFActivation` with the SNN's schedule as options, remembering ``ann``, the
+    activation factory of the ANN it was converted from (:func:`ann_model`)."""
+
+    ann: Any
+
+    def __init__(self, ann: Any, **options: Any):
+        super().__init__(IFActivation, **options)
+        object.__setattr__(self, "ann", ann)
+
+
+#: The schedule options of :func:`spiking_model` and their defaults.
+SCHEDULE = {
+    "num_steps": None,
+    "presim_steps": 0,
+    "iterations": 0,
+    "eps": 1e-3,
+    "saturated": "fire",
+    "srp_steps": 0,
+    "unroll": None,
+}
+
+
+def schedule(snn: nn.Module) -> dict[str, Any]:
+    """The schedule ``snn`` carries: ``num_steps`` (T), ``presim_steps`` (rho), ``iterations``
+    (k), ``eps``, ``saturated``, ``srp_steps`` (tau) and ``unroll``, as given to
+    :func:`spiking_model`.
+
+    Raises:
+      ValueError: ``snn`` is not a network with IF sites (e.g. the ANN).
+    """
+    activation = getattr(snn, "activation", None)
+    if not (isinstance(activation, Activation) and issubclass(activation.module, IFActivation)):
+        raise ValueError(
+            f"snn must be the spiking network from offsetjax.spiking_model(model, num_steps=...), got a "
+            f"{type(snn).__name__} with activation {activation!r}"
+        )
+    return {**SCHEDULE, **dict(activation.options)}
+
+
+def ann_model(snn: nn.Module) -> nn.Module:
+    """The ANN ``snn`` was converted from by :func:`spiking_model`: the same network with its
+    original activation sites (e.g. QCFS with its L)."""
+    schedule(snn)
+    if not isinstance(snn.activation, SpikingSites):
+        raise ValueError("snn was not built by offsetjax.spiking_model, so the ANN it converts is unknown")
+    return snn.clone(activation=snn.activation.ann)
+
+
+def convert_variables(snn_model: nn.Module, ann_variables: Any, *, example_images: ArrayLike | None = None) -> dict:
     """SNN variables from trained ANN variables.
 
     Args:

@@ -30,9 +30,10 @@ Two solvers (``solver=``):
   to the target, and the middle of the stretch where the rate takes that value (a value at a
   step's edge would let float round-off in the currents move spikes).
 
-Both depend on T: calibrate once per number of steps. The results are SNN variables for
-``spiking_model(model, num_steps=T, ...)`` and compose with COS (simulating a network with
-``presim_steps, iterations > 0`` pre-simulates from the calibrated v0: ``warm_cos``).
+Both depend on T: calibrate once per number of steps, with the network you will run
+(``data_potential(snn, ...)`` for ``snn = spiking_model(model, num_steps=T, ...)``); the
+variables record T and a network of another T refuses them. They compose with COS (a network
+with ``presim_steps, iterations > 0`` pre-simulates from the calibrated v0: ``warm_cos``).
 """
 
 from __future__ import annotations
@@ -50,12 +51,12 @@ from jaxtyping import Array, ArrayLike, Float
 
 from offsetjax import parallel
 from offsetjax._batching import device_batch, on_mesh, padded
-from offsetjax._checks import check_choice, check_image_batch, check_int, images_must_fit, is_abstract
+from offsetjax._checks import check_choice, check_image_batch, images_must_fit, is_abstract
 from offsetjax.activation import QCFS
-from offsetjax.convert import convert_variables, spiking_model
+from offsetjax.convert import ann_model, convert_variables, schedule, spiking_model
 from offsetjax.neuron import potential_dtype, scan_unroll
 from offsetjax.simulation import check_network
-from offsetjax.site import BIAS_CORRECTION, INITIAL_POTENTIAL, IFActivation
+from offsetjax.site import BIAS_CORRECTION, CALIBRATED_FOR, INITIAL_POTENTIAL, IFActivation
 
 SOLVERS = ("bisect", "linear")
 #: Halvings of each bisection: the bracket's width over 2**24, below float32's resolution of it.
@@ -63,76 +64,80 @@ BISECTION_STEPS = 24
 
 
 def data_potential(
-    model: nn.Module,
+    snn: nn.Module,
     ann_variables: Any,
     images: Float[ArrayLike, "N ..."],
     *,
-    num_steps: int,
     solver: str = "bisect",
     snn_variables: Any | None = None,
     mesh: Mesh | None = None,
-    unroll: int | None = None,
 ) -> dict:
     """SNN variables whose per-neuron initial potentials make each neuron's T-step firing rate
     match its ANN activation on average over ``images`` (Li et al.'s potential calibration).
 
     Args:
-      model: the ANN definition (QCFS sites).
-      ann_variables: its trained variables.
+      snn: the network the variables are for (:func:`offsetjax.spiking_model`); its T (and scan
+        unroll) is the calibration's. The calibration runs its plain T-step version (no COS
+        pre-simulation, no SRP); the result serves ``snn`` itself, e.g. COS pre-simulating from
+        the calibrated v0 (``warm_cos``).
+      ann_variables: the trained ANN's variables (the targets are the ANN's mean activations;
+        the ANN is the network ``snn`` was converted from, :func:`offsetjax.ann_model`).
       images: the calibration set ``[N, H, W, C]``, normalised like the training images;
         draw it from the training split, never from the data you evaluate on.
-      num_steps: T, the number of steps the SNN will run (the correction depends on it).
       solver: ``"bisect"`` (default) or ``"linear"`` (Li et al.'s single step); module docstring.
       snn_variables: start from these SNN variables (default: ``convert_variables`` of the
         ANN's, v0 = theta / 2); the linear step and the bisection bracket are taken around
         their v0.
       mesh: shard the calibration set over this device mesh (same result as on one device).
-      unroll: scan unroll of the sites' simulation (:func:`offsetjax.spiking_model`).
 
     Returns:
-      SNN variables for ``spiking_model(model, num_steps=num_steps, ...)`` whose
-      ``initial_potential`` leaves are per neuron (the site's neuron shape, no batch axis).
-      Memory: the whole calibration set is one batch, so a layer's activations for all of it,
-      ``T * N * neurons`` floats, are held at once (as when simulating a batch of N images).
+      SNN variables for ``snn`` whose ``initial_potential`` leaves are per neuron (the site's
+      neuron shape, no batch axis), and a ``calibrated_for`` collection recording T: simulating
+      them in a network of another T is refused. Memory: the whole calibration set is one
+      batch, so a layer's activations for all of it, ``T * N * neurons`` floats, are held at
+      once (as when simulating a batch of N images).
     """
-    return _calibrate_sites(
-        model, ann_variables, images, num_steps, solver, snn_variables, mesh, unroll, per_channel=False
-    )
+    return _calibrate_sites(snn, ann_variables, images, solver, snn_variables, mesh, per_channel=False)
 
 
 def data_bias(
-    model: nn.Module,
+    snn: nn.Module,
     ann_variables: Any,
     images: Float[ArrayLike, "N ..."],
     *,
-    num_steps: int,
     solver: str = "bisect",
     snn_variables: Any | None = None,
     mesh: Mesh | None = None,
-    unroll: int | None = None,
 ) -> dict:
     """SNN variables with a per-channel current added at every site's input, so that each
     channel's T-step firing rate matches its ANN activation on average over ``images`` and the
     channel's positions (Li et al.'s bias calibration). Arguments as :func:`data_potential`.
 
     Returns:
-      SNN variables with a ``bias_correction`` collection: per site ``b`` of shape ``[C]``
-      (the last axis of the neuron shape), added to the site's input current at every step.
+      SNN variables for ``snn`` with a ``bias_correction`` collection: per site ``b`` of shape
+      ``[C]`` (the last axis of the neuron shape), added to the site's input current at every
+      step; and ``calibrated_for`` (T), as :func:`data_potential`.
     """
-    return _calibrate_sites(
-        model, ann_variables, images, num_steps, solver, snn_variables, mesh, unroll, per_channel=True
-    )
+    return _calibrate_sites(snn, ann_variables, images, solver, snn_variables, mesh, per_channel=True)
 
 
-def _calibrate_sites(
-    model, ann_variables, images, num_steps, solver, snn_variables, mesh, unroll, *, per_channel: bool
-) -> dict:
-    check_int("num_steps", num_steps, minimum=1)
+def calibrated_steps(variables: Any) -> int | None:
+    """The T that ``variables`` were calibrated for by :func:`data_potential` or
+    :func:`data_bias`, or ``None`` (converted or COS variables serve any T)."""
+    recorded = dict(variables).get(CALIBRATED_FOR)
+    return None if recorded is None else int(np.asarray(recorded["num_steps"]))
+
+
+def _calibrate_sites(snn, ann_variables, images, solver, snn_variables, mesh, *, per_channel: bool) -> dict:
+    options = schedule(snn)
     check_choice("solver", solver, SOLVERS)
     images = _checked_host_images(images)
-    snn = spiking_model(model, num_steps=num_steps, unroll=unroll)
-    variables = convert_variables(snn, ann_variables) if snn_variables is None else dict(snn_variables)
-    check_network(snn, variables, images)
+    model = ann_model(snn)
+    num_steps = options["num_steps"]
+    plain = spiking_model(model, num_steps=num_steps, unroll=options["unroll"])
+    variables = convert_variables(plain, ann_variables) if snn_variables is None else dict(snn_variables)
+    variables.pop(CALIBRATED_FOR, None)
+    check_network(plain, variables, images)
     # The whole calibration set is one batch (padded to a multiple of the mesh's devices): each
     # site's solution needs every image's currents, so batching would re-run the network per site.
     count = images.shape[0]
@@ -143,7 +148,7 @@ def _calibrate_sites(
     corrected = images_must_fit(
         lambda: _calibrated_pass(
             model,
-            snn,
+            plain,
             *placed,
             placed_images,
             placed_mask,
@@ -155,7 +160,7 @@ def _calibrate_sites(
     )
     if jax.process_count() > 1:  # replicated over the processes: each keeps its own copy
         corrected = jax.tree.map(lambda leaf: jnp.asarray(parallel.local_value(leaf)), corrected)
-    return {**variables, collection: corrected}
+    return {**variables, collection: corrected, CALIBRATED_FOR: {"num_steps": np.int32(num_steps)}}
 
 
 def _checked_host_images(images) -> np.ndarray:

@@ -21,9 +21,15 @@ from jaxtyping import Array, ArrayLike, Float
 from offsetjax import parallel
 from offsetjax._batching import device_batch, on_mesh, padded_batches, to_host
 from offsetjax._checks import images_must_fit, trace_network
-from offsetjax.convert import convert_variables, spiking_model
+from offsetjax.convert import schedule
 from offsetjax.operations import energy, with_fan_out
-from offsetjax.simulation import check_call, check_images, check_variables_fit, simulate_collecting
+from offsetjax.simulation import (
+    check_call,
+    check_images,
+    check_snn_variables,
+    check_variables_fit,
+    simulate_collecting,
+)
 from offsetjax.splits import Split, StreamingSource, num_examples, take
 from offsetjax.stats import OffsetStatistics, accumulate, summarize
 
@@ -86,36 +92,26 @@ def ann_accuracy(
 
 
 def evaluate_snn(
-    model: nn.Module,
-    ann_variables: Any,
+    snn: nn.Module,
+    variables: Any,
     split: Split | StreamingSource,
     *,
-    num_steps: int,
-    presim_steps: int = 0,
-    iterations: int = 0,
-    saturated: str = "fire",
-    srp_steps: int = 0,
-    snn_variables: Any | None = None,
     batch_size: int,
     statistics: bool = False,
     operations: bool = False,
     mesh: Mesh | None = None,
     progress: Callable[[int], Any] | None = None,
 ) -> SNNEvaluation:
-    """Convert ``model`` to an SNN and evaluate it over ``split`` in one pass.
+    """Evaluate a spiking network over ``split`` in one pass.
 
     Args:
-      model: the ANN definition (its activation is swapped for IF sites here).
-      ann_variables: trained ANN variables.
+      snn: the network (:func:`offsetjax.spiking_model`), carrying its schedule: T, rho, k,
+        eps, the saturation rule, SRP's tau and the scan unroll.
+      variables: its variables: :func:`offsetjax.convert_variables` of the trained ANN's, or a
+        data-level calibration's (:func:`offsetjax.data_potential`, made for this T).
       split: evaluation data, already normalised.
-      num_steps, presim_steps, iterations: T, rho, k (k = 0: the uncalibrated baseline).
-      saturated: rule (ii) for never-silent neurons, ``"fire"`` or ``"hold"`` (``spiking_model``).
-      srp_steps: tau of SRP (``spiking_model``), 0: off.
-      snn_variables: SNN variables to simulate instead of ``convert_variables`` of
-        ``ann_variables`` (e.g. :func:`offsetjax.data_potential`'s or :func:`offsetjax.data_bias`'s,
-        calibrated for this ``num_steps``).
       batch_size: samples per simulated batch, rounded up to a multiple of the mesh's devices.
-      statistics: also return the Table-3 statistics (psi against QCFS with L = ``num_steps``).
+      statistics: also return the Table-3 statistics (psi against QCFS with L = T).
       operations: also count spike events, synaptic operations and energy
         (:func:`offsetjax.count_operations`), from the same simulation.
       mesh: shard every batch over this device mesh; the calibration is per sample, so it
@@ -123,17 +119,11 @@ def evaluate_snn(
       progress: optional callable ``progress(num_samples)`` after each batch.
 
     Returns:
-      :class:`SNNEvaluation` with ``accuracy`` ``[T]`` and ``statistics``.
+      :class:`SNNEvaluation` with ``accuracy`` ``[T]`` (after t = 1..T steps) and, when asked,
+      ``statistics`` and ``operations``.
     """
-    snn = spiking_model(
-        model,
-        num_steps=num_steps,
-        presim_steps=presim_steps,
-        iterations=iterations,
-        saturated=saturated,
-        srp_steps=srp_steps,
-    )
-    variables = convert_variables(snn, ann_variables) if snn_variables is None else snn_variables
+    num_steps = schedule(snn)["num_steps"]
+    check_snn_variables(variables)
     if operations:
         image_shape = np.shape(take(split, np.arange(1))[0])[1:]
         variables, input_macs, dense_macs = with_fan_out(snn, variables, image_shape)
@@ -166,7 +156,10 @@ def _operations_summary(events: dict, count: int, input_macs: float, dense_macs:
     """Per image, for runs of t = 1..T steps (cumulative over steps)."""
     synops = np.cumsum(events["synops"]) / count
     presim_synops = float(events["presim_synops"]) / count
-    joules = [energy(float(s), presim_synops, input_macs, dense_macs) for s in synops]
+    joules = [
+        energy(synops=float(s), presim_synops=presim_synops, input_macs=input_macs, dense_macs=dense_macs)
+        for s in synops
+    ]
     return {
         "spikes": (np.cumsum(events["spikes"]) / count).tolist(),
         "synops": synops.tolist(),

@@ -134,7 +134,7 @@ def scan_unroll(num_steps: int) -> int:
     A fully unrolled loop runs fastest at small T (ResNet-20, T = 8: 0.18 s against 0.24 s for
     the rolled loop), but its compile time grows with T (VGG-16, T = 64: 32 s against 3.3 s);
     from 16 steps on the rolled loop compiles in about 3 s at every T <= 64 and runs as fast.
-    Measured on the CPU backend by ``experiments/probes/scan_unroll.py`` (README, "Compile
+    Measured on the CPU backend by ``experiments/probes/scan_unroll.py`` (docs/performance.md, "Compile
     time"); GPU and TPU use the same rule, unmeasured there.
 
     >>> scan_unroll(8), scan_unroll(9)

@@ -85,8 +85,8 @@ def shift_initial_potential(
     state: IFState,
     theta: Float[ArrayLike, "..."],
     psi: Float[ArrayLike, "..."],
-    eps: Float[ArrayLike, ""] = 1e-3,
     *,
+    eps: Float[ArrayLike, ""] = 1e-3,
     saturated: str = "fire",
 ) -> Float[Array, "..."]:
     """One Theorem-2 correction of the initial potential per neuron.
@@ -149,10 +149,10 @@ def calibrate_initial_potential(
     currents: Float[ArrayLike, "T ..."],
     theta: Float[ArrayLike, "..."],
     v0: Float[ArrayLike, "..."],
+    *,
     presim_steps: int,
     iterations: int,
     eps: Float[ArrayLike, ""] = 1e-3,
-    *,
     saturated: str = "fire",
     unroll: int | None = None,
 ) -> Float[Array, "..."]:
@@ -201,7 +201,14 @@ def calibrate_initial_potential(
     1.0
     """
     return calibrate_counting_spikes(
-        currents, theta, v0, presim_steps, iterations, eps, saturated=saturated, unroll=unroll
+        currents,
+        theta,
+        v0,
+        presim_steps=presim_steps,
+        iterations=iterations,
+        eps=eps,
+        saturated=saturated,
+        unroll=unroll,
     )[0]
 
 
@@ -209,10 +216,10 @@ def calibrate_counting_spikes(
     currents: Float[ArrayLike, "T ..."],
     theta: Float[ArrayLike, "..."],
     v0: Float[ArrayLike, "..."],
+    *,
     presim_steps: int,
     iterations: int,
     eps: Float[ArrayLike, ""] = 1e-3,
-    *,
     saturated: str = "fire",
     unroll: int | None = None,
 ) -> tuple[Float[Array, "..."], Float[Array, "..."]]:
@@ -244,5 +251,5 @@ def calibrate_counting_spikes(
             delta = shifted - v0
             guard = (2 * presim_steps + 4) * unit_roundoff * (magnitude + jnp.abs(delta)) / theta
             psi = offset_from_residual(state.v - delta, theta, tolerance=guard)
-        shifted = shift_initial_potential(shifted, state, theta, psi, eps, saturated=saturated)
+        shifted = shift_initial_potential(shifted, state, theta, psi, eps=eps, saturated=saturated)
     return shifted, presim_spikes

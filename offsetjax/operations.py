@@ -162,11 +162,11 @@ def totals(operations: Operations, sample_mask: Array | None = None) -> dict[str
 
 
 def energy(
+    *,
     synops: float,
     presim_synops: float,
     input_macs: float,
     dense_macs: float,
-    *,
     accumulate_pj: float = ACCUMULATE_PJ,
     mac_pj: float = MULTIPLY_ACCUMULATE_PJ,
 ) -> dict[str, float]:

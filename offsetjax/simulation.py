@@ -26,8 +26,9 @@ import numpy as np
 from flax import traverse_util
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from offsetjax._checks import check_image_batch, check_same_tree, images_must_fit, trace_network
-from offsetjax.site import CALIBRATED_POTENTIAL, INITIAL_POTENTIAL, OPERATIONS, STATISTICS
+from offsetjax._checks import check_image_batch, check_same_tree, concrete_value, images_must_fit, trace_network
+from offsetjax.convert import schedule
+from offsetjax.site import CALIBRATED_FOR, CALIBRATED_POTENTIAL, INITIAL_POTENTIAL, OPERATIONS, STATISTICS
 from offsetjax.stats import OffsetStatistics, masked_total
 
 
@@ -124,12 +125,6 @@ def _calibrated_potentials(model: nn.Module, variables: Any, images: Array):
     return sown[CALIBRATED_POTENTIAL]
 
 
-def srp_steps(model: nn.Module) -> int:
-    """SRP's tau of a spiking network (:func:`offsetjax.spiking_model`), 0 when it has none: the
-    leading steps of its output that are pre-simulation."""
-    return dict(getattr(getattr(model, "activation", None), "options", ())).get("srp_steps", 0)
-
-
 def check_images(images) -> Array:
     """``images`` as an array, checked: a batch ``[B, ...]`` with B >= 1, floating, finite."""
     return check_image_batch(jnp.asarray(images))
@@ -157,6 +152,14 @@ def check_network(model: nn.Module, variables: Any, images) -> None:
             "offsetjax.spiking_model(model, num_steps=...)"
         )
     check_snn_variables(variables)
+    calibrated_for = variables.get(CALIBRATED_FOR)
+    if calibrated_for is not None and (steps := concrete_value(calibrated_for["num_steps"])) is not None:
+        runs = schedule(model)["num_steps"]
+        if int(steps) != runs:
+            raise ValueError(
+                f"variables were calibrated for num_steps={int(steps)} (offsetjax.data_potential / data_bias), "
+                f"but this network runs num_steps={runs}: calibrate with the network you run"
+            )
     what = f"this {type(model).__name__} on images of shape {tuple(images.shape)}"
     check_variables_fit(variables, traced.variables, ("params", "batch_stats"), what)
     check_same_tree(
@@ -237,6 +240,6 @@ def _apply(model: nn.Module, variables: Any, images: Array, sample_mask: Array |
             is_leaf=lambda x: isinstance(x, tuple) and not isinstance(x, OffsetStatistics),
         )
     ops = jax.tree.map(lambda x: x[0], collections.get(OPERATIONS, {}), is_leaf=lambda x: isinstance(x, tuple))
-    out = out[srp_steps(model) :]  # SRP's pre-simulation steps are not read out
+    out = out[schedule(model)["srp_steps"] :]  # SRP's pre-simulation steps are not read out
     steps = jnp.arange(1, out.shape[0] + 1, dtype=out.dtype).reshape((-1,) + (1,) * (out.ndim - 1))
     return jnp.cumsum(out, axis=0) / steps, stats, ops

@@ -36,6 +36,10 @@ FAN_OUT = "fan_out"
 #: Optional collection holding a current ``b`` added to a site's input at every step, per channel
 #: (or per neuron): the SNN-side bias correction of :func:`offsetjax.data_bias`.
 BIAS_CORRECTION = "bias_correction"
+#: Collection that records, in variables from :func:`offsetjax.data_potential` and
+#: :func:`offsetjax.data_bias`, the ``num_steps`` they were calibrated for (read by no site: the
+#: simulator refuses a network of another T).
+CALIBRATED_FOR = "calibrated_for"
 #: SRP keeps a neuron's output when its residual potential after the tau-step pre-simulation
 #: exceeds this fraction of theta (the authors' code); the others are silenced.
 SRP_RESIDUAL_MARGIN = 1e-3

@@ -36,34 +36,31 @@ def main() -> None:
     )
 
     snn = oj.spiking_model(model, num_steps=4, presim_steps=4, iterations=2)
-    variables = oj.convert_variables(snn, single.variables, images[:1])
+    variables = oj.convert_variables(snn, single.variables, example_images=images[:1])
     one_device = np.asarray(oj.simulate(snn, variables, images[:32]))
     (global_images,) = parallel.shard_batch(mesh, images[:32])
     on_mesh = oj.simulate(snn, parallel.replicate(mesh, variables), global_images)
 
     # One evaluation call, 60 images in batches of 20 (rounded up to 24 for 8 devices, the last padded).
     split = data.Split(images[:60], labels[:60])
+    cos = oj.spiking_model(model, num_steps=4, presim_steps=4, iterations=1)
     evaluate = functools.partial(
-        oj.evaluate_snn,
-        model,
-        single.variables,
-        split,
-        num_steps=4,
-        presim_steps=4,
-        iterations=1,
-        statistics=True,
-        operations=True,
+        oj.evaluate_snn, cos, oj.convert_variables(cos, single.variables), split, statistics=True, operations=True
     )
     alone, meshed = evaluate(batch_size=60), evaluate(batch_size=20, mesh=mesh)
     # Data-level calibration over the mesh (60 images in batches of 20 -> 24, padded): the same
     # potentials as on one device; SRP shards with the batch like COS.
-    potential_alone = oj.data_potential(model, single.variables, images[:60], num_steps=3)
-    potential_meshed = oj.data_potential(model, single.variables, images[:60], num_steps=3, mesh=mesh)
+    plain = oj.spiking_model(model, num_steps=3)
+    potential_alone = oj.data_potential(plain, single.variables, images[:60])
+    potential_meshed = oj.data_potential(plain, single.variables, images[:60], mesh=mesh)
     potential_diff = max(
         float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
         for a, b in zip(jax.tree.leaves(potential_alone), jax.tree.leaves(potential_meshed))
     )
-    srp = functools.partial(oj.evaluate_snn, model, single.variables, split, num_steps=3, srp_steps=2, operations=True)
+    srp_snn = oj.spiking_model(model, num_steps=3, srp_steps=2)
+    srp = functools.partial(
+        oj.evaluate_snn, srp_snn, oj.convert_variables(srp_snn, single.variables), split, operations=True
+    )
     srp_alone, srp_meshed = srp(batch_size=60), srp(batch_size=20, mesh=mesh)
     try:  # a batch the 8 devices do not divide is refused
         parallel.shard_batch(mesh, images[:9])

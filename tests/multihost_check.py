@@ -38,15 +38,9 @@ def main(workdir: str) -> None:
 
     evaluations = {}
     for iterations in (1, 2):
+        snn = oj.spiking_model(model, num_steps=8, presim_steps=4, iterations=iterations)
         evaluate = functools.partial(
-            oj.evaluate_snn,
-            model,
-            local_state.variables,
-            test,
-            num_steps=8,
-            presim_steps=4,
-            iterations=iterations,
-            statistics=True,
+            oj.evaluate_snn, snn, oj.convert_variables(snn, local_state.variables), test, statistics=True
         )
         # 90 images in batches of 30 (rounded up to 32 for 4 devices): every batch padded.
         alone, meshed = evaluate(batch_size=90), evaluate(batch_size=30, mesh=mesh)
@@ -59,7 +53,9 @@ def main(workdir: str) -> None:
             "mse": [alone.statistics["all"]["mse"], meshed.statistics["all"]["mse"]],
         }
     # Data-level calibration over both processes' devices: each feeds its rows of every batch.
-    calibrate = functools.partial(oj.data_potential, model, local_state.variables, train.images[:90], num_steps=3)
+    calibrate = functools.partial(
+        oj.data_potential, oj.spiking_model(model, num_steps=3), local_state.variables, train.images[:90]
+    )
     potential_alone, potential_meshed = calibrate(), calibrate(mesh=mesh)
     potential_diff = max(
         float(np.max(np.abs(np.asarray(a) - parallel.local_value(b))))

@@ -70,17 +70,39 @@ def test_import_offsetjax_loads_no_training_data_or_torch_modules():
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
+def python_blocks(page: Path) -> list[str]:
+    """The ```python blocks of a Markdown page (```py blocks are illustrations that need files a
+    reader has)."""
+    return re.findall(r"^```python\n(.*?)^```", page.read_text(), flags=re.S | re.M)
+
+
 @pytest.mark.slow
 def test_readme_python_blocks_run_as_printed():
-    """Every ```python block of README.md, in order, in one namespace (```py blocks are
-    illustrations that need files a reader has)."""
-    blocks = re.findall(r"^```python\n(.*?)^```", (ROOT / "README.md").read_text(), flags=re.S | re.M)
-    assert len(blocks) >= 2
+    """The README's example, as printed: it trains, converts, calibrates two ways and evaluates."""
+    (block,) = python_blocks(ROOT / "README.md")
+    assert len(block.strip().splitlines()) <= 22
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+    assert namespace["cos"].accuracy.shape == (4,) and namespace["cos"].accuracy[-1] > 0.8
+    assert namespace["data_v0"].accuracy[-1] > 0.8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", ["usage.md", "multihost.md"])
+def test_docs_python_blocks_run_as_printed(page):
+    """Every ```python block of a page of docs/, in order, in one namespace per page."""
+    blocks = python_blocks(ROOT / "docs" / page)
+    assert blocks
     namespace: dict = {}
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+        exec(compile(block, page, "exec"), namespace)  # noqa: S102
     assert namespace["result"].accuracy.shape == (8,)
-    assert namespace["accuracy_per_t"][-1] > 0.8
+
+
+def test_every_page_with_python_blocks_is_executed_and_the_readme_is_a_front_page():
+    pages = sorted(page.name for page in (ROOT / "docs").glob("*.md") if python_blocks(page))
+    assert pages == ["multihost.md", "usage.md"]  # each in test_docs_python_blocks_run_as_printed
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 250
 
 
 def test_scan_unroll_follows_t_and_changes_compilation_not_results():

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import offsetjax as oj
 from offsetjax.models.layers import Activation
+from offsetjax.splits import Split
 
 
 class OneSite(nn.Module):
@@ -74,10 +75,10 @@ def test_data_potential_removes_offset_spikes_of_shifted_potentials(seed, levels
     psi = np.round(np.asarray(oj.offset_spike(target, count, np.float32(theta), levels)))  # integers
     assert np.all(np.abs(psi) <= 1)
 
-    linear = oj.data_potential(model, ann_variables, image, num_steps=levels, snn_variables=shifted, solver="linear")
+    linear = oj.data_potential(snn, ann_variables, image, snn_variables=shifted, solver="linear")
     np.testing.assert_allclose(np.asarray(linear["initial_potential"]["act"]["v0"]) - start, theta * psi, atol=1e-5)
 
-    solved = oj.data_potential(model, ann_variables, image, num_steps=levels, snn_variables=shifted)
+    solved = oj.data_potential(snn, ann_variables, image, snn_variables=shifted)
     assert np.asarray(solved["initial_potential"]["act"]["v0"]).shape == (6,)  # per neuron, no batch axis
     np.testing.assert_allclose(np.asarray(oj.simulate(snn, solved, image))[-1, 0], target, atol=1e-5)
 
@@ -113,11 +114,11 @@ def test_data_bias_linear_step_layer_by_layer_matches_a_hand_computation():
     b1 = jnp.mean(targets[0] - jnp.mean(first, axis=0), axis=0)
     second = _reference_rates(ann_variables, images, 3, (b1, zero[1]))[1]  # with site 1 corrected
     b2 = jnp.mean(targets[1] - jnp.mean(second, axis=0), axis=0)
-    result = oj.data_bias(model, ann_variables, images, num_steps=3, solver="linear")["bias_correction"]
+    snn = oj.spiking_model(model, num_steps=3)
+    result = oj.data_bias(snn, ann_variables, images, solver="linear")["bias_correction"]
     np.testing.assert_allclose(result["act1"]["b"], b1, atol=1e-6)
     np.testing.assert_allclose(result["act2"]["b"], b2, atol=1e-6)
     # and the SNN simulates with that current added at every step
-    snn = oj.spiking_model(model, num_steps=3)
     variables = {**oj.convert_variables(snn, ann_variables), "bias_correction": result}
     expected = _reference_rates(ann_variables, images, 3, (b1, b2))[1]
     np.testing.assert_allclose(oj.simulate(snn, variables, images)[-1], jnp.mean(expected, axis=0), atol=1e-5)
@@ -132,7 +133,7 @@ def test_bisection_gets_the_mean_rate_at_least_as_close_as_the_linear_step(seed,
     target = jnp.mean(_ann_outputs(ann_variables, images)[0], axis=0)
 
     def first_site_error(solver: str, method) -> np.ndarray:
-        result = method(model, ann_variables, images, num_steps=num_steps, solver=solver)
+        result = method(oj.spiking_model(model, num_steps=num_steps), ann_variables, images, solver=solver)
         if "bias_correction" in result:
             biases = (result["bias_correction"]["act1"]["b"], jnp.zeros(5))
             rate = jnp.mean(_reference_rates(ann_variables, images, num_steps, biases)[0], axis=(0, 1))
@@ -182,9 +183,11 @@ def test_warm_cos_pre_simulates_from_the_data_level_potentials():
     model = OneSite()
     ann_variables = _variables(model, 7)
     images = _images(7, 8)
-    calibrated = oj.data_potential(model, ann_variables, _images(70, 32), num_steps=4)
-    v0 = calibrated["initial_potential"]["act"]["v0"]
     warm = oj.spiking_model(model, num_steps=4, presim_steps=2, iterations=1)
+    calibrated = oj.data_potential(warm, ann_variables, _images(70, 32))  # runs the plain T = 4 network
+    plain = oj.data_potential(oj.spiking_model(model, num_steps=4), ann_variables, _images(70, 32))
+    jax.tree.map(np.testing.assert_array_equal, calibrated, plain)
+    v0 = calibrated["initial_potential"]["act"]["v0"]
     params = ann_variables["params"]["dense"]
     currents = jnp.broadcast_to(_dense(images, params), (4, 8, 6))
     expected = oj.calibrate_initial_potential(currents, 1.0, v0, presim_steps=2, iterations=1)
@@ -220,7 +223,7 @@ def test_one_compiled_program_per_calibration_whatever_the_number_of_sites():
         counts = []
         for method in (oj.data_potential, oj.data_bias, oj.data_potential):
             before = len(compilations)
-            method(model, ann_variables, images, num_steps=3)
+            method(oj.spiking_model(model, num_steps=3), ann_variables, images)
             counts.append(len(compilations) - before)
         assert counts == [1, 1, 0]
     finally:
@@ -231,10 +234,17 @@ def test_bad_arguments_are_named():
     model = OneSite()
     ann_variables = _variables(model, 0)
     images = _images(0, 4)
+    snn = oj.spiking_model(model, num_steps=2)
     with pytest.raises(ValueError, match="solver must be one of"):
-        oj.data_potential(model, ann_variables, images, num_steps=2, solver="newton")
-    with pytest.raises(ValueError, match="num_steps must be >= 1"):
-        oj.data_bias(model, ann_variables, images, num_steps=0)
+        oj.data_potential(snn, ann_variables, images, solver="newton")
+    with pytest.raises(ValueError, match="snn must be the spiking network from offsetjax.spiking_model"):
+        oj.data_bias(model, ann_variables, images)
+    calibrated = oj.data_potential(snn, ann_variables, images)
+    for other in (oj.spiking_model(model, num_steps=3), oj.spiking_model(model, num_steps=1)):
+        with pytest.raises(ValueError, match=r"calibrated for num_steps=2 .* this network runs num_steps=\d"):
+            oj.simulate(other, calibrated, images)
+    with pytest.raises(ValueError, match=r"calibrated for num_steps=2 .* this network runs num_steps=4"):
+        oj.evaluate_snn(oj.spiking_model(model, num_steps=4), calibrated, Split(images, np.zeros(4, int)), batch_size=4)
     with pytest.raises(ValueError, match="SRP and COS are separate methods"):
         oj.spiking_model(model, num_steps=2, presim_steps=1, iterations=1, srp_steps=1)
     with pytest.raises(ValueError, match="srp_steps must be >= 0"):

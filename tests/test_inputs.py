@@ -79,7 +79,7 @@ def test_empty_batch_and_empty_split_are_refused():
         oj.predict(MODEL, ANN_VARIABLES, IMAGES[:0])
     empty = data.Split(np.zeros((0, 8, 8, 2), np.float32), np.zeros(0, np.int32))
     with pytest.raises(ValueError, match="split has no examples"):
-        oj.evaluate_snn(MODEL, ANN_VARIABLES, empty, num_steps=2, batch_size=4)
+        oj.evaluate_snn(SNN, SNN_VARIABLES, empty, batch_size=4)
     with pytest.raises(ValueError, match="split has no examples"):
         oj.ann_accuracy(MODEL, ANN_VARIABLES, empty, batch_size=4)
 
@@ -107,21 +107,16 @@ def test_a_split_with_more_images_than_labels_or_fewer_is_refused():
         with pytest.raises(ValueError, match=f"split holds 3 images and {len(labels)} labels"):
             oj.evaluate.ann_accuracy(MODEL, ANN_VARIABLES, split, batch_size=2)
         with pytest.raises(ValueError, match=f"split holds 3 images and {len(labels)} labels"):
-            oj.evaluate_snn(MODEL, ANN_VARIABLES, split, num_steps=2, batch_size=2)
+            oj.evaluate_snn(SNN, SNN_VARIABLES, split, batch_size=2)
 
 
 def test_pre_simulation_without_iterations_is_refused_not_run_uncalibrated():
     with pytest.raises(ValueError, match="presim_steps=2 with iterations=0 calibrates nothing"):
         oj.spiking_model(MODEL, num_steps=2, presim_steps=2, iterations=0)
-    with pytest.raises(ValueError, match="presim_steps=2 with iterations=0 calibrates nothing"):
-        oj.evaluate_snn(
-            MODEL,
-            ANN_VARIABLES,
-            data.Split(np.asarray(IMAGES), np.zeros(3, np.int32)),
-            num_steps=2,
-            presim_steps=2,
-            batch_size=3,
-        )
+    with pytest.raises(ValueError, match="snn must be the spiking network from offsetjax.spiking_model"):
+        oj.evaluate_snn(MODEL, ANN_VARIABLES, data.Split(np.asarray(IMAGES), np.zeros(3, np.int32)), batch_size=3)
+    with pytest.raises(ValueError, match="these look like ANN variables; convert them"):
+        oj.evaluate_snn(SNN, ANN_VARIABLES, data.Split(np.asarray(IMAGES), np.zeros(3, np.int32)), batch_size=3)
 
 
 @pytest.mark.parametrize("shape", [(3, 2, 8, 8), (8, 8, 2)], ids=["channels first", "one unbatched image"])
@@ -133,7 +128,7 @@ def test_images_in_the_wrong_layout_are_named_by_every_entry_point(shape):
             oj.spiking_model(MODEL, num_steps=2, presim_steps=1, iterations=1), SNN_VARIABLES, images
         ),
         "count_operations": lambda: oj.count_operations(SNN, SNN_VARIABLES, images),
-        "data_potential": lambda: oj.data_potential(MODEL, ANN_VARIABLES, images, num_steps=2),
+        "data_potential": lambda: oj.data_potential(SNN, ANN_VARIABLES, images),
     }
     for name, call in calls.items():
         with pytest.raises(ValueError, match=r"images of shape .* \[B, H, W, C\]") as caught:
@@ -147,10 +142,10 @@ def test_variables_of_another_network_are_refused_naming_the_leaves():
     resnet_variables, wider = ones(oj.models.small_resnet(2)), ones(oj.models.small_vgg(7))
     for variables, leaf in ((resnet_variables, r"missing conv0"), (wider, r"misshaped classifier/bias \(7,\)")):
         for name, call in {
-            "convert_variables": lambda v=variables: oj.convert_variables(SNN, v, IMAGES),
+            "convert_variables": lambda v=variables: oj.convert_variables(SNN, v, example_images=IMAGES),
             "simulate": lambda v=variables: oj.simulate(SNN, oj.convert_variables(SNN, v), IMAGES),
             "predict": lambda v=variables: oj.predict(MODEL, v, IMAGES),
-            "data_potential": lambda v=variables: oj.data_potential(MODEL, v, IMAGES, num_steps=2),
+            "data_potential": lambda v=variables: oj.data_potential(SNN, v, IMAGES),
         }.items():
             with pytest.raises(ValueError, match=rf"do not fit this VGG on images of shape .*{leaf}") as caught:
                 call()

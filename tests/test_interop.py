@@ -34,7 +34,7 @@ def test_imported_ann_reproduces_the_torch_logits(arch, build, tmp_path):
     np.testing.assert_allclose(model.apply(variables, nhwc), expected, rtol=1e-3, atol=1e-3)
     # The imported network converts like any other.
     snn = oj.spiking_model(model, num_steps=2)
-    assert oj.simulate(snn, oj.convert_variables(snn, variables, nhwc), nhwc).shape == (2, 4, 10)
+    assert oj.simulate(snn, oj.convert_variables(snn, variables, example_images=nhwc), nhwc).shape == (2, 4, 10)
 
 
 @pytest.mark.parametrize(

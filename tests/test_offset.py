@@ -19,7 +19,7 @@ EPS = 1e-3
 if_simulate = jax.jit(oj.if_simulate)
 shift_initial_potential = jax.jit(oj.shift_initial_potential, static_argnames="saturated")
 calibrate_initial_potential = jax.jit(
-    oj.calibrate_initial_potential, static_argnums=(3, 4, 5), static_argnames="saturated"
+    oj.calibrate_initial_potential, static_argnames=("presim_steps", "iterations", "eps", "saturated")
 )
 
 
@@ -45,7 +45,7 @@ def test_theorem2_one_correction_changes_count_by_exactly_one(dtype, saturated, 
         currents = jnp.asarray(currents, dtype)
         v0 = jnp.full((NUM_NEURONS,), v0_units / 8 * theta, dtype)
         _, state = if_simulate(currents, theta, v0)
-        shifted = shift_initial_potential(v0, state, theta, jnp.full_like(v0, direction), EPS, saturated=saturated)
+        shifted = shift_initial_potential(v0, state, theta, jnp.full_like(v0, direction), eps=EPS, saturated=saturated)
         _, new_state = if_simulate(currents, theta, shifted)
         assert shifted.dtype == oj.neuron.potential_dtype(dtype)
         shifted, v0 = np.asarray(shifted, np.float64), np.asarray(v0, np.float64)
@@ -123,7 +123,9 @@ def test_iterations_never_increase_offset(dtype, saturated, data):
     for iterations in range(5):
         with precision(dtype):
             typed = jnp.asarray(currents, dtype)
-            v0 = calibrate_initial_potential(typed, theta, 0.5 * theta, num_steps, iterations, EPS, saturated=saturated)
+            v0 = calibrate_initial_potential(
+                typed, theta, 0.5 * theta, presim_steps=num_steps, iterations=iterations, eps=EPS, saturated=saturated
+            )
             _, state = if_simulate(typed, theta, v0)
         magnitude = np.abs(true_offset(currents, theta, state.count))
         if previous is None:
@@ -145,8 +147,10 @@ def test_low_precision_currents_fire_as_float32(dtype, iterations, data):
     currents, theta = data
     low = jnp.asarray(currents, dtype)
     num_steps = currents.shape[0]
-    got = calibrate_initial_potential(low, theta, 0.5 * theta, num_steps, iterations, EPS)
-    want = calibrate_initial_potential(low.astype(jnp.float32), theta, 0.5 * theta, num_steps, iterations, EPS)
+    got = calibrate_initial_potential(low, theta, 0.5 * theta, presim_steps=num_steps, iterations=iterations, eps=EPS)
+    want = calibrate_initial_potential(
+        low.astype(jnp.float32), theta, 0.5 * theta, presim_steps=num_steps, iterations=iterations, eps=EPS
+    )
     assert got.dtype == jnp.float32
     np.testing.assert_array_equal(got, want)
     spikes, _ = if_simulate(low, theta, got)
@@ -168,11 +172,15 @@ def test_saturated_neuron_fires_at_every_step_of_any_run(num_steps, theta, later
     first = np.full((presim_steps, NUM_NEURONS), 1.5 * theta, np.float32)  # v(rho) = 2.5 theta: psi = 2
     later = rng.uniform(0, 1, (num_steps - presim_steps, NUM_NEURONS)) * np.asarray(later_units) / 16 * theta
     currents = jnp.asarray(np.concatenate([first, later.astype(np.float32)]))
-    v0 = calibrate_initial_potential(currents, theta, 0.5 * theta, presim_steps, 1, EPS, saturated="fire")
+    v0 = calibrate_initial_potential(
+        currents, theta, 0.5 * theta, presim_steps=presim_steps, iterations=1, eps=EPS, saturated="fire"
+    )
     _, state = if_simulate(currents, theta, v0)
     np.testing.assert_array_equal(state.count, num_steps)
     assert np.all(np.isfinite(state.v))
-    held = calibrate_initial_potential(currents, theta, 0.5 * theta, presim_steps, 1, EPS, saturated="hold")
+    held = calibrate_initial_potential(
+        currents, theta, 0.5 * theta, presim_steps=presim_steps, iterations=1, eps=EPS, saturated="hold"
+    )
     np.testing.assert_array_equal(held, 0.5 * theta)
 
 
@@ -199,7 +207,9 @@ def test_calibrate_matches_reference(saturated, data, iterations, presim_units):
     presim_steps = min(presim_units, currents.shape[0])
     if iterations > 0:
         presim_steps = max(presim_steps, 1)
-    got = calibrate_initial_potential(currents, theta, 0.5 * theta, presim_steps, iterations, EPS, saturated=saturated)
+    got = calibrate_initial_potential(
+        currents, theta, 0.5 * theta, presim_steps=presim_steps, iterations=iterations, eps=EPS, saturated=saturated
+    )
     want = reference.per_neuron(
         reference.calibrate, currents, theta, 0.5 * theta, presim_steps, iterations, EPS, saturated
     )
@@ -212,7 +222,7 @@ def test_shift_matches_reference(saturated, data, psi):
     currents, theta = data
     _, state = if_simulate(currents, theta, 0.5 * theta)
     psi_array = jnp.full((NUM_NEURONS,), float(psi))
-    got = shift_initial_potential(0.5 * theta, state, theta, psi_array, EPS, saturated=saturated)
+    got = shift_initial_potential(0.5 * theta, state, theta, psi_array, eps=EPS, saturated=saturated)
     want = [
         reference.shift(0.5 * theta, c, lo, hi, theta, psi, EPS, saturated)
         for _, _, c, lo, hi in reference.per_neuron(reference.simulate_neuron, currents, theta, 0.5 * theta)
@@ -232,9 +242,11 @@ def test_shift_matches_reference(saturated, data, psi):
 def test_exact_ties_after_a_shift_are_not_overcorrected(column, theta):
     currents = jnp.asarray(column, jnp.float32)[:, None]
     num_steps = currents.shape[0]
-    once = oj.calibrate_initial_potential(currents, theta, 0.5 * theta, num_steps, 1)
+    once = oj.calibrate_initial_potential(currents, theta, 0.5 * theta, presim_steps=num_steps, iterations=1)
     for iterations in (2, 4):
-        again = oj.calibrate_initial_potential(currents, theta, 0.5 * theta, num_steps, iterations)
+        again = oj.calibrate_initial_potential(
+            currents, theta, 0.5 * theta, presim_steps=num_steps, iterations=iterations
+        )
         np.testing.assert_array_equal(again, once)
     assert float(true_offset(currents, theta, oj.if_simulate(currents, theta, once)[1].count)[0]) == 0.0
 
@@ -276,22 +288,30 @@ class TestCalibrationTransforms(chex.TestCase):
     def test_jit_equals_eager(self):
         currents = jax.random.normal(jax.random.key(3), (8, 4, 5)) * 0.5 + 0.3
         run = self.variant(lambda c: oj.calibrate_initial_potential(c, 1.0, 0.5, presim_steps=4, iterations=2))
-        chex.assert_trees_all_close(run(currents), oj.calibrate_initial_potential(currents, 1.0, 0.5, 4, 2))
+        chex.assert_trees_all_close(
+            run(currents), oj.calibrate_initial_potential(currents, 1.0, 0.5, presim_steps=4, iterations=2)
+        )
 
     def test_vmap_over_samples_is_per_sample(self):
         currents = jax.random.normal(jax.random.key(4), (6, 3, 5)) * 0.5 + 0.3  # [T, B, N]
-        per_sample = jax.vmap(lambda c: oj.calibrate_initial_potential(c, 1.0, 0.5, 4, 2), in_axes=1)(currents)
-        chex.assert_trees_all_close(per_sample, oj.calibrate_initial_potential(currents, 1.0, 0.5, 4, 2))
+        per_sample = jax.vmap(
+            lambda c: oj.calibrate_initial_potential(c, 1.0, 0.5, presim_steps=4, iterations=2), in_axes=1
+        )(currents)
+        chex.assert_trees_all_close(
+            per_sample, oj.calibrate_initial_potential(currents, 1.0, 0.5, presim_steps=4, iterations=2)
+        )
 
     def test_grad_is_finite(self):
         currents = jax.random.normal(jax.random.key(5), (4, 6))
-        grad = jax.grad(lambda v0: oj.calibrate_initial_potential(currents, 1.0, v0, 4, 2).sum())(jnp.float32(0.5))
+        grad = jax.grad(
+            lambda v0: oj.calibrate_initial_potential(currents, 1.0, v0, presim_steps=4, iterations=2).sum()
+        )(jnp.float32(0.5))
         assert np.isfinite(grad)
 
     def test_float64(self):
         with jax.enable_x64(True):
             currents = np.full((4, 3), 0.3, np.float64)
-            v0 = oj.calibrate_initial_potential(currents, 1.0, 0.5, 4, 1)
+            v0 = oj.calibrate_initial_potential(currents, 1.0, 0.5, presim_steps=4, iterations=1)
             assert v0.dtype == jnp.float64
             np.testing.assert_array_equal(oj.if_simulate(currents, 1.0, v0)[1].count, 1.0)
 

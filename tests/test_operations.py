@@ -124,7 +124,12 @@ def test_totals_mask_padding_and_energy_splits_dense_and_effective():
     for key in alone:
         np.testing.assert_allclose(masked[key], alone[key], rtol=1e-6, err_msg=key)
     per_image = {k: float(np.asarray(v)[-1] if np.ndim(v) else v) / 2 for k, v in alone.items()}
-    joules = oj.energy(per_image["synops"], per_image["presim_synops"], float(ops.input_macs), float(ops.dense_macs))
+    joules = oj.energy(
+        synops=per_image["synops"],
+        presim_synops=per_image["presim_synops"],
+        input_macs=float(ops.input_macs),
+        dense_macs=float(ops.dense_macs),
+    )
     assert joules["ann"] == pytest.approx(float(ops.dense_macs) * 4.6e-12)
     expected = (per_image["synops"] + per_image["presim_synops"]) * 0.9e-12 + float(ops.input_macs) * 4.6e-12
     assert joules["snn"] == pytest.approx(expected)

@@ -47,7 +47,7 @@ def offsetjax_run(arch: str, state_dict, images_nhwc: np.ndarray, num_steps: int
     snn = oj.spiking_model(
         model, num_steps=num_steps, presim_steps=PRESIM_STEPS, iterations=1, saturated=saturated, unroll=1
     )
-    snn_variables = oj.convert_variables(snn, variables, images_nhwc)
+    snn_variables = oj.convert_variables(snn, variables, example_images=images_nhwc)
     logits = oj.simulate(snn, snn_variables, images_nhwc)
 
     @jax.jit

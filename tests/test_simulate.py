@@ -28,7 +28,7 @@ def test_single_site_network_reproduces_qcfs_logits_at_t_equals_l():
     model = VGG(features=(), hidden=(32,), num_classes=5, activation=oj.models.Activation(oj.QCFS, levels=4))
     variables = trained_like(model, IMAGES, threshold=0.5)
     snn = oj.spiking_model(model, num_steps=4)
-    logits = oj.simulate(snn, oj.convert_variables(snn, variables, IMAGES), IMAGES)
+    logits = oj.simulate(snn, oj.convert_variables(snn, variables, example_images=IMAGES), IMAGES)
     chex.assert_shape(logits, (4, 3, 5))
     np.testing.assert_allclose(logits[-1], model.apply(variables, IMAGES), rtol=1e-5, atol=1e-5)
 
@@ -38,7 +38,7 @@ def test_simulator_equals_step_by_step_reference():
     model = VGG(features=(4, "M"), hidden=(6,), num_classes=3)
     variables = trained_like(model, IMAGES, threshold=0.7)
     snn = oj.spiking_model(model, num_steps=5)
-    snn_variables = oj.convert_variables(snn, variables, IMAGES)
+    snn_variables = oj.convert_variables(snn, variables, example_images=IMAGES)
     logits = oj.simulate(snn, snn_variables, IMAGES)
 
     # Reference in NumPy: the network stepped by hand, IF states carried between steps.
@@ -71,7 +71,7 @@ def test_calibration_inside_the_network_uses_per_sample_potentials():
     images = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
     variables = trained_like(model, images, threshold=0.3)
     snn = oj.spiking_model(model, num_steps=4, presim_steps=4, iterations=1)
-    snn_variables = oj.convert_variables(snn, variables, images)
+    snn_variables = oj.convert_variables(snn, variables, example_images=images)
     _, sown = snn.apply(snn_variables, images[None], mutable=[CALIBRATED_POTENTIAL])
     stem = sown[CALIBRATED_POTENTIAL]["stem_act"]["v0"][0]
     chex.assert_shape(stem, (2, 8, 8, 32))
@@ -96,7 +96,7 @@ def test_calibration_is_a_pytree_to_pytree_function():
     images = jax.random.normal(jax.random.key(3), (3, 8, 8, 1))
     variables = trained_like(model, images, threshold=0.3)
     calibrated_model = oj.spiking_model(model, num_steps=6, presim_steps=4, iterations=2)
-    snn_variables = oj.convert_variables(calibrated_model, variables, images)
+    snn_variables = oj.convert_variables(calibrated_model, variables, example_images=images)
     potentials = oj.calibrate_network(calibrated_model, snn_variables, images)
     assert jax.tree.structure(potentials) == jax.tree.structure(snn_variables["initial_potential"])
     _, per_site = oj.simulate_with_statistics(calibrated_model, snn_variables, images)
@@ -115,7 +115,9 @@ def test_calibration_raises_zero_ratio_in_a_network():
     ratios = []
     for iterations in (0, 1, 2):
         snn = oj.spiking_model(model, num_steps=4, presim_steps=4 if iterations else 0, iterations=iterations)
-        _, per_site = oj.simulate_with_statistics(snn, oj.convert_variables(snn, variables, images), images)
+        _, per_site = oj.simulate_with_statistics(
+            snn, oj.convert_variables(snn, variables, example_images=images), images
+        )
         assert list(per_site) == [f"conv{i}_act" for i in range(5)] + ["fc0_act"]  # network order
         ratios.append(oj.summarize(per_site)["all"]["zero_ratio"])
     assert ratios[0] < 1.0 and ratios[1] > ratios[0] and ratios[2] >= ratios[1]
@@ -125,7 +127,7 @@ def test_convert_variables_builds_half_threshold_potentials():
     model = ResNet((1,), (4,), 3)
     variables = trained_like(model, IMAGES, threshold=2.0)
     snn = oj.spiking_model(model, num_steps=2)
-    converted = oj.convert_variables(snn, variables, IMAGES)
+    converted = oj.convert_variables(snn, variables, example_images=IMAGES)
     assert set(converted) == {"params", "batch_stats", "initial_potential"}
     potentials = jax.tree.leaves(converted["initial_potential"])
     assert len(potentials) == 3 and all(np.all(p == 1.0) for p in potentials)
@@ -166,20 +168,20 @@ def test_convert_rejects_mismatched_and_nonpositive_thresholds():
     variables = trained_like(model, IMAGES)
     with pytest.raises(ValueError, match="threshold at conv0_act must be finite and > 0"):
         bad = jax.tree_util.tree_map_with_path(lambda p, x: -x if p[-1].key == "threshold" else x, variables["params"])
-        oj.convert_variables(snn, {**variables, "params": bad}, IMAGES)
+        oj.convert_variables(snn, {**variables, "params": bad}, example_images=IMAGES)
     with pytest.raises(ValueError, match="missing .*conv0_act/threshold"):
         params = dict(variables["params"])
         params.pop("conv0_act")
-        oj.convert_variables(snn, {**variables, "params": params}, IMAGES)
+        oj.convert_variables(snn, {**variables, "params": params}, example_images=IMAGES)
     with pytest.raises(ValueError, match="misshaped"):
-        oj.convert_variables(snn, variables, jnp.ones((1, 16, 16, 2)))
+        oj.convert_variables(snn, variables, example_images=jnp.ones((1, 16, 16, 2)))
 
 
 @pytest.mark.usefixtures("without_type_checker")
 def test_simulate_bad_images():
     model = oj.models.small_vgg(2)
     snn = oj.spiking_model(model, num_steps=2)
-    variables = oj.convert_variables(snn, trained_like(model, IMAGES), IMAGES)
+    variables = oj.convert_variables(snn, trained_like(model, IMAGES), example_images=IMAGES)
     with pytest.raises(ValueError, match="images must be a batch"):
         oj.simulate(snn, variables, jnp.ones(3))
     with pytest.raises(ValueError, match="images must have a floating dtype"):
@@ -201,7 +203,7 @@ def test_images_that_do_not_fit_the_network_are_named():
     model = oj.models.small_vgg(2)
     variables = trained_like(model, IMAGES)
     snn = oj.spiking_model(model, num_steps=2)
-    snn_variables = oj.convert_variables(snn, variables, IMAGES)
+    snn_variables = oj.convert_variables(snn, variables, example_images=IMAGES)
     with pytest.raises(ValueError, match=r"do not fit this VGG on images of shape \(3, 8, 8, 3\)"):
         oj.simulate(snn, snn_variables, jnp.ones((3, 8, 8, 3)))
     with pytest.raises(ValueError, match=r"do not fit this VGG on images of shape \(3, 8, 8, 5\)"):
@@ -217,7 +219,7 @@ def test_nan_or_inf_parameters_are_rejected_before_simulation():
     )
     snn = oj.spiking_model(model, num_steps=2)
     with pytest.raises(ValueError, match="ann_variables\\['params'\\] at classifier/bias must be finite"):
-        oj.convert_variables(snn, {**variables, "params": params}, IMAGES)
+        oj.convert_variables(snn, {**variables, "params": params}, example_images=IMAGES)
 
 
 def test_if_site_rejects_wrong_time_axis():

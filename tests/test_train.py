@@ -36,16 +36,9 @@ def test_digits_calibration_beats_baseline_at_t_up_to_l():
     assert evaluate.ann_accuracy(model, state.variables, test_split, batch_size=180) > 0.9
     runs = [
         evaluate.evaluate_snn(
-            model,
-            state.variables,
-            test_split,
-            num_steps=4,
-            presim_steps=4 if k else 0,
-            iterations=k,
-            batch_size=180,
-            statistics=True,
+            snn, oj.convert_variables(snn, state.variables), test_split, batch_size=180, statistics=True
         )
-        for k in (0, 1, 2)
+        for snn in (oj.spiking_model(model, num_steps=4, presim_steps=4 if k else 0, iterations=k) for k in (0, 1, 2))
     ]
     baseline, calibrated = runs[0].accuracy, runs[1].accuracy
     assert np.all(calibrated > baseline), (baseline, calibrated)

@@ -50,12 +50,12 @@ def _worker(network: str, num_steps: int, count: int, task: str) -> dict:
     images = data.normalize(images[:count], network)
     model = oj.models.small_vgg(10, activation=oj.models.Activation(oj.QCFS, levels=4))
     variables = model.init(jax.random.key(0), jnp.zeros((1, *SHAPES[network])), train=False)
+    snn = oj.spiking_model(model, num_steps=num_steps)
     if task == "data_potential":
 
         def call():
-            return oj.data_potential(model, variables, images, num_steps=num_steps)
+            return oj.data_potential(snn, variables, images)
     else:
-        snn = oj.spiking_model(model, num_steps=num_steps)
         snn_variables = oj.convert_variables(snn, variables)
 
         def call():

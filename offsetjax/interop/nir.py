@@ -32,14 +32,13 @@ import numpy as np
 from flax import traverse_util
 
 from offsetjax._checks import check_choice, check_image_batch, check_int
-from offsetjax.convert import spiking_model
-from offsetjax.models.layers import Activation
+from offsetjax.convert import schedule, spiking_model
 from offsetjax.models.resnet import ResNet
 from offsetjax.models.vgg import VGG
 from offsetjax.neuron import if_simulate
 from offsetjax.offset import calibrate_initial_potential
 from offsetjax.simulation import check_network
-from offsetjax.site import BIAS_CORRECTION, INITIAL_POTENTIAL, IFActivation
+from offsetjax.site import BIAS_CORRECTION, INITIAL_POTENTIAL
 
 SEMANTICS = ("offsetjax", "nir")
 
@@ -98,7 +97,7 @@ def _get(tree: dict, path: str):
     return tree
 
 
-def to_nir(snn: nn.Module, variables: Any, image_shape: tuple[int, int, int], batch_norm_eps: float = 1e-5):
+def to_nir(snn: nn.Module, variables: Any, image_shape: tuple[int, int, int], *, batch_norm_eps: float = 1e-5):
     """The spiking network as a ``nir.NIRGraph``.
 
     Args:
@@ -112,9 +111,7 @@ def to_nir(snn: nn.Module, variables: Any, image_shape: tuple[int, int, int], ba
       A graph from ``input`` (``C, H, W``) to ``output`` (classes per step); weights float64.
     """
     nir = _nir()
-    activation = getattr(snn, "activation", None)
-    if not (isinstance(activation, Activation) and issubclass(activation.module, IFActivation)):
-        raise ValueError("to_nir needs the spiking network from offsetjax.spiking_model")
+    options = schedule(snn)
     if (
         not isinstance(image_shape, (tuple, list))
         or len(image_shape) != 3
@@ -124,23 +121,13 @@ def to_nir(snn: nn.Module, variables: Any, image_shape: tuple[int, int, int], ba
     if not isinstance(snn, (VGG, ResNet)):
         raise ValueError(f"to_nir writes VGG and ResNet networks of offsetjax.models, got {type(snn).__name__}")
     check_network(snn, variables, np.empty((1, *image_shape), np.float32))
-    options = dict(activation.options)
-    if options.get("srp_steps"):
+    if options["srp_steps"]:
         raise ValueError("to_nir cannot write SRP's silencing mask (srp_steps > 0): NIR's IF node has no such field")
     if BIAS_CORRECTION in variables:
         raise ValueError(
             f"to_nir does not fold the {BIAS_CORRECTION!r} collection (offsetjax.data_bias) into the graph's biases"
         )
-    site = {
-        key: options.get(key, default)
-        for key, default in (
-            ("num_steps", 1),
-            ("presim_steps", 0),
-            ("iterations", 0),
-            ("eps", 1e-3),
-            ("saturated", "fire"),
-        )
-    }
+    site = {key: options[key] for key in ("num_steps", "presim_steps", "iterations", "eps", "saturated")}
     height, width, channels = image_shape
     writer = _Writer(
         variables["params"], variables.get("batch_stats", {}), variables[INITIAL_POTENTIAL], site, batch_norm_eps
@@ -407,9 +394,9 @@ def _apply_node(nir, node, x, semantics: str, num_steps: int):
                     currents,
                     theta,
                     v0,
-                    int(meta["presim_steps"]),
-                    int(meta["iterations"]),
-                    float(meta["eps"]),
+                    presim_steps=int(meta["presim_steps"]),
+                    iterations=int(meta["iterations"]),
+                    eps=float(meta["eps"]),
                     saturated=str(meta["saturated"]),
                 )
             spikes, _ = if_simulate(currents, theta, v0)
