@@ -568,7 +568,7 @@ def evaluate_all(config: ExperimentConfig, model, variables, train_split, test_s
                 evaluation = run(num_steps, statistics=at_levels, operations=True, progress=bar.update)
                 stats = evaluation.statistics if at_levels else stats
                 for t in range(1, num_steps + 1) if not method.calibration else [num_steps]:
-                    per_step[t] = (evaluation.accuracy[t - 1], _operations_at(evaluation.operations, t))
+                    per_step[t] = (evaluation.accuracy[t - 1], oj.operations.per_image_at(evaluation.operations, t))
         if stats is None:
             stats = run(config.levels, statistics=True).statistics
         results["wall_time_seconds"][name] = time.perf_counter() - began
@@ -605,12 +605,6 @@ def evaluate_all(config: ExperimentConfig, model, variables, train_split, test_s
             flush=True,
         )
     return results
-
-
-def _operations_at(operations: dict, t: int) -> dict:
-    """evaluate_snn's per-image operations of a run of t steps."""
-    per_step = ("spikes", "synops", "energy_j", "presim_energy_share")
-    return {key: value[t - 1] if key in per_step else value for key, value in operations.items()}
 
 
 def restore_trained(config: ExperimentConfig, model, test_split, workdir: Path):

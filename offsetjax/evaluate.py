@@ -22,7 +22,7 @@ from offsetjax import parallel
 from offsetjax._batching import device_batch, on_mesh, padded_batches, to_host
 from offsetjax._checks import images_must_fit, trace_network
 from offsetjax.convert import schedule
-from offsetjax.operations import energy, with_fan_out
+from offsetjax.operations import per_image, with_fan_out
 from offsetjax.simulation import (
     check_call,
     check_images,
@@ -41,10 +41,8 @@ class SNNEvaluation(NamedTuple):
       accuracy: ``[T]`` top-1 accuracy after t = 1..T steps, in [0, 1].
       statistics: :func:`offsetjax.summarize`'s ``{"sites": ..., "all": ...}`` (psi against QCFS
         with L = T), or ``None`` when not requested.
-      operations: per image, for a run of t = 1..T steps (lists of length T): ``spikes``,
-        ``synops``, ``energy_j`` (the SNN's, :func:`offsetjax.energy`) and
-        ``presim_energy_share``; and ``presim_spikes``, ``presim_synops``, ``input_macs``,
-        ``dense_macs``, ``ann_energy_j``; or ``None`` when not requested.
+      operations: :func:`offsetjax.operations.per_image`'s summary (per image, for runs of
+        t = 1..T steps), or ``None`` when not requested.
     """
 
     accuracy: np.ndarray
@@ -148,26 +146,5 @@ def evaluate_snn(
     count = num_examples(split)
     summary = None
     if operations:
-        summary = _operations_summary(events, count, float(input_macs), float(dense_macs))
+        summary = per_image(events, count, input_macs=float(input_macs), dense_macs=float(dense_macs))
     return SNNEvaluation(correct / count, summarize(totals) if statistics else None, summary)
-
-
-def _operations_summary(events: dict, count: int, input_macs: float, dense_macs: float) -> dict:
-    """Per image, for runs of t = 1..T steps (cumulative over steps)."""
-    synops = np.cumsum(events["synops"]) / count
-    presim_synops = float(events["presim_synops"]) / count
-    joules = [
-        energy(synops=float(s), presim_synops=presim_synops, input_macs=input_macs, dense_macs=dense_macs)
-        for s in synops
-    ]
-    return {
-        "spikes": (np.cumsum(events["spikes"]) / count).tolist(),
-        "synops": synops.tolist(),
-        "presim_spikes": float(events["presim_spikes"]) / count,
-        "presim_synops": presim_synops,
-        "input_macs": input_macs,
-        "dense_macs": dense_macs,
-        "energy_j": [j["snn"] for j in joules],
-        "presim_energy_share": [j["presim"] / j["snn"] for j in joules],
-        "ann_energy_j": joules[0]["ann"],
-    }

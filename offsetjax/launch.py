@@ -125,7 +125,7 @@ def _main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m offsetjax.parallel",
+        prog="python -m offsetjax.launch",
         description="Run a command as N local CPU processes of one multi-host run (loopback coordinator).",
     )
     parser.add_argument("--processes", type=int, default=2, help="number of processes")

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 from jaxtyping import Array, ArrayLike, Float
 
@@ -183,3 +184,43 @@ def energy(
         "snn": ((synops + presim_synops) * accumulate_pj + input_macs * mac_pj) * picojoule,
         "presim": presim_synops * accumulate_pj * picojoule,
     }
+
+
+#: The entries of :func:`per_image` that are lists over t = 1..T (the others do not depend on t).
+PER_STEP = ("spikes", "synops", "energy_j", "presim_energy_share")
+
+
+def per_image(events: dict, count: int, *, input_macs: float, dense_macs: float) -> dict:
+    """The per-image summary of a dataset's operations, for runs of t = 1..T steps (lists,
+    cumulative over steps): ``spikes``, ``synops``, ``energy_j`` (the SNN's, :func:`energy`)
+    and ``presim_energy_share``; and ``presim_spikes``, ``presim_synops``, ``input_macs``,
+    ``dense_macs``, ``ann_energy_j``.
+
+    Args:
+      events: sums over the ``count`` images: ``spikes`` and ``synops`` per step ``[T]``,
+        ``presim_spikes`` and ``presim_synops`` scalars.
+      count: the number of images.
+      input_macs, dense_macs: per image (:func:`with_fan_out`).
+    """
+    synops = np.cumsum(events["synops"]) / count
+    presim_synops = float(events["presim_synops"]) / count
+    joules = [
+        energy(synops=float(s), presim_synops=presim_synops, input_macs=input_macs, dense_macs=dense_macs)
+        for s in synops
+    ]
+    return {
+        "spikes": (np.cumsum(events["spikes"]) / count).tolist(),
+        "synops": synops.tolist(),
+        "presim_spikes": float(events["presim_spikes"]) / count,
+        "presim_synops": presim_synops,
+        "input_macs": input_macs,
+        "dense_macs": dense_macs,
+        "energy_j": [j["snn"] for j in joules],
+        "presim_energy_share": [j["presim"] / j["snn"] for j in joules],
+        "ann_energy_j": joules[0]["ann"],
+    }
+
+
+def per_image_at(summary: dict, num_steps: int) -> dict:
+    """:func:`per_image`'s summary of a run of ``num_steps`` steps: each per-step list's entry."""
+    return {key: value[num_steps - 1] if key in PER_STEP else value for key, value in summary.items()}

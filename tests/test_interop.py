@@ -46,6 +46,8 @@ def test_resnet18_and_34_layouts_import(arch, blocks, widths):
     variables = load_torch_state_dict(state, arch, 100)
     expected = jax.eval_shape(oj.models.ARCHITECTURES[arch](100).init, jax.random.key(0), np.zeros((1, 32, 32, 3)))
     assert jax.tree.structure(variables["params"]) == jax.tree.structure(expected["params"])
+    # device arrays, not NumPy: a jitted call does not copy every weight in again
+    assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(variables))
 
 
 def test_mismatched_state_dict_names_every_bad_key():

@@ -151,8 +151,8 @@ def load_torch_state_dict(
       image_size: input side (32 for CIFAR, 224 for ImageNet); fixes VGG-16's classifier width.
 
     Returns:
-      ``{"params", "batch_stats"}`` of NumPy arrays, float32 (float64 where the checkpoint holds
-      float64 tensors).
+      ``{"params", "batch_stats"}`` of JAX arrays on the default device (``jax.devices()[0]``),
+      float32 (float64 where the checkpoint holds float64 tensors and ``jax_enable_x64`` is on).
 
     Raises:
       ValueError: naming every missing, unexpected or mis-shaped key.
@@ -196,7 +196,10 @@ def load_torch_state_dict(
         )
     for path, bias in folds.items():  # BN(conv(x) + b) = BN'(conv(x)) with mean' = mean - b
         converted[("batch_stats", path)] = converted[("batch_stats", path)] - bias
-    return {
-        collection: traverse_util.unflatten_dict({p: v for (c, p), v in converted.items() if c == collection})
-        for collection in ("params", "batch_stats")
-    }
+    # Device arrays: every jitted call would otherwise copy each NumPy leaf to the device again.
+    return jax.device_put(
+        {
+            collection: traverse_util.unflatten_dict({p: v for (c, p), v in converted.items() if c == collection})
+            for collection in ("params", "batch_stats")
+        }
+    )
