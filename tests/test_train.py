@@ -183,15 +183,9 @@ def test_evaluation_masks_the_padding_of_the_last_batch():
     """Batches of 100 over 359 images (the last one padded): the same accuracy and statistics as
     one batch of all 359, from one compiled program."""
     model, state, test_split = trained_digits()
+    snn = oj.spiking_model(model, num_steps=4, presim_steps=4, iterations=1)
     run = functools.partial(
-        evaluate.evaluate_snn,
-        model,
-        state.variables,
-        test_split,
-        num_steps=4,
-        presim_steps=4,
-        iterations=1,
-        statistics=True,
+        evaluate.evaluate_snn, snn, oj.convert_variables(snn, state.variables), test_split, statistics=True
     )
     whole, padded = run(batch_size=len(test_split.labels)), run(batch_size=100)
     np.testing.assert_array_equal(padded.accuracy, whole.accuracy)
@@ -216,8 +210,12 @@ def test_bfloat16_compute_matches_float32_accuracy_and_trains():
         )
         <= 0.03
     )
-    run = functools.partial(evaluate.evaluate_snn, num_steps=4, presim_steps=4, iterations=1, batch_size=180)
-    full_precision, mixed = run(model, state.variables, test_split), run(half, state.variables, test_split)
+
+    def run(network):
+        snn = oj.spiking_model(network, num_steps=4, presim_steps=4, iterations=1)
+        return evaluate.evaluate_snn(snn, oj.convert_variables(snn, state.variables), test_split, batch_size=180)
+
+    full_precision, mixed = run(model), run(half)
     np.testing.assert_allclose(mixed.accuracy, full_precision.accuracy, atol=0.04)
     assert abs(mixed.accuracy[-1] - full_precision.accuracy[-1]) <= 0.01
     snn = oj.spiking_model(half, num_steps=4)
