@@ -364,7 +364,8 @@ def test_a_derived_report_of_another_run_is_refused_and_the_committed_ones_are_t
     assert out.returncode == 2 and "was made from run 0123456789abcdef, not the run now in" in out.stderr, out.stderr
     results = Path(__file__).resolve().parent.parent / "results"
     for report in results.glob("*/*/*.json"):
-        if report.name not in ("results.json", "config.json") and (report.parent / "train_log.jsonl").exists():
+        derived = report.name not in ("results.json", "config.json") and not report.name.startswith(".")
+        if derived and (report.parent / "train_log.jsonl").exists():
             stamped = json.loads(report.read_text())["run"]
             log = (report.parent / "train_log.jsonl").read_bytes()
             assert stamped == hashlib.sha256(log).hexdigest()[:16], report
