@@ -26,7 +26,8 @@ TINY = dataclasses.replace(
 
 @pytest.mark.slow
 def test_results_schema_and_outputs(tmp_path):
-    results = pipeline.run(dataclasses.replace(TINY, workdir=str(tmp_path)))
+    tiny = dataclasses.replace(TINY, test_limit=120)  # one evaluation batch
+    results = pipeline.run(dataclasses.replace(tiny, workdir=str(tmp_path)))
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
     assert {"dataset", "arch", "levels", "ann_accuracy", "snn", "offset"} <= set(on_disk)
@@ -61,14 +62,14 @@ def test_results_schema_and_outputs(tmp_path):
     for plot in (*plots, "equal_budget.png"):
         assert (tmp_path / plot).read_bytes()[:4] == b"\x89PNG"
     assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 2
-    again = pipeline.run(dataclasses.replace(TINY, workdir=str(tmp_path), eval_only=True, saturated=("fire", "hold")))
+    again = pipeline.run(dataclasses.replace(tiny, workdir=str(tmp_path), eval_only=True, saturated=("fire", "hold")))
     assert list(again["snn"]) == ["qcfs", "cos_k1", "cos_k2", "cos_k1_hold", "cos_k2_hold"]
     assert again["snn"]["cos_k2_hold"]["saturated"] == "hold"
     assert {k: again["snn"][k] for k in results["snn"]} == results["snn"]
     assert again["ann_accuracy"] == results["ann_accuracy"]
     assert json.loads((tmp_path / "config.json").read_text())["saturated"] == ["fire", "hold"]
     with pytest.raises(pipeline.RunError, match="trained with a different configuration: epochs 2 -> 3"):
-        pipeline.run(dataclasses.replace(TINY, workdir=str(tmp_path), eval_only=True, epochs=3))
+        pipeline.run(dataclasses.replace(tiny, workdir=str(tmp_path), eval_only=True, epochs=3))
 
     import calibration_sweep
 
@@ -97,6 +98,7 @@ def test_every_method_at_equal_budget_calibrates_on_training_images_only(tmp_pat
     config = dataclasses.replace(
         TINY,
         workdir=str(tmp_path),
+        test_limit=120,
         methods=pipeline.METHOD_FAMILIES,
         levels=2,  # = T_max: the Table-3 statistics come from the same runs
         iterations=(1,),

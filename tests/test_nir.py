@@ -47,13 +47,13 @@ def test_written_graph_runs_to_the_simulators_logits(name, presim, iterations, t
         graph = to_nir(snn, variables, (8, 8, 2))
         nir.write(tmp_path / "net.nir", graph)
         read = nir.read(tmp_path / "net.nir")
-        logits = run_nir(read, images)
+        logits = jax.jit(lambda x: run_nir(read, x))(images)
         np.testing.assert_allclose(logits, expected, rtol=1e-9, atol=1e-12)
         assert np.any(np.abs(np.diff(np.asarray(expected), axis=0)) > 0)  # the output does change over t
         back, back_variables = from_nir(read)  # the reverse: an offsetjax network again
         assert back == snn
         np.testing.assert_allclose(oj.simulate(back, back_variables, images), expected, rtol=1e-9, atol=1e-12)
-        literal = run_nir(read, images, semantics="nir")
+        literal = jax.jit(lambda x: run_nir(read, x, semantics="nir"))(images)
         assert not np.allclose(literal, expected)  # v(0) = 0, reset to zero, strict >: another network
 
 
@@ -67,12 +67,14 @@ def test_bad_images_graphs_and_shapes_are_one_clear_error():
         snn, jax.tree.map(jnp.ones_like, jax.eval_shape(model.init, jax.random.key(0), images))
     )
 
-    def graph(drop_edges_into=None, metadata=True):
+    def graph(drop_edges_into=None, metadata=True, doubled=False):
         written = to_nir(snn, variables, (8, 8, 2))
         written.edges = [edge for edge in written.edges if edge[1] != drop_edges_into]
+        written.edges += written.edges[:1] if doubled else []  # e.g. a shortcut edge added by hand
         written.metadata = written.metadata if metadata else {}
         return written
 
+    edges = len(graph().edges)
     refused = {
         r"\[B, 8, 8, 2\] .* got shape \(2, 2, 8, 8\)": lambda: run_nir(graph(), jnp.ones((2, 2, 8, 8))),
         r"\[B, 8, 8, 2\] .* got shape \(2, 9, 9, 2\)": lambda: run_nir(graph(), jnp.ones((2, 9, 9, 2))),
@@ -81,6 +83,7 @@ def test_bad_images_graphs_and_shapes_are_one_clear_error():
         r"nodes \['output'\] have no incoming edge": lambda: run_nir(graph("output"), images),
         r"nodes \['conv0_act'\] have no incoming edge": lambda: run_nir(graph("conv0_act"), images),
         r"num_steps must be >= 1": lambda: run_nir(graph(), images, num_steps=0),
+        rf"has {edges + 1} edges where to_nir wrote {edges}": lambda: run_nir(graph(doubled=True), images),
         r"graph must be a nir.NIRGraph": lambda: run_nir({"nodes": {}}, images),
         r"image_shape must be \(H, W, C\)": lambda: to_nir(snn, variables, (8, 8)),
         r"images of shape \(1, 2, 8, 8\) do not fit": lambda: to_nir(snn, variables, (2, 8, 8)),

@@ -145,7 +145,14 @@ def to_nir(snn: nn.Module, variables: Any, image_shape: tuple[int, int, int], *,
         if isinstance(snn, VGG)
         else {"network": "ResNet", "stage_sizes": list(snn.stage_sizes), "widths": list(snn.widths)}
     )
-    metadata = {"writer": "offsetjax", **site, **network, "num_classes": int(classes), "batch_norm_eps": batch_norm_eps}
+    metadata = {
+        "writer": "offsetjax",
+        **site,
+        **network,
+        "num_classes": int(classes),
+        "batch_norm_eps": batch_norm_eps,
+        "num_edges": len(writer.edges),  # run_nir refuses a graph that lost or gained an edge since
+    }
     return nir.NIRGraph(writer.nodes, writer.edges, metadata=metadata)
 
 
@@ -341,12 +348,16 @@ def _check_graph(nir, graph, semantics: str) -> dict[str, list[str]]:
         unmarked = sorted(
             name for name, node in graph.nodes.items() if isinstance(node, nir.IF) and "v_init" not in node.metadata
         )
-        writer = _text(dict(graph.metadata).get("writer", ""))
+        meta = dict(graph.metadata)
+        writer = _text(meta.get("writer", ""))
+        written = int(np.asarray(meta["num_edges"])) if "num_edges" in meta else len(graph.edges)
         problem = (
             f"its metadata names writer {writer!r}, not 'offsetjax'"
             if writer != "offsetjax"
             else f"IF nodes {unmarked} have no v_init metadata"
             if unmarked
+            else f"it has {len(graph.edges)} edges where to_nir wrote {written} (an edge removed or added?)"
+            if written != len(graph.edges)
             else None
         )
         if problem:
