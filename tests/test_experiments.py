@@ -200,6 +200,7 @@ def test_killed_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypatc
     assert row["epoch"] == 2 and row["resumed_at_batch"] == 14 and row["seconds"] > meta["seconds_in_epoch"]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_before_it_reaches_a_checkpoint(tmp_path):
     config = dataclasses.replace(TINY, epochs=1, learning_rate=1e30, checkpoint_every=5)
     model = pipeline.build_model(config, 10)
