@@ -74,6 +74,7 @@ def test_an_unreachable_coordinator_is_a_clear_error_after_a_bounded_wait():
     assert time.monotonic() - began < 60
 
 
+@pytest.mark.long  # three two-process pipeline runs, ~2.5 min on 2 cores: outside .ci/run's budget
 def test_resume_after_losing_both_hosts_mid_epoch_reaches_the_uninterrupted_parameters(tmp_path):
     launch.launch_local([*QUICK, "--workdir", str(tmp_path / "a")], 2, timeout_s=240)
 

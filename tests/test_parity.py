@@ -64,7 +64,8 @@ def offsetjax_run(arch: str, state_dict, images_nhwc: np.ndarray, num_steps: int
     thresholds = traverse_util.flatten_dict(variables["params"])
     order = [tuple(name.split("/")) for name in site_order(snn, images_nhwc.shape[1:])]
     spikes = [
-        np.asarray(collections[("intermediates", *n, "__call__")][0]) / thresholds[(*n, "threshold")] for n in order
+        np.asarray(collections[("intermediates", *n, "__call__")][0]) / np.asarray(thresholds[(*n, "threshold")])
+        for n in order
     ]
     v0 = [np.asarray(collections[(CALIBRATED_POTENTIAL, *n, "v0")][0]) for n in order]
     return np.asarray(logits), spikes, v0
