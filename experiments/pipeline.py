@@ -608,7 +608,7 @@ def evaluate_all(config: ExperimentConfig, model, variables, train_split, test_s
 
 
 def restore_trained(config: ExperimentConfig, model, test_split, workdir: Path):
-    """The finished training run in ``workdir`` and its training wall time (from train_log.jsonl)."""
+    """The state of the finished training run in ``workdir``."""
     tx = training.sgd_cosine(learning_rate=config.learning_rate, total_steps=1, weight_decay=config.weight_decay)
     state = training.create_train_state(model, tx, data.take(test_split, np.arange(1))[0], seed=config.seed)
     check_trained_as(config, workdir / "checkpoints" / "latest")
@@ -618,8 +618,7 @@ def restore_trained(config: ExperimentConfig, model, test_split, workdir: Path):
             f"--eval-only needs a finished run of {config.epochs} epochs in {workdir}, found epoch {meta['epoch']} "
             f"batch {meta.get('batch', 0)}; finish it with --resume"
         )
-    log = read_train_log(workdir / "train_log.jsonl")
-    return state, sum(row["seconds"] for row in log)
+    return state
 
 
 def check_trained_as(config: ExperimentConfig, latest: Path) -> None:
@@ -666,7 +665,7 @@ def load_finished(workdir: Path):
     config = dataclasses.replace(config, workdir=str(workdir))
     train_split, test_split = load_splits(config)
     model = build_model(config, data.NUM_CLASSES[config.dataset])
-    state, _ = restore_trained(config, model, test_split, Path(workdir))
+    state = restore_trained(config, model, test_split, Path(workdir))
     return config, model, state.variables, train_split, test_split
 
 
@@ -694,13 +693,13 @@ def _run_locked(config: ExperimentConfig, workdir: Path, primary: bool) -> dict:
     model = build_model(config, num_classes=data.NUM_CLASSES[config.dataset])
     config_text = json.dumps(dataclasses.asdict(config), indent=2)
     if config.eval_only:
-        state, train_seconds = restore_trained(config, model, test_split, workdir)
+        state = restore_trained(config, model, test_split, workdir)
     else:
         if primary:
             write_output(workdir, "config.json", config_text)
         state = train_ann(config, model, train_split, test_split, workdir)
-        # every epoch's logged seconds, those of earlier sessions of a resumed run included
-        train_seconds = sum(row["seconds"] for row in read_train_log(workdir / "train_log.jsonl"))
+    # every epoch's logged seconds, those of earlier sessions of a resumed run included
+    train_seconds = sum(row["seconds"] for row in read_train_log(workdir / "train_log.jsonl"))
     results = evaluate_all(config, model, state.variables, train_split, test_split)
     results["wall_time_seconds"]["train"] = train_seconds
     results["wall_time_seconds"]["total"] = time.perf_counter() - began

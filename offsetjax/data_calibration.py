@@ -121,13 +121,6 @@ def data_bias(
     return _calibrate_sites(snn, ann_variables, images, solver, snn_variables, mesh, per_channel=True)
 
 
-def calibrated_steps(variables: Any) -> int | None:
-    """The T that ``variables`` were calibrated for by :func:`data_potential` or
-    :func:`data_bias`, or ``None`` (converted or COS variables serve any T)."""
-    recorded = dict(variables).get(CALIBRATED_FOR)
-    return None if recorded is None else int(np.asarray(recorded["num_steps"]))
-
-
 def _calibrate_sites(snn, ann_variables, images, solver, snn_variables, mesh, *, per_channel: bool) -> dict:
     options = schedule(snn)
     check_choice("solver", solver, SOLVERS)

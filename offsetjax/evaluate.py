@@ -23,14 +23,8 @@ from offsetjax._batching import device_batch, on_mesh, padded_batches, to_host
 from offsetjax._checks import images_must_fit, trace_network
 from offsetjax.convert import schedule
 from offsetjax.operations import per_image, with_fan_out
-from offsetjax.simulation import (
-    check_call,
-    check_images,
-    check_snn_variables,
-    check_variables_fit,
-    simulate_collecting,
-)
-from offsetjax.splits import Split, StreamingSource, num_examples, take
+from offsetjax.simulation import check_call, check_images, check_variables_fit, simulate_collecting
+from offsetjax.splits import Split, StreamingSource, num_examples
 from offsetjax.stats import OffsetStatistics, accumulate, summarize
 
 
@@ -121,17 +115,18 @@ def evaluate_snn(
       ``statistics`` and ``operations``.
     """
     num_steps = schedule(snn)["num_steps"]
-    check_snn_variables(variables)
-    if operations:
-        image_shape = np.shape(take(split, np.arange(1))[0])[1:]
-        variables, input_macs, dense_macs = with_fan_out(snn, variables, image_shape)
-    variables = variables if mesh is None else parallel.replicate(mesh, variables)
     correct = np.zeros(num_steps, np.int64)
     totals: dict[str, OffsetStatistics] = {}
     events = {"spikes": np.zeros(num_steps), "synops": np.zeros(num_steps), "presim_spikes": 0.0, "presim_synops": 0.0}
-    for images, labels, mask in padded_batches(split, device_batch(batch_size, mesh)):
+    for index, (images, labels, mask) in enumerate(padded_batches(split, device_batch(batch_size, mesh))):
         sharded_images, sharded_mask = on_mesh(mesh, images, mask)
-        sharded_images = check_call(snn, variables, sharded_images)
+        if index == 0:  # the network and its variables once (reading them to the host), then placed
+            sharded_images = check_call(snn, variables, sharded_images)
+            if operations:
+                variables, input_macs, dense_macs = with_fan_out(snn, variables, images.shape[1:])
+            variables = variables if mesh is None else parallel.replicate(mesh, variables)
+        else:  # every batch's images
+            sharded_images = check_images(sharded_images)
         logits, per_site, ops = to_host(
             simulate_collecting(snn, variables, sharded_images, sharded_mask if statistics else None, operations),
             mesh,

@@ -152,14 +152,12 @@ def check_network(model: nn.Module, variables: Any, images) -> None:
             "offsetjax.spiking_model(model, num_steps=...)"
         )
     check_snn_variables(variables)
-    calibrated_for = variables.get(CALIBRATED_FOR)
-    if calibrated_for is not None and (steps := concrete_value(calibrated_for["num_steps"])) is not None:
-        runs = schedule(model)["num_steps"]
-        if int(steps) != runs:
-            raise ValueError(
-                f"variables were calibrated for num_steps={int(steps)} (offsetjax.data_potential / data_bias), "
-                f"but this network runs num_steps={runs}: calibrate with the network you run"
-            )
+    steps, runs = calibrated_steps(variables), schedule(model)["num_steps"]
+    if steps is not None and steps != runs:
+        raise ValueError(
+            f"variables were calibrated for num_steps={steps} (offsetjax.data_potential / data_bias), "
+            f"but this network runs num_steps={runs}: calibrate with the network you run"
+        )
     what = f"this {type(model).__name__} on images of shape {tuple(images.shape)}"
     check_variables_fit(variables, traced.variables, ("params", "batch_stats"), what)
     check_same_tree(
@@ -169,6 +167,15 @@ def check_network(model: nn.Module, variables: Any, images) -> None:
         what,
         shapes=False,
     )
+
+
+def calibrated_steps(variables: Any) -> int | None:
+    """The T that ``variables`` were calibrated for by :func:`offsetjax.data_potential` or
+    :func:`offsetjax.data_bias` (their ``calibrated_for`` collection), or ``None``: converted or
+    COS variables serve any T (and inside a caller's ``jit`` the recorded T cannot be read)."""
+    recorded = variables.get(CALIBRATED_FOR)
+    steps = None if recorded is None else concrete_value(recorded["num_steps"])
+    return None if steps is None else int(steps)
 
 
 def check_variables_fit(variables: Any, expected: dict, collections: tuple[str, ...], what: str) -> None:

@@ -112,12 +112,10 @@ def to_nir(snn: nn.Module, variables: Any, image_shape: tuple[int, int, int], *,
     """
     nir = _nir()
     options = schedule(snn)
-    if (
-        not isinstance(image_shape, (tuple, list))
-        or len(image_shape) != 3
-        or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 for n in image_shape)
-    ):
+    if not isinstance(image_shape, (tuple, list)) or len(image_shape) != 3:
         raise ValueError(f"image_shape must be (H, W, C) of one image, three ints >= 1, got {image_shape!r}")
+    for axis, size in zip("HWC", image_shape):
+        check_int(f"image_shape's {axis}", size, minimum=1)
     if not isinstance(snn, (VGG, ResNet)):
         raise ValueError(f"to_nir writes VGG and ResNet networks of offsetjax.models, got {type(snn).__name__}")
     check_network(snn, variables, np.empty((1, *image_shape), np.float32))
