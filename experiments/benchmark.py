@@ -1,6 +1,6 @@
 """Simulator benchmark: offsetjax side by side with PyTorch + SpikingJelly, and against T x ANN.
 
-    python experiments/benchmark.py [--workdir results/benchmark] [--quick]
+    python -m experiments.benchmark [--workdir results/benchmark] [--quick]
         [--networks vgg16 resnet20] [--batches 32 128] [--steps 1 4 8] [--repeats 3]
 
 Per configuration (network, batch, T), with a warm-up call and ``--repeats`` timed calls each, each framework in its own process
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,9 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import offsetjax as oj
+from experiments.results import ROOT, command, machine, write_atomic
 from offsetjax.offset import NEVER_SILENT_POTENTIAL
 
-ROOT = Path(__file__).resolve().parent.parent
 PRESIM_STEPS = 4
 NUM_CLASSES = 100
 THRESHOLD = 1.0
@@ -339,7 +338,9 @@ def run_isolated(side: str, args, argv: list[str]) -> dict:
     """Each framework in its own process, so neither's idle worker threads slow the other."""
     with tempfile.TemporaryDirectory() as scratch:
         raw = Path(scratch) / f"{side}.json"
-        subprocess.run([sys.executable, __file__, *argv, "--side", side, "--raw-out", str(raw)], check=True)
+        subprocess.run(
+            [sys.executable, "-m", __spec__.name, *argv, "--side", side, "--raw-out", str(raw)], check=True, cwd=ROOT
+        )
         return json.loads(raw.read_text())
 
 
@@ -369,24 +370,15 @@ def main(argv=None):
         torch_result = torch_results.get(key)
         rows += records(name, int(batch), args.steps, jax_result, torch_result)
     report = {
-        "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *argv]),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "jax": jax.__version__,
-            "backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.devices()],
-            "torch": _torch_version(),
-        },
+        "command": command(__spec__.name, argv),
+        "machine": {**machine(), "torch": _torch_version()},
         "repeats": args.repeats,
         "records": rows,
     }
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    tmp = workdir / "benchmark.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, workdir / "benchmark.json")
-    (workdir / "benchmark.md").write_text(markdown(rows))
+    write_atomic(workdir / "benchmark.json", json.dumps(report, indent=2))
+    write_atomic(workdir / "benchmark.md", markdown(rows))
     print(markdown(rows))
     return report
 

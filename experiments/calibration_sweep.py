@@ -1,6 +1,6 @@
 """How many training images does data-level calibration need? A sweep over the calibration set.
 
-    python experiments/calibration_sweep.py --workdir results/fashion_mnist/small_vgg \\
+    python -m experiments.calibration_sweep --workdir results/fashion_mnist/small_vgg \\
         [--sizes 16 64 256 1024] [--steps 1 2 4 8] [--draws 0 1 2] [--method data_v0]
 
 For every size and draw (the seed of the random subset of the training split), calibrates the
@@ -15,22 +15,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import pipeline  # noqa: E402
-from report import _save  # noqa: E402
-from rundir import record, run_id, write_output  # noqa: E402
-
-import offsetjax as oj  # noqa: E402
-from offsetjax import evaluate  # noqa: E402
-from offsetjax.training import data  # noqa: E402
+import offsetjax as oj
+from experiments.datasets import calibration_set
+from experiments.methods import CALIBRATIONS
+from experiments.results import command, progress_bar, pyplot, record, run_id, save_figure, write_output
+from experiments.runs import USER_ERRORS, load_finished
+from offsetjax import evaluate
+from offsetjax.training import data
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -53,13 +49,13 @@ def main(argv: list[str] | None = None) -> dict:
         if len(set(values)) != len(values):  # a repeated draw would be averaged as if it were another
             parser.error(f"--{name} repeats a value: {values}")
     try:
-        config, model, variables, train_split, test_split = pipeline.load_finished(args.workdir)
-    except pipeline.USER_ERRORS as error:
+        config, model, variables, train_split, test_split = load_finished(args.workdir)
+    except USER_ERRORS as error:
         parser.error(str(error))
     available = data.num_examples(train_split)
     if max(args.sizes) > available:
         parser.error(f"--sizes {max(args.sizes)} exceeds the run's {available} training images")
-    calibrate = pipeline.CALIBRATIONS["potential" if args.method == "data_v0" else "bias"]
+    calibrate = CALIBRATIONS[args.method]
     report = {
         "dataset": config.dataset,
         "arch": config.arch,
@@ -71,11 +67,9 @@ def main(argv: list[str] | None = None) -> dict:
         "calibration_seconds": {},  # size -> seconds per calibration (mean over T and draws)
     }
     runs = [(size, draw, t) for size in args.sizes for draw in args.draws for t in args.steps]
-    with tqdm(total=len(runs), desc=f"{args.method} sweep", unit="run", mininterval=pipeline.PROGRESS_INTERVAL) as bar:
+    with progress_bar(total=len(runs), desc=f"{args.method} sweep", unit="run") as bar:
         for size, draw, num_steps in runs:
-            images = pipeline.calibration_set(
-                dataclasses.replace(config, seed=draw, calibration_images=size), train_split
-            )
+            images = calibration_set(dataclasses.replace(config, seed=draw, calibration_images=size), train_split)
             snn = oj.spiking_model(model, num_steps=num_steps)
             began = time.perf_counter()
             snn_variables = calibrate(snn, variables, images, solver=args.solver)
@@ -86,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
             bar.update(1)
             bar.set_postfix(size=size, T=num_steps, acc=f"{accuracy:.4f}", refresh=False)
     report["calibration_seconds"] = {k: float(np.mean(v)) for k, v in report["calibration_seconds"].items()}
-    report["command"] = "python experiments/calibration_sweep.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    report["command"] = command(__spec__.name, argv)
     write_output(args.workdir, f"{args.name}.json", json.dumps(report, indent=2))
     write_output(args.workdir, f"{args.name}.md", markdown(report))
     if plot(report, args.workdir / f"{args.name}.png"):
@@ -120,13 +114,8 @@ def markdown(report: dict) -> str:
 
 def plot(report: dict, path: Path) -> bool:
     """Write the plot to ``path``; False when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install 'offsetjax[plots]'): skipping the plot")
+    plt = pyplot()
+    if plt is None:
         return False
     sizes = [int(s) for s in report["accuracy"]]
     fig, axis = plt.subplots(figsize=(6, 4))
@@ -141,7 +130,7 @@ def plot(report: dict, path: Path) -> bool:
     axis.grid(alpha=0.3)
     axis.legend()
     fig.suptitle(f"{report['dataset']} / {report['arch']}: {report['method']} against calibration-set size")
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 

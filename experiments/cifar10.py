@@ -1,8 +1,8 @@
 """CIFAR-10 with the reference recipe (``docs/method.md`` section 6), for a GPU or TPU.
 
-    python experiments/cifar10.py --arch vgg16    --workdir results/cifar10/vgg16
-    python experiments/cifar10.py --arch resnet20 --workdir results/cifar10/resnet20
-    python experiments/cifar10.py --arch resnet18 --workdir results/cifar10/resnet18
+    python -m experiments.cifar10 --arch vgg16    --workdir results/cifar10/vgg16
+    python -m experiments.cifar10 --arch resnet20 --workdir results/cifar10/resnet20
+    python -m experiments.cifar10 --arch resnet18 --workdir results/cifar10/resnet18
 
 Needs the prepared TFDS dataset (``--tfds-dir``; the error message gives the command that
 prepares it). 300 epochs of SGD (momentum 0.9, weight decay 5e-4, cosine from 0.1), pad-4 crop,
@@ -12,10 +12,11 @@ cores (WALL_TIME_CPU_2_CORES below); on a GPU, not measured here.
 For a local smoke run: ``--epochs 1 --train-limit 512 --test-limit 256 --max-steps 4``.
 """
 
-from pipeline import ExperimentConfig, main
+from experiments.config import ExperimentConfig
+from experiments.runs import main
 
 #: Seconds per training epoch (50000 images) on this project's 2-core CPU, extrapolated from
-#: ``python experiments/epoch_time.py --batch 16 --steps 2`` (results/epoch_time/epoch_time.json).
+#: ``python -m experiments.epoch_time --batch 16 --steps 2`` (results/epoch_time/epoch_time.json).
 #: Not measured on a GPU: none was available to the project.
 WALL_TIME_CPU_2_CORES = {"vgg16": 824, "resnet20": 206, "resnet18": 991}
 

@@ -1,6 +1,6 @@
 """Measure the training wall time per epoch that the CIFAR and ImageNet configs state.
 
-    python experiments/epoch_time.py [--batch 32] [--steps 3] [--workdir results/epoch_time]
+    python -m experiments.epoch_time [--batch 32] [--steps 3] [--workdir results/epoch_time]
 
 Times ``--steps`` jitted training steps (after one warm-up step) of each reference network at
 its dataset's image size on random data, on whatever device JAX uses, and extrapolates to one
@@ -9,22 +9,17 @@ epoch: seconds per image x images per epoch. Writes ``epoch_time.json``.
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import offsetjax as oj
+from experiments.results import ROOT, command, machine, write_atomic
+from offsetjax import training
 
-import offsetjax as oj  # noqa: E402
-from offsetjax import training  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
 #: (config, arch, image side, classes, training images per epoch, the config's batch size)
 RUNS = (
     ("cifar10", "vgg16", 32, 10, 50_000, 128),
@@ -54,13 +49,13 @@ def seconds_per_step(arch: str, side: int, classes: int, batch: int, steps: int)
     return statistics.median(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=32, help="measured batch (the estimate scales per image)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--only", nargs="*", default=None, help="arch names to measure, e.g. vgg16 resnet20")
     parser.add_argument("--workdir", default=str(ROOT / "results" / "epoch_time"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     records = []
     for config, arch, side, classes, images_per_epoch, config_batch in RUNS:
         if args.only and arch not in args.only:
@@ -79,20 +74,9 @@ def main() -> None:
         print(json.dumps(records[-1]), flush=True)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "epoch_time.json").write_text(
-        json.dumps(
-            {
-                "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
-                "machine": {
-                    "platform": platform.platform(),
-                    "cpus": os.cpu_count(),
-                    "backend": jax.default_backend(),
-                    "devices": [str(d) for d in jax.devices()],
-                },
-                "records": records,
-            },
-            indent=2,
-        )
+    write_atomic(
+        workdir / "epoch_time.json",
+        json.dumps({"command": command(__spec__.name, argv), "machine": machine(), "records": records}, indent=2),
     )
 
 

@@ -1,7 +1,7 @@
 """ImageNet (ILSVRC-2012) with the reference recipe (``docs/method.md`` section 6), for a GPU node or TPU slice.
 
-    python experiments/imagenet.py --arch vgg16    --tfds-dir DIR --workdir results/imagenet/vgg16
-    python experiments/imagenet.py --arch resnet34 --tfds-dir DIR --workdir results/imagenet/resnet34
+    python -m experiments.imagenet --arch vgg16    --tfds-dir DIR --workdir results/imagenet/vgg16
+    python -m experiments.imagenet --arch resnet34 --tfds-dir DIR --workdir results/imagenet/resnet34
 
 Streams the prepared TFDS ``imagenet2012`` (ArrayRecord) batch by batch: random resized crop
 224 + flip for training, resize 256 + centre crop 224 for evaluation. QCFS L = 8; SNN at
@@ -9,10 +9,11 @@ T = 1..32 with rho = 8, k = 1, 2, 4. Wall time per epoch: 11 days (VGG-16) and 5
 on 2 CPU cores (WALL_TIME_CPU_2_CORES below); on a GPU, not measured here.
 """
 
-from pipeline import ExperimentConfig, main
+from experiments.config import ExperimentConfig
+from experiments.runs import main
 
 #: Seconds per training epoch (1.28M images) on this project's 2-core CPU, extrapolated from
-#: ``python experiments/epoch_time.py --batch 16 --steps 2`` (results/epoch_time/epoch_time.json):
+#: ``python -m experiments.epoch_time --batch 16 --steps 2`` (results/epoch_time/epoch_time.json):
 #: 11 and 50 days, i.e. GPU or TPU only. Not measured on a GPU: none was available to the project.
 #: ResNet-34 with the reference's 3x3 stride-1 stem keeps 224x224 maps through its first stage,
 #: which makes it 4.4x VGG-16's cost.

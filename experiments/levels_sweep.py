@@ -1,6 +1,6 @@
 """Accuracy of a finished run's ANN when its QCFS sites use L levels other than the trained L.
 
-    python experiments/levels_sweep.py --workdir results/fashion_mnist/small_resnet [--levels 1 2 3 4 8 16 1024]
+    python -m experiments.levels_sweep --workdir results/fashion_mnist/small_resnet [--levels 1 2 3 4 8 16 1024]
 
 The uncalibrated SNN run for T steps behaves much like the QCFS ANN at L = T, and as T grows its
 rates approach the ANN at large L; this shows how much of the trained network survives either.
@@ -9,29 +9,24 @@ Writes ``levels_sweep.json`` into the run directory.
 
 import argparse
 import json
-import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import pipeline  # noqa: E402
-from rundir import run_id, write_output  # noqa: E402
-
-import offsetjax as oj  # noqa: E402
-from offsetjax import evaluate  # noqa: E402
-from offsetjax.training import data  # noqa: E402
+import offsetjax as oj
+from experiments.results import command, run_id, write_output
+from experiments.runs import USER_ERRORS, load_finished
+from offsetjax import evaluate
+from offsetjax.training import data
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 3, 4, 8, 16, 1024])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     workdir = Path(args.workdir)
     try:
-        config, _, variables, _, test_split = pipeline.load_finished(workdir)
-    except pipeline.USER_ERRORS as error:
+        config, _, variables, _, test_split = load_finished(workdir)
+    except USER_ERRORS as error:
         parser.error(str(error))
     accuracy = {}
     for levels in args.levels:
@@ -45,7 +40,7 @@ def main() -> None:
         "levels_sweep.json",
         json.dumps(
             {
-                "command": "python " + " ".join([os.path.relpath(sys.argv[0], pipeline.ROOT), *sys.argv[1:]]),
+                "command": command(__spec__.name, argv),
                 "run": run_id(workdir),
                 "trained_levels": config.levels,
                 "ann_accuracy_by_levels": accuracy,

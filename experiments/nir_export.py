@@ -1,6 +1,6 @@
 """Export a finished run's SNN to NIR and evaluate the written graph under both IF semantics.
 
-    python experiments/nir_export.py --workdir results/fashion_mnist/small_vgg [--num-steps 8]
+    python -m experiments.nir_export --workdir results/fashion_mnist/small_vgg [--num-steps 8]
 
 For the uncalibrated SNN (qcfs) and COS (rho = 4, k = 1): writes ``<workdir>/nir/<method>.nir``,
 reads it back, runs it with :func:`offsetjax.interop.nir.run_nir` over the test split with
@@ -13,33 +13,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import pipeline  # noqa: E402
-from rundir import record, run_id, write_output  # noqa: E402
-
-import offsetjax as oj  # noqa: E402
-from offsetjax.interop.nir import run_nir, to_nir  # noqa: E402
-from offsetjax.training import data  # noqa: E402
+import offsetjax as oj
+from experiments.results import STEPS, command, record, run_id, write_output
+from experiments.runs import USER_ERRORS, load_finished
+from offsetjax.interop.nir import run_nir, to_nir
+from offsetjax.training import data
 
 
-def main():
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, required=True, help="a finished run of an experiment")
     parser.add_argument("--num-steps", type=int, default=8, help="T")
     parser.add_argument("--batch-size", type=int, default=500, help="evaluation batch size")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     import nir
 
     try:
-        config, model, ann_variables, _, test_split = pipeline.load_finished(args.workdir)
-    except pipeline.USER_ERRORS as error:
+        config, model, ann_variables, _, test_split = load_finished(args.workdir)
+    except USER_ERRORS as error:
         parser.error(str(error))
     image_shape = tuple(test_split.images.shape[1:])
     report = {
@@ -72,17 +68,19 @@ def main():
             key: {str(t): float(c[t - 1] / count) for t in range(1, args.num_steps + 1)} for key, c in correct.items()
         }
         print(name, {key: round(float(c[-1] / count), 4) for key, c in correct.items()}, flush=True)
-    report["command"] = "python experiments/nir_export.py " + " ".join(sys.argv[1:])
+    report["command"] = command(__spec__.name, argv)
     write_output(args.workdir, "nir.json", json.dumps(report, indent=2))
     lines = [f"NIR export of {config.dataset} / {config.arch}, T = {args.num_steps}: top-1 accuracy (%).", ""]
-    lines += ["| method | run | " + " | ".join(f"T={t}" for t in (1, 2, 4, 8) if t <= args.num_steps) + " |"]
-    lines += ["|---|---|" + "---|" * len([t for t in (1, 2, 4, 8) if t <= args.num_steps])]
+    steps = [t for t in STEPS if int(t) <= args.num_steps]
+    lines += ["| method | run | " + " | ".join(f"T={t}" for t in steps) + " |"]
+    lines += ["|---|---|" + "---|" * len(steps)]
     for name, rows in report["methods"].items():
         for key, row in rows.items():
-            cells = [f"{100 * row[str(t)]:.2f}" for t in (1, 2, 4, 8) if t <= args.num_steps]
+            cells = [f"{100 * row[t]:.2f}" for t in steps]
             lines.append(f"| {name} | {key} | " + " | ".join(cells) + " |")
     write_output(args.workdir, "nir.md", "\n".join(lines) + f"\n\nReproduce: `{report['command']}`\n")
     print("\n".join(lines))
+    return report
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Quickstart: the whole pipeline on scikit-learn's digits, offline, in about a minute on 2 CPU cores.
 
-    python experiments/quickstart.py [--workdir results/quickstart] [--methods all]
+    python -m experiments.quickstart [--workdir results/quickstart] [--methods all]
 
 Trains a small QCFS CNN (L = 4) on 1438 8x8 digits, converts it, and evaluates on 359 held-out
 digits the uncalibrated SNN (qcfs) at T = 1..12, the paper's calibration (cos_k1: rho = 4,
@@ -10,7 +10,8 @@ tables and plots. ``--methods all --iterations 1 2 4 --data-max-steps 8`` runs e
 ``docs/method.md`` section 8 as the committed ``results/digits/small_vgg`` run did (about 5 min).
 """
 
-from pipeline import ExperimentConfig, main
+from experiments.config import ExperimentConfig
+from experiments.runs import main
 
 CONFIG = ExperimentConfig(
     name="quickstart",

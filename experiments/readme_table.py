@@ -1,32 +1,26 @@
 """Print the results tables of the README and docs/results.md from results/*/results.json (no number is typed by hand).
 
-python experiments/readme_table.py results/fashion_mnist/small_vgg results/fashion_mnist/small_resnet
-python experiments/readme_table.py results/digits/small_vgg ... --methods qcfs cos_k1 data_bias
-python experiments/readme_table.py --energy results/quickstart results/fashion_mnist/small_vgg ...
-python experiments/readme_table.py --nir results/quickstart results/fashion_mnist/small_vgg ...
-python experiments/readme_table.py --budget results/digits/small_vgg results/fashion_mnist/small_vgg ...
+python -m experiments.readme_table results/fashion_mnist/small_vgg results/fashion_mnist/small_resnet
+python -m experiments.readme_table results/digits/small_vgg ... --methods qcfs cos_k1 data_bias
+python -m experiments.readme_table --energy results/quickstart results/fashion_mnist/small_vgg ...
+python -m experiments.readme_table --nir results/quickstart results/fashion_mnist/small_vgg ...
+python -m experiments.readme_table --budget results/digits/small_vgg results/fashion_mnist/small_vgg ...
 """
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
-from report import equal_budget, equal_budget_lines
-from rundir import RunError, check_derived, results_directory
-
-STEPS = ("1", "2", "4", "8")
+from experiments.report import equal_budget, equal_budget_lines
+from experiments.results import STEPS, RunError, accuracy_cell, check_derived, load_results, results_directory
 
 
 def rows(run: Path, methods: list[str] | None = None) -> list[str]:
-    results = json.loads((run / "results.json").read_text())
+    results = load_results(run)
     out = []
     for name, row in results["snn"].items():
         if methods and name not in methods:
             continue
-        cells = " | ".join(
-            f"{100 * row['accuracy'][t]:.2f} ({row['total_steps'][t]})" if t in row["accuracy"] else "—" for t in STEPS
-        )
+        cells = " | ".join(accuracy_cell(row, t) for t in STEPS)
         offset = results["offset"][name]
         out.append(
             f"| {results['dataset']} | {results['arch']} | {name} | {100 * results['ann_accuracy']:.2f} | {cells} "
@@ -36,7 +30,7 @@ def rows(run: Path, methods: list[str] | None = None) -> list[str]:
 
 
 def energy_rows(run: Path) -> list[str]:
-    results = json.loads((run / "results.json").read_text())
+    results = load_results(run)
     out = []
     for name, ops in results["operations"].items():
         accuracy = results["snn"][name]["accuracy"]
@@ -62,7 +56,7 @@ NIR_RUNS = {
 
 
 def nir_rows(run: Path) -> list[str]:
-    report = check_derived(run, "nir.json", "nir_export.py")
+    report = check_derived(run, "nir.json", "experiments.nir_export")
     return [
         f"| {report['dataset']} / {report['arch']} | {method} | {NIR_RUNS[key]} | "
         + " | ".join(f"{100 * row[t]:.2f}" if t in row else "—" for t in STEPS)
@@ -74,7 +68,7 @@ def nir_rows(run: Path) -> list[str]:
 
 def budget_tables(paths: list[Path]) -> list[str]:
     """Each run's equal-budget table, then the winner per total across runs."""
-    runs = [json.loads((path / "results.json").read_text()) for path in paths]
+    runs = [load_results(path) for path in paths]
     lines = []
     for results in runs:
         lines += [
@@ -102,7 +96,7 @@ def budget_tables(paths: list[Path]) -> list[str]:
     return lines
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     table = parser.add_mutually_exclusive_group()
     for flag in ("--budget", "--nir", "--energy"):
@@ -112,7 +106,7 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     paths = args.runs
     if args.nir and not all((path / "nir.json").is_file() for path in paths):
-        parser.error("--nir needs nir.json in every run (python experiments/nir_export.py --workdir RUN)")
+        parser.error("--nir needs nir.json in every run (python -m experiments.nir_export --workdir RUN)")
     if args.budget:
         print("\n".join(budget_tables(paths)))
         return
@@ -139,4 +133,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

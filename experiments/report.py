@@ -1,12 +1,23 @@
 """results.json -> results.md tables and PNG plots (matplotlib is an optional extra).
 
-python experiments/report.py results/fashion_mnist/small_vgg ...   # rewrite them from results.json
+python -m experiments.report results/fashion_mnist/small_vgg ...   # rewrite them from results.json
 """
 
 from __future__ import annotations
 
-import os
+import argparse
 from pathlib import Path
+
+from experiments.results import (
+    accuracy_cell,
+    load_results,
+    pyplot,
+    record,
+    results_directory,
+    save_figure,
+    write_output,
+)
+from offsetjax.stats import PSI_BINS
 
 
 def _steps(results: dict) -> list[str]:
@@ -59,9 +70,7 @@ def write_markdown(results: dict) -> str:
         "|---|---|---|" + "---|" * len(steps),
     ]
     for name, row in results["snn"].items():
-        cells = [
-            f"{100 * row['accuracy'][t]:.2f} ({row['total_steps'][t]})" if t in row["accuracy"] else "—" for t in steps
-        ]
+        cells = [accuracy_cell(row, t) for t in steps]
         lines.append(f"| {name} | {row['presim_steps']} | {row['iterations']} | " + " | ".join(cells) + " |")
     calibrated = {
         name: row["calibration_images"] for name, row in results["snn"].items() if row.get("calibration_images")
@@ -90,7 +99,7 @@ def write_markdown(results: dict) -> str:
         hist = row["psi_histogram"]
         lines.append(
             f"| {name} | {100 * row['zero_ratio']:.2f}% | {row['mse']:.4f} | "
-            + " | ".join(f"{100 * hist[b]:.2f}%" for b in ("0", "1", "2", ">=3"))
+            + " | ".join(f"{100 * hist[b]:.2f}%" for b in PSI_BINS)
             + " |"
         )
     if results.get("operations"):
@@ -122,13 +131,8 @@ def write_markdown(results: dict) -> str:
 
 def write_plots(results: dict, workdir: Path) -> list[Path]:
     """Accuracy vs T and vs total steps, |psi| per layer, zero ratio / MSE vs k. Returns the files."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install 'offsetjax[plots]'): skipping plots")
+    plt = pyplot()
+    if plt is None:
         return []
     written = []
     title = f"{results['dataset']} / {results['arch']} (L = {results['levels']})"
@@ -146,7 +150,7 @@ def write_plots(results: dict, workdir: Path) -> list[Path]:
     axes[0].set_ylabel("top-1 accuracy (%)")
     axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle(title)
-    written.append(_save(fig, workdir / "accuracy_vs_steps.png"))
+    written.append(save_figure(fig, workdir / "accuracy_vs_steps.png"))
 
     per_layer = results["offset_per_layer"]
     names = list(per_layer)
@@ -158,7 +162,7 @@ def write_plots(results: dict, workdir: Path) -> list[Path]:
         axis.set_visible(False)
     for axis, name in zip(axes.flat, names):
         bottom = [0.0] * len(sites)
-        for bin_name in ("0", "1", "2", ">=3"):
+        for bin_name in PSI_BINS:
             values = [100 * per_layer[name][site]["psi_histogram"][bin_name] for site in sites]
             axis.bar(range(len(sites)), values, bottom=bottom, label=f"|psi|={bin_name}")
             bottom = [b + v for b, v in zip(bottom, values)]
@@ -167,7 +171,7 @@ def write_plots(results: dict, workdir: Path) -> list[Path]:
     axes[0][0].set_ylabel("% of neurons")
     axes.flat[len(names) - 1].legend(loc="lower right")
     fig.suptitle(f"{title}: |offset spike| per layer at T = L")
-    written.append(_save(fig, workdir / "psi_per_layer.png"))
+    written.append(save_figure(fig, workdir / "psi_per_layer.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     snn = results["snn"]
@@ -189,7 +193,7 @@ def write_plots(results: dict, workdir: Path) -> list[Path]:
         axis.set_xlabel("calibration iterations k (0 = QCFS baseline)")
         axis.grid(alpha=0.3)
     fig.suptitle(title)
-    written.append(_save(fig, workdir / "offset_vs_iterations.png"))
+    written.append(save_figure(fig, workdir / "offset_vs_iterations.png"))
 
     totals, by_total = equal_budget(results)
     fig, axis = plt.subplots(figsize=(7, 4.5))
@@ -217,7 +221,7 @@ def write_plots(results: dict, workdir: Path) -> list[Path]:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7, ncol=2)
     fig.suptitle(f"{title}: methods at equal total steps")
-    written.append(_save(fig, workdir / "equal_budget.png"))
+    written.append(save_figure(fig, workdir / "equal_budget.png"))
 
     if results.get("operations"):
         fig, axis = plt.subplots(figsize=(6, 4))
@@ -236,34 +240,20 @@ def write_plots(results: dict, workdir: Path) -> list[Path]:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
         fig.suptitle(f"{title}: accuracy against energy")
-        written.append(_save(fig, workdir / "accuracy_vs_energy.png"))
+        written.append(save_figure(fig, workdir / "accuracy_vs_energy.png"))
     return written
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=110, format="png")
-    os.replace(tmp, path)  # a plot is whole or absent
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path
-
-
-if __name__ == "__main__":
-    import argparse
-    import json
-
-    from rundir import results_directory
-
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("workdirs", nargs="+", type=results_directory, help="finished runs (holding results.json)")
-    for workdir in parser.parse_args().workdirs:
-        results = json.loads((workdir / "results.json").read_text())
-        from rundir import record, write_output
-
+    for workdir in parser.parse_args(argv).workdirs:
+        results = load_results(workdir)
         write_output(workdir, "results.md", write_markdown(results))
         plots = write_plots(results, workdir)
         record(workdir, *plots)
         print(workdir, [path.name for path in plots])
+
+
+if __name__ == "__main__":
+    main()

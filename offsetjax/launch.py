@@ -5,7 +5,7 @@ coordinator on a free loopback port, each process told its id (the environment r
 :func:`offsetjax.parallel.initialize_distributed`), gloo for the collectives. Used by the
 multi-process tests, and by users who want to check a multi-host run before paying for one:
 
-    python -m offsetjax.launch --processes 2 -- python experiments/quickstart.py --workdir /tmp/q
+    python -m offsetjax.launch --processes 2 -- python -m experiments.quickstart --workdir /tmp/q
 
 A process that fails brings the run down with a message naming it; nothing hangs.
 """
@@ -132,7 +132,7 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices-per-process", type=int, default=1, help="simulated CPU devices per process")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds before every process is killed")
     parser.add_argument(
-        "command", nargs=argparse.REMAINDER, help="-- then the command, e.g. python experiments/quickstart.py"
+        "command", nargs=argparse.REMAINDER, help="-- then the command, e.g. python -m experiments.quickstart"
     )
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command

@@ -7,12 +7,13 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-BENCHMARK = Path(__file__).resolve().parent.parent / "experiments" / "benchmark.py"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_benchmark_quick_writes_records_with_ratios(tmp_path):
     out = subprocess.run(
-        [sys.executable, str(BENCHMARK), "--quick", "--workdir", str(tmp_path)],
+        [sys.executable, "-m", "experiments.benchmark", "--quick", "--workdir", str(tmp_path)],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,

@@ -11,23 +11,26 @@ import jax
 import numpy as np
 import pytest
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
-sys.path.insert(0, str(EXPERIMENTS))
+import experiments.config
+import experiments.datasets
+import experiments.methods
+import experiments.quickstart
+import experiments.results
+import experiments.runs
+import experiments.training
+from offsetjax.training import checkpoint, data, loop
 
-import pipeline  # noqa: E402
-import quickstart  # noqa: E402
-
-from offsetjax.training import loop  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TINY = dataclasses.replace(
-    quickstart.CONFIG, epochs=2, max_steps=4, iterations=(1, 2), eval_batch_size=120, methods=("cos",)
+    experiments.quickstart.CONFIG, epochs=2, max_steps=4, iterations=(1, 2), eval_batch_size=120, methods=("cos",)
 )
 
 
 @pytest.mark.slow
 def test_results_schema_and_outputs(tmp_path):
     tiny = dataclasses.replace(TINY, test_limit=120)  # one evaluation batch
-    results = pipeline.run(dataclasses.replace(tiny, workdir=str(tmp_path)))
+    results = experiments.runs.run(dataclasses.replace(tiny, workdir=str(tmp_path)))
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
     assert {"dataset", "arch", "levels", "ann_accuracy", "snn", "offset"} <= set(on_disk)
@@ -62,16 +65,18 @@ def test_results_schema_and_outputs(tmp_path):
     for plot in (*plots, "equal_budget.png"):
         assert (tmp_path / plot).read_bytes()[:4] == b"\x89PNG"
     assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 2
-    again = pipeline.run(dataclasses.replace(tiny, workdir=str(tmp_path), eval_only=True, saturated=("fire", "hold")))
+    again = experiments.runs.run(
+        dataclasses.replace(tiny, workdir=str(tmp_path), eval_only=True, saturated=("fire", "hold"))
+    )
     assert list(again["snn"]) == ["qcfs", "cos_k1", "cos_k2", "cos_k1_hold", "cos_k2_hold"]
     assert again["snn"]["cos_k2_hold"]["saturated"] == "hold"
     assert {k: again["snn"][k] for k in results["snn"]} == results["snn"]
     assert again["ann_accuracy"] == results["ann_accuracy"]
     assert json.loads((tmp_path / "config.json").read_text())["saturated"] == ["fire", "hold"]
-    with pytest.raises(pipeline.RunError, match="trained with a different configuration: epochs 2 -> 3"):
-        pipeline.run(dataclasses.replace(tiny, workdir=str(tmp_path), eval_only=True, epochs=3))
+    with pytest.raises(experiments.results.RunError, match="trained with a different configuration: epochs 2 -> 3"):
+        experiments.runs.run(dataclasses.replace(tiny, workdir=str(tmp_path), eval_only=True, epochs=3))
 
-    import calibration_sweep
+    from experiments import calibration_sweep
 
     sweep = calibration_sweep.main(
         ["--workdir", str(tmp_path), "--sizes", "4", "16", "--steps", "2", "--draws", "0", "1"]
@@ -86,7 +91,7 @@ def test_results_schema_and_outputs(tmp_path):
 
 @pytest.mark.parametrize("flag", ["--sizes", "--steps", "--draws"])
 def test_calibration_sweep_refuses_a_repeated_value(flag, tmp_path, capsys):
-    import calibration_sweep
+    from experiments import calibration_sweep
 
     with pytest.raises(SystemExit):
         calibration_sweep.main(["--workdir", str(tmp_path), flag, "2", "2"])
@@ -99,7 +104,7 @@ def test_every_method_at_equal_budget_calibrates_on_training_images_only(tmp_pat
         TINY,
         workdir=str(tmp_path),
         test_limit=120,
-        methods=pipeline.METHOD_FAMILIES,
+        methods=experiments.methods.METHOD_FAMILIES,
         levels=2,  # = T_max: the Table-3 statistics come from the same runs
         iterations=(1,),
         max_steps=2,
@@ -109,20 +114,20 @@ def test_every_method_at_equal_budget_calibrates_on_training_images_only(tmp_pat
         calibration_images=64,
     )
     seen = []
-    for key, calibrate in dict(pipeline.CALIBRATIONS).items():
+    for key, calibrate in dict(experiments.methods.CALIBRATIONS).items():
 
         def spy(model, variables, images, *, calibrate=calibrate, **options):
             seen.append(np.asarray(images))
             return calibrate(model, variables, images, **options)
 
-        monkeypatch.setitem(pipeline.CALIBRATIONS, key, spy)
-    results = pipeline.run(config)
+        monkeypatch.setitem(experiments.methods.CALIBRATIONS, key, spy)
+    results = experiments.runs.run(config)
     assert list(results["snn"]) == ["qcfs", "cos_k1", "data_v0", "data_bias", "warm_cos_r2", "srp"]
     # per data-level method one calibration per T = 1, 2 (warm_cos reuses data_v0's), 64 training
     # images each
     assert len(seen) == 2 * 2 and all(images.shape == (64, 8, 8, 1) for images in seen)
-    train_split, test_split = pipeline.load_splits(config)
-    train_rows = {row.tobytes() for row in pipeline.data.normalize(train_split.images, "digits")}
+    train_split, test_split = experiments.datasets.load_splits(config)
+    train_rows = {row.tobytes() for row in data.normalize(train_split.images, "digits")}
     for images in seen:  # fails if any calibration image came from the test split
         assert all(row.tobytes() in train_rows for row in images)
     extra = {"qcfs": 0, "cos_k1": 2, "data_v0": 0, "data_bias": 0, "warm_cos_r2": 2, "srp": 2}
@@ -141,29 +146,31 @@ def test_every_method_at_equal_budget_calibrates_on_training_images_only(tmp_pat
 def uninterrupted(tmp_path_factory):
     """TINY's two epochs trained without a break: what both resume tests must reach."""
     config = dataclasses.replace(TINY, epochs=2)
-    model = pipeline.build_model(config, 10)
-    train_split, test_split = pipeline.load_splits(config)
-    return pipeline.train_ann(config, model, train_split, test_split, tmp_path_factory.mktemp("uninterrupted"))
+    model = experiments.training.build_model(config, 10)
+    train_split, test_split = experiments.datasets.load_splits(config)
+    return experiments.training.train_ann(
+        config, model, train_split, test_split, tmp_path_factory.mktemp("uninterrupted")
+    )
 
 
 @pytest.mark.slow
 def test_crash_after_an_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypatch, uninterrupted):
     config = dataclasses.replace(TINY, epochs=2)
-    model = pipeline.build_model(config, 10)
-    train_split, test_split = pipeline.load_splits(config)
+    model = experiments.training.build_model(config, 10)
+    train_split, test_split = experiments.datasets.load_splits(config)
 
-    real_save = pipeline.checkpoint.save
+    real_save = checkpoint.save
 
     def save_then_crash(directory, state, meta):
         real_save(directory, state, meta)
         if meta.get("epoch") == 1 and "batch" not in meta:
             raise KeyboardInterrupt("simulated crash after epoch 1")
 
-    monkeypatch.setattr(pipeline.checkpoint, "save", save_then_crash)
+    monkeypatch.setattr(checkpoint, "save", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.train_ann(config, model, train_split, test_split, tmp_path / "b")
-    monkeypatch.setattr(pipeline.checkpoint, "save", real_save)
-    resumed = pipeline.train_ann(
+        experiments.training.train_ann(config, model, train_split, test_split, tmp_path / "b")
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    resumed = experiments.training.train_ann(
         dataclasses.replace(config, resume=True), model, train_split, test_split, tmp_path / "b"
     )
     jax.tree.map(np.testing.assert_array_equal, resumed.params, uninterrupted.params)
@@ -174,8 +181,8 @@ def test_crash_after_an_epoch_then_resume_matches_uninterrupted(tmp_path, monkey
 def test_killed_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypatch, uninterrupted):
     """Also: checkpoints every 7 batches leave the trained parameters as they are without them."""
     config = dataclasses.replace(TINY, epochs=2, checkpoint_every=7)
-    model = pipeline.build_model(config, 10)
-    train_split, test_split = pipeline.load_splits(config)
+    model = experiments.training.build_model(config, 10)
+    train_split, test_split = experiments.datasets.load_splits(config)
 
     real_step, calls = loop.train_step, []
 
@@ -187,47 +194,47 @@ def test_killed_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypatc
 
     monkeypatch.setattr(loop, "train_step", step_then_die)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.train_ann(config, model, train_split, test_split, tmp_path / "b")
+        experiments.training.train_ann(config, model, train_split, test_split, tmp_path / "b")
     monkeypatch.setattr(loop, "train_step", real_step)
     meta = json.loads((tmp_path / "b" / "checkpoints" / "latest" / "meta.json").read_text())
     assert (meta["epoch"], meta["batch"]) == (1, 14) and meta["seconds_in_epoch"] > 0
-    resumed = pipeline.train_ann(
+    resumed = experiments.training.train_ann(
         dataclasses.replace(config, resume=True), model, train_split, test_split, tmp_path / "b"
     )
     jax.tree.map(np.testing.assert_array_equal, resumed.params, uninterrupted.params)
     # the resumed epoch's logged time includes its first 14 batches, run before the kill
-    row = pipeline.read_train_log(tmp_path / "b" / "train_log.jsonl")[-1]
+    row = experiments.training.read_train_log(tmp_path / "b" / "train_log.jsonl")[-1]
     assert row["epoch"] == 2 and row["resumed_at_batch"] == 14 and row["seconds"] > meta["seconds_in_epoch"]
 
 
 @pytest.mark.slow
 def test_nan_loss_stops_before_it_reaches_a_checkpoint(tmp_path):
     config = dataclasses.replace(TINY, epochs=1, learning_rate=1e30, checkpoint_every=5)
-    model = pipeline.build_model(config, 10)
-    train_split, test_split = pipeline.load_splits(config)
+    model = experiments.training.build_model(config, 10)
+    train_split, test_split = experiments.datasets.load_splits(config)
     with pytest.raises(FloatingPointError, match="training loss is nan at epoch 1"):
-        pipeline.train_ann(config, model, train_split, test_split, tmp_path)
+        experiments.training.train_ann(config, model, train_split, test_split, tmp_path)
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path):
     config = dataclasses.replace(TINY, resume=True)
-    model = pipeline.build_model(config, 10)
-    train_split, test_split = pipeline.load_splits(config)
-    with pytest.raises(pipeline.RunError, match="no checkpoint in .*start it again with --overwrite"):
-        pipeline.train_ann(config, model, train_split, test_split, tmp_path)
+    model = experiments.training.build_model(config, 10)
+    train_split, test_split = experiments.datasets.load_splits(config)
+    with pytest.raises(experiments.results.RunError, match="no checkpoint in .*start it again with --overwrite"):
+        experiments.training.train_ann(config, model, train_split, test_split, tmp_path)
 
 
 def test_a_log_line_cut_short_by_a_crash_is_dropped_and_a_broken_one_named(tmp_path):
     rows = [{"epoch": 1, "seconds": 1.5}, {"epoch": 2, "seconds": 2.0}]
     log = tmp_path / "train_log.jsonl"
     log.write_text("".join(json.dumps(row) + "\n" for row in rows) + '{"epoch": 3, "sec')
-    assert pipeline.read_train_log(log) == rows
+    assert experiments.training.read_train_log(log) == rows
     assert log.read_text().endswith('"sec')  # reading alone changes nothing
-    assert pipeline.read_train_log(log, repair=True) == rows
+    assert experiments.training.read_train_log(log, repair=True) == rows
     assert log.read_text() == "".join(json.dumps(row) + "\n" for row in rows)
     log.write_text('{"epoch": 1}\nnot json\n{"epoch": 3}\n')
-    with pytest.raises(pipeline.RunError, match="line 2 is not a JSON row"):
-        pipeline.read_train_log(log)
+    with pytest.raises(experiments.results.RunError, match="line 2 is not a JSON row"):
+        experiments.training.read_train_log(log)
 
 
 @pytest.mark.parametrize(
@@ -241,19 +248,25 @@ def test_a_log_line_cut_short_by_a_crash_is_dropped_and_a_broken_one_named(tmp_p
 )
 def test_non_finite_or_negative_rates_are_refused_before_any_work(flags, message, capsys):
     with pytest.raises(SystemExit):
-        pipeline.parse_args(quickstart.CONFIG, flags)
+        experiments.config.parse_args(experiments.quickstart.CONFIG, flags)
     assert message in capsys.readouterr().err
 
 
 def test_command_line_overrides_every_field():
-    config = pipeline.parse_args(
-        quickstart.CONFIG,
+    config = experiments.config.parse_args(
+        experiments.quickstart.CONFIG,
         ["--epochs", "3", "--iterations", "1", "4", "--arch", "small_resnet", "--resume", "--workdir", "/tmp/x"],
     )
     assert (config.epochs, config.iterations, config.arch, config.resume) == (3, (1, 4), "small_resnet", True)
     assert config.resolved_workdir() == Path("/tmp/x")
-    assert pipeline.parse_args(quickstart.CONFIG, []).resolved_workdir().parts[-2:] == ("results", "quickstart")
-    assert pipeline.parse_args(quickstart.CONFIG, ["--saturated", "fire", "hold"]).saturated == ("fire", "hold")
+    assert experiments.config.parse_args(experiments.quickstart.CONFIG, []).resolved_workdir().parts[-2:] == (
+        "results",
+        "quickstart",
+    )
+    assert experiments.config.parse_args(experiments.quickstart.CONFIG, ["--saturated", "fire", "hold"]).saturated == (
+        "fire",
+        "hold",
+    )
 
 
 @pytest.mark.parametrize(
@@ -267,27 +280,34 @@ def test_command_line_overrides_every_field():
 )
 def test_an_option_of_a_method_not_run_is_refused_not_ignored(flags, message, capsys):
     with pytest.raises(SystemExit):
-        pipeline.parse_args(quickstart.CONFIG, flags)
+        experiments.config.parse_args(experiments.quickstart.CONFIG, flags)
     assert message in capsys.readouterr().err
 
 
 def test_options_of_methods_not_run_are_not_validated():
     """quickstart's default srp-steps (4) and warm-presim-steps do not block --max-steps 1 when
     srp and warm_cos are not run; they do when they are."""
-    assert pipeline.parse_args(quickstart.CONFIG, ["--max-steps", "1", "--presim-steps", "1"]).max_steps == 1
-    with pytest.raises(pipeline.RunError, match=r"srp-steps must be in \[1, max-steps = 1\]"):
-        pipeline.validate(dataclasses.replace(quickstart.CONFIG, max_steps=1, presim_steps=1, methods=("srp",)))
+    assert (
+        experiments.config.parse_args(
+            experiments.quickstart.CONFIG, ["--max-steps", "1", "--presim-steps", "1"]
+        ).max_steps
+        == 1
+    )
+    with pytest.raises(experiments.results.RunError, match=r"srp-steps must be in \[1, max-steps = 1\]"):
+        experiments.config.validate(
+            dataclasses.replace(experiments.quickstart.CONFIG, max_steps=1, presim_steps=1, methods=("srp",))
+        )
 
 
 def test_unknown_saturation_rule_is_named(capsys):
     with pytest.raises(SystemExit):
-        pipeline.parse_args(quickstart.CONFIG, ["--saturated", "clip"])
+        experiments.config.parse_args(experiments.quickstart.CONFIG, ["--saturated", "clip"])
     assert "saturated takes fire or hold, got 'clip'" in capsys.readouterr().err
 
 
 def test_unknown_architecture_is_named():
-    with pytest.raises(pipeline.RunError, match="arch must be one of"):
-        pipeline.validate(dataclasses.replace(TINY, arch="alexnet"))
+    with pytest.raises(experiments.results.RunError, match="arch must be one of"):
+        experiments.config.validate(dataclasses.replace(TINY, arch="alexnet"))
 
 
 @pytest.mark.parametrize(
@@ -299,7 +319,7 @@ def test_unknown_architecture_is_named():
 )
 def test_entry_points_answer_help(name):
     out = subprocess.run(
-        [sys.executable, str(EXPERIMENTS / f"{name}.py"), "--help"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", f"experiments.{name}", "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT
     )
     assert out.returncode == 0, out.stderr
     assert "--workdir" in out.stdout and "--resume" in out.stdout
@@ -307,8 +327,9 @@ def test_entry_points_answer_help(name):
 
 @pytest.mark.slow
 def test_cifar_config_runs_end_to_end_on_mock_tfds(tmp_path):
-    import cifar10
     import tensorflow_datasets as tfds
+
+    from experiments import cifar10
 
     config = dataclasses.replace(
         cifar10.CONFIG,
@@ -322,7 +343,7 @@ def test_cifar_config_runs_end_to_end_on_mock_tfds(tmp_path):
         methods=("cos",),
     )
     with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
-        results = pipeline.run(config)
+        results = experiments.runs.run(config)
     assert results["dataset"] == "cifar10" and results["num_test_examples"] == 16
     assert set(results["snn"]) == {"qcfs", "cos_k1"}
     assert list(results["snn"]["cos_k1"]["accuracy"]) == ["1", "2", "3", "4"]
@@ -332,12 +353,12 @@ def test_cifar_config_runs_end_to_end_on_mock_tfds(tmp_path):
 @pytest.mark.parametrize(
     ("script", "args", "message"),
     [
-        ("report.py", [], "the following arguments are required: workdirs"),
-        ("report.py", ["{missing}"], "holds no results.json"),
-        ("readme_table.py", ["--bogus", "{finished}"], "unrecognized arguments: --bogus"),
-        ("readme_table.py", ["--budget", "{foreign}"], "holds no results.json"),
-        ("levels_sweep.py", ["--workdir", "{foreign}"], "holds no run of offsetjax's experiments"),
-        ("calibration_sweep.py", ["--workdir", "{missing}"], "holds no run of offsetjax's experiments"),
+        ("report", [], "the following arguments are required: workdirs"),
+        ("report", ["{missing}"], "holds no results.json"),
+        ("readme_table", ["--bogus", "{finished}"], "unrecognized arguments: --bogus"),
+        ("readme_table", ["--budget", "{foreign}"], "holds no results.json"),
+        ("levels_sweep", ["--workdir", "{foreign}"], "holds no run of offsetjax's experiments"),
+        ("calibration_sweep", ["--workdir", "{missing}"], "holds no run of offsetjax's experiments"),
     ],
 )
 def test_scripts_on_a_missing_or_foreign_directory_exit_2_with_one_line(script, args, message, tmp_path):
@@ -348,7 +369,7 @@ def test_scripts_on_a_missing_or_foreign_directory_exit_2_with_one_line(script, 
     (tmp_path / "finished" / "results.json").write_text("{}")
     argv = [a.format(missing=tmp_path / "missing", foreign=foreign, finished=tmp_path / "finished") for a in args]
     out = subprocess.run(
-        [sys.executable, str(EXPERIMENTS / script), *argv], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", f"experiments.{script}", *argv], capture_output=True, text=True, timeout=120, cwd=ROOT
     )
     assert out.returncode == 2, out.stderr
     assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
@@ -362,13 +383,36 @@ def test_a_derived_report_of_another_run_is_refused_and_the_committed_ones_are_t
     (run / "results.json").write_text("{}")
     (run / "train_log.jsonl").write_text('{"epoch": 1}\n')
     (run / "nir.json").write_text(json.dumps({"run": "0123456789abcdef", "methods": {}}))
-    script = [sys.executable, str(EXPERIMENTS / "readme_table.py"), "--nir"]
-    out = subprocess.run([*script, str(run)], capture_output=True, text=True, timeout=120)
+    script = [sys.executable, "-m", "experiments.readme_table", "--nir"]
+    out = subprocess.run([*script, str(run)], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 2 and "was made from run 0123456789abcdef, not the run now in" in out.stderr, out.stderr
-    results = Path(__file__).resolve().parent.parent / "results"
-    for report in results.glob("*/*/*.json"):
+    for report in (ROOT / "results").glob("*/*/*.json"):
         derived = report.name not in ("results.json", "config.json") and not report.name.startswith(".")
         if derived and (report.parent / "train_log.jsonl").exists():
             stamped = json.loads(report.read_text())["run"]
             log = (report.parent / "train_log.jsonl").read_bytes()
             assert stamped == hashlib.sha256(log).hexdigest()[:16], report
+
+
+def test_reproduce_names_every_differing_field_and_ignores_wall_times():
+    from experiments.reproduce import differences
+
+    committed = {
+        "snn": {"cos_k1": {"accuracy": {"1": 0.5, "2": 0.75}}},
+        "offset": {"mse": [0.1, float("nan")]},
+        "wall_time_seconds": {"total": 3.0},
+        "command": "python -m experiments.quickstart --workdir a",
+    }
+    same = json.loads(json.dumps(committed))
+    same["wall_time_seconds"]["total"], same["command"] = 4.0, "python -m experiments.quickstart --workdir b"
+    assert differences(committed, same) == []
+    moved = json.loads(json.dumps(same))
+    moved["snn"]["cos_k1"]["accuracy"]["2"] = 0.75 + 2**-40  # one last bit
+    moved["offset"]["mse"][1], moved["levels"] = 0.0, 4
+    del moved["snn"]["cos_k1"]["accuracy"]["1"]
+    assert sorted(differences(committed, moved)) == [
+        "levels: new field",
+        "offset.mse.1: nan -> 0.0",
+        "snn.cos_k1.accuracy.1: missing",
+        f"snn.cos_k1.accuracy.2: 0.75 -> {0.75 + 2**-40!r}",
+    ]

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-QUICK = [PYTHON, str(ROOT / "experiments" / "quickstart.py"), "--train-limit", "640", "--test-limit", "64"]
+QUICK = [PYTHON, "-m", "experiments.quickstart", "--train-limit", "640", "--test-limit", "64"]
 QUICK += ["--epochs", "2", "--eval-batch-size", "32", "--checkpoint-every", "2"]
 # The resume test compares trained parameters: a short evaluation (the baseline, T = 1..5).
 # (COS and data-level calibration over two processes: multihost_check.py)
@@ -76,7 +76,7 @@ def test_an_unreachable_coordinator_is_a_clear_error_after_a_bounded_wait():
 
 @pytest.mark.long  # three two-process pipeline runs, ~2.5 min on 2 cores: outside .ci/run's budget
 def test_resume_after_losing_both_hosts_mid_epoch_reaches_the_uninterrupted_parameters(tmp_path):
-    launch.launch_local([*QUICK, "--workdir", str(tmp_path / "a")], 2, timeout_s=240)
+    launch.launch_local([*QUICK, "--workdir", str(tmp_path / "a")], 2, timeout_s=240, cwd=ROOT)
 
     # Run b: both processes killed in epoch 2, process 1 first (a host dies; the slice is lost).
     port, workdir = launch.free_port(), tmp_path / "b"
@@ -86,6 +86,7 @@ def test_resume_after_losing_both_hosts_mid_epoch_reaches_the_uninterrupted_para
             env={**os.environ, **launch.local_process_env(i, 2, port)},
             stdout=subprocess.PIPE if i == 0 else subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            cwd=ROOT,
             text=True,
         )
         for i in range(2)
@@ -109,7 +110,7 @@ def test_resume_after_losing_both_hosts_mid_epoch_reaches_the_uninterrupted_para
     meta = json.loads((workdir / "checkpoints" / "latest" / "meta.json").read_text())
     assert meta["epoch"] in (1, 2) and not (workdir / "results.json").exists(), meta
 
-    launch.launch_local([*QUICK, "--workdir", str(workdir), "--resume"], 2, timeout_s=240)
+    launch.launch_local([*QUICK, "--workdir", str(workdir), "--resume"], 2, timeout_s=240, cwd=ROOT)
     model = oj.models.small_vgg(10)
     tx = training.sgd_cosine(learning_rate=0.05, total_steps=1)
     fresh = training.create_train_state(model, tx, np.zeros((2, 8, 8, 1), np.float32), seed=3)

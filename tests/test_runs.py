@@ -6,20 +6,18 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
-sys.path.insert(0, str(EXPERIMENTS))
-
-import pipeline  # noqa: E402
-import quickstart  # noqa: E402
-import rundir  # noqa: E402
+import experiments.config
+import experiments.quickstart
+import experiments.results
+import experiments.runs
+import experiments.training
 
 CONFIG = dataclasses.replace(
-    quickstart.CONFIG,
+    experiments.quickstart.CONFIG,
     epochs=1,
     train_limit=300,
     test_limit=90,
@@ -35,7 +33,7 @@ FLAGS += ["--eval-batch-size", "90", "--methods", "cos"]
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("finished")
-    pipeline.run(dataclasses.replace(CONFIG, workdir=str(workdir)))
+    experiments.runs.run(dataclasses.replace(CONFIG, workdir=str(workdir)))
     return workdir
 
 
@@ -53,7 +51,7 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 def run_main(capsys, workdir: Path, *flags: str) -> tuple[int, str]:
     """The entry point as a shell runs it: (exit status, stderr)."""
     try:
-        pipeline.main(CONFIG, [*FLAGS, "--workdir", str(workdir), *flags])
+        experiments.runs.main(CONFIG, [*FLAGS, "--workdir", str(workdir), *flags])
         status = 0
     except SystemExit as exit_:
         status = exit_.code
@@ -78,15 +76,20 @@ def test_a_finished_run_is_not_overwritten_without_resume_or_overwrite(workdir, 
 
 @pytest.mark.slow
 def test_overwrite_replaces_the_run_and_logs_final_progress_lines(workdir, capsys):
-    rundir.write_output(workdir, "levels_sweep.json", "{}")  # a derived output: goes with the run
+    experiments.results.write_output(workdir, "levels_sweep.json", "{}")  # a derived output: goes with the run
     (workdir / "nir").mkdir()
-    rundir.write_output(workdir, "nir/qcfs.nir", b"graph")
+    experiments.results.write_output(workdir, "nir/qcfs.nir", b"graph")
     status, err = run_main(capsys, workdir, "--overwrite", "--seed", "1")
     assert status == 0, err
     assert not (workdir / "levels_sweep.json").exists() and not (workdir / "nir").exists()
-    assert set(rundir.recorded_outputs(workdir)) >= {"config.json", "results.json", "results.md", "train_log.jsonl"}
-    assert rundir.foreign_files(workdir) == []
-    assert rundir.read_config(workdir)["seed"] == 1
+    assert set(experiments.results.recorded_outputs(workdir)) >= {
+        "config.json",
+        "results.json",
+        "results.md",
+        "train_log.jsonl",
+    }
+    assert experiments.runs.foreign_files(workdir) == []
+    assert experiments.config.read_config(workdir)["seed"] == 1
     # stderr is not a terminal here, as in a log file: every bar leaves its final line.
     assert "epoch 1/1: 100%" in err and "SNN cos_k1: 100%" in err, err
 
@@ -110,12 +113,12 @@ def test_resume_refuses_a_change_that_alters_the_result(workdir, capsys):
     # Evaluation settings do not change the trained network: allowed, and recorded after success.
     status, err = run_main(capsys, workdir, "--eval-only", "--eval-batch-size", "45")
     assert status == 0, err
-    assert rundir.read_config(workdir)["eval_batch_size"] == 45
+    assert experiments.config.read_config(workdir)["eval_batch_size"] == 45
 
 
 @pytest.mark.slow
 def test_a_second_run_on_a_locked_workdir_exits_naming_the_holder(workdir, capsys):
-    lock = rundir.claim(workdir, resume=True, eval_only=False, overwrite=False)
+    lock = experiments.runs.claim(workdir, resume=True, eval_only=False, overwrite=False)
     try:
         status, err = run_main(capsys, workdir, "--eval-only")
     finally:
@@ -156,7 +159,7 @@ def test_a_workdir_that_is_a_file_or_unwritable_is_one_line(tmp_path, capsys, mo
     locked.mkdir(mode=0o500)
     if os.geteuid() == 0:  # root may write anywhere: let the permission check see what a user would
         real_access = os.access
-        monkeypatch.setattr(rundir.os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+        monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
     status, err = run_main(capsys, locked)
     assert_one_line_error(status, err, f"--workdir {locked} is not writable")
 
@@ -165,20 +168,22 @@ def test_configuration_errors_are_found_before_any_work(tmp_path, capsys):
     status, err = run_main(capsys, tmp_path / "new", "--max-steps", "2", "--arch", "alexnet")
     assert status == 2 and "arch must be one of" in err and "presim-steps must be in" in err, err
     assert not (tmp_path / "new").exists()
-    import fashion_mnist
+    from experiments import fashion_mnist
 
     try:
-        pipeline.main(fashion_mnist.CONFIG, ["--idx-dir", str(tmp_path / "missing"), "--workdir", str(tmp_path / "f")])
+        experiments.runs.main(
+            fashion_mnist.CONFIG, ["--idx-dir", str(tmp_path / "missing"), "--workdir", str(tmp_path / "f")]
+        )
     except SystemExit as exit_:
         status = exit_.code
     err = capsys.readouterr().err
     assert_one_line_error(status, err, str(tmp_path / "missing"))
-    assert rundir.read_config(tmp_path / "f") is None  # found before training wrote anything
+    assert experiments.config.read_config(tmp_path / "f") is None  # found before training wrote anything
 
 
 def test_help_describes_every_flag_with_its_default_and_hides_other_datasets_flags(capsys):
     with pytest.raises(SystemExit):
-        pipeline.parse_args(quickstart.CONFIG, ["--help"])
+        experiments.config.parse_args(experiments.quickstart.CONFIG, ["--help"])
     out = capsys.readouterr().out
     assert "--max-steps MAX_STEPS" in out and "T_max" in out and "(default: 8)" in out
     assert "--overwrite" in out and "replace the run already in --workdir" in out
@@ -201,7 +206,7 @@ def fake_run(workdir: Path) -> None:
     checkpoint whose manifest lists its files."""
     workdir.mkdir()
     for name in ("config.json", "results.json", "results.md"):
-        rundir.write_output(workdir, name, f"{name} of the run")
+        experiments.results.write_output(workdir, name, f"{name} of the run")
     state = workdir / "checkpoints" / "latest" / "state"
     state.mkdir(parents=True)
     (state / "data").write_bytes(b"arrays")
@@ -211,17 +216,17 @@ def fake_run(workdir: Path) -> None:
 
 
 def claim_overwrite(workdir: Path):
-    return rundir.claim(workdir, resume=False, eval_only=False, overwrite=True)
+    return experiments.runs.claim(workdir, resume=False, eval_only=False, overwrite=True)
 
 
 def test_overwrite_removes_what_offsetjax_wrote_and_nothing_else(tmp_path):
     workdir = tmp_path / "run"
     fake_run(workdir)
     (workdir / "nir").mkdir()
-    rundir.write_output(workdir, "nir/cos_k1.nir", b"graph")  # derived outputs go with the run
-    rundir.write_output(workdir, "levels_sweep.json", "{}")
+    experiments.results.write_output(workdir, "nir/cos_k1.nir", b"graph")  # derived outputs go with the run
+    experiments.results.write_output(workdir, "levels_sweep.json", "{}")
     claim_overwrite(workdir).close()
-    assert sorted(p.name for p in workdir.iterdir()) == [rundir.LOCK]
+    assert sorted(p.name for p in workdir.iterdir()) == [experiments.runs.LOCK]
 
 
 @pytest.mark.parametrize(
@@ -234,11 +239,11 @@ def test_overwrite_refuses_any_file_offsetjax_did_not_write_and_names_it(tmp_pat
     (workdir / foreign).parent.mkdir(parents=True, exist_ok=True)
     (workdir / foreign).write_text("the user's")
     before = snapshot(workdir)
-    with pytest.raises(rundir.RunError, match=f"did not write.*{foreign}.*move these away") as caught:
+    with pytest.raises(experiments.results.RunError, match=f"did not write.*{foreign}.*move these away") as caught:
         claim_overwrite(workdir)
     assert "\n" not in str(caught.value)
-    assert {k: v for k, v in snapshot(workdir).items() if k != rundir.LOCK} == {
-        k: v for k, v in before.items() if k != rundir.LOCK
+    assert {k: v for k, v in snapshot(workdir).items() if k != experiments.runs.LOCK} == {
+        k: v for k, v in before.items() if k != experiments.runs.LOCK
     }
 
 
@@ -258,9 +263,9 @@ def test_an_output_changed_since_offsetjax_wrote_it_is_not_removed(tmp_path, cha
         (workdir / "results.md").symlink_to(tmp_path / "elsewhere")
         named = "results.md"
     else:  # a run written before offsetjax kept a record (or the record was deleted)
-        (workdir / rundir.OUTPUTS).unlink()
+        (workdir / experiments.results.OUTPUTS).unlink()
         named = "config.json"
-    with pytest.raises(rundir.RunError, match=named):
+    with pytest.raises(experiments.results.RunError, match=named):
         claim_overwrite(workdir)
     assert (workdir / named).exists() or (workdir / named).is_symlink()
 

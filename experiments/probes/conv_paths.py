@@ -1,6 +1,6 @@
 """XLA's CPU convolution against the same 3x3 'SAME' convolution as im2col or shifted matmuls.
 
-    python experiments/probes/conv_paths.py
+    python -m experiments.probes.conv_paths
 
 Prints milliseconds per call (mean of 3 after a warm-up) at VGG-16's feature-map shapes,
 batch 32, and the largest difference between the results.

@@ -1,6 +1,6 @@
 """What a data-level calibration costs against one simulation of its calibration set.
 
-    python experiments/probes/data_calibration.py [--networks digits fashion_mnist] [--steps 4 8]
+    python -m experiments.probes.data_calibration [--networks digits fashion_mnist] [--steps 4 8]
         [--images 256] [--label after] [--out results/probes/data_calibration]
 
 For each network and T, two fresh processes (so that nothing is compiled or cached before):
@@ -16,7 +16,7 @@ The networks are the quickstart's (``small_vgg`` on 8x8 digits) and the Fashion-
 depend on the weights' values (the bisection always runs its fixed number of halvings).
 
 ``--label`` names the library measured; to measure another version, put it first on the path
-(``PYTHONPATH=/path/to/checkout python experiments/probes/data_calibration.py --label before``).
+(``PYTHONPATH=/path/to/checkout python -m experiments.probes.data_calibration --label before``).
 Records with the same label are replaced in ``<out>.json``; ``<out>.md`` is the table of all.
 """
 
@@ -70,6 +70,7 @@ def _worker(network: str, num_steps: int, count: int, task: str) -> dict:
         if len(walls) == 1:
             first_compiles = compiles[before:]
     return {
+        "library_dir": str(Path(oj.__file__).resolve().parent),  # the offsetjax measured (PYTHONPATH's)
         "wall_s": walls[0],
         "compilations": len(first_compiles),
         "compile_s": sum(first_compiles),
@@ -81,8 +82,8 @@ def measure(network: str, num_steps: int, count: int) -> dict:
     """Both tasks, each in a fresh process."""
     record = {"network": network, "num_steps": num_steps, "images": count}
     for task in ("data_potential", "simulate"):
-        command = [sys.executable, __file__, "--worker", network, str(num_steps), str(count), task]
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        worker = [sys.executable, __file__, "--worker", network, str(num_steps), str(count), task]
+        output = subprocess.run(worker, check=True, capture_output=True, text=True).stdout
         record[task] = json.loads(output.strip().splitlines()[-1])
     record["ratio"] = record["data_potential"]["wall_s"] / record["simulate"]["wall_s"]
     return record
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     import jax
 
-    import offsetjax
+    from experiments.results import command, write_atomic  # not in the workers: they import only offsetjax
 
     out = Path(args.out)
     path = out.with_suffix(".json")
@@ -142,10 +143,9 @@ def main(argv: list[str] | None = None) -> None:
         "machines": {
             **saved.get("machines", {}),
             args.label: {
-                "library": _commit(Path(offsetjax.__file__).resolve().parent),
+                "library": _commit(Path(records[-1]["simulate"].pop("library_dir"))),
                 "command": ("PYTHONPATH=<that checkout> " if os.environ.get("PYTHONPATH") else "")
-                + "python "
-                + " ".join(sys.argv),
+                + command(__spec__.name, argv),
                 "backend": jax.default_backend(),
                 "jax": jax.__version__,
                 "cpu": platform.processor() or platform.machine(),
@@ -153,16 +153,20 @@ def main(argv: list[str] | None = None) -> None:
             },
         },
     }
+    for record in records:
+        for task in ("data_potential", "simulate"):
+            record[task].pop("library_dir", None)
     out.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(saved, indent=2))
+    write_atomic(path, json.dumps(saved, indent=2))
     machines = "; ".join(
         f"{label}: offsetjax {m['library']}, `{m['command']}`, {m['backend']} ({m['cpu']}, {m['cores']} cores), "
         f"jax {m['jax']}"
         for label, m in saved["machines"].items()
     )
-    out.with_suffix(".md").write_text(
+    write_atomic(
+        out.with_suffix(".md"),
         f"{table(records)}\n\nFirst calls in fresh processes; 'again' is the second call in the same process. "
-        f"{machines}.\n"
+        f"{machines}.\n",
     )
 
 

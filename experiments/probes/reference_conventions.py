@@ -1,6 +1,6 @@
 """How much each calibration convention changes the spikes, against the authors' evaluation.
 
-    python experiments/probes/reference_conventions.py > results/probes/reference_conventions.txt
+    python -m experiments.probes.reference_conventions > results/probes/reference_conventions.txt
 
 Needs torch. Runs the networks of ``tests/test_parity.py`` (VGG-16 and ResNet-20 in the authors'
 layout, random float64 weights with measured batch-norm statistics, batch 4, rho = 4, k = 1)
@@ -16,18 +16,14 @@ from the authors' and how many of the 4 images get the same prediction at each t
 """
 
 import copy
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from offsetjax import offset  # noqa: E402
-from tests.test_parity import PRESIM_STEPS, channels_last, offsetjax_run, reference_network  # noqa: E402
-from tests.torch_models import calibrated_snn  # noqa: E402
+from offsetjax import offset
+from tests.test_parity import PRESIM_STEPS, channels_last, offsetjax_run, reference_network
+from tests.torch_models import calibrated_snn
 
 plain_floor = offset.offset_from_residual
 

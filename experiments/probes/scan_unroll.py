@@ -1,6 +1,6 @@
 """Compile time and run time of one SNN evaluation against the scan unroll of its time loops.
 
-    python experiments/probes/scan_unroll.py [--networks vgg16 resnet20] [--steps 4 8 16 32 64]
+    python -m experiments.probes.scan_unroll [--networks vgg16 resnet20] [--steps 4 8 16 32 64]
         [--unrolls full 1 auto] [--batch 16] [--repeats 3] [--out results/probes/scan_unroll]
 
 For each network, T and unroll, the calibrated SNN (rho = 4, k = 1, the CIFAR setting) is
@@ -16,18 +16,14 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import jax
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import benchmark  # noqa: E402
-
-import offsetjax as oj  # noqa: E402
-from offsetjax import simulation  # noqa: E402
+import offsetjax as oj
+from experiments import benchmark
+from offsetjax import simulation
 
 PRESIM_STEPS, ITERATIONS = 4, 1
 

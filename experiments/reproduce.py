@@ -1,0 +1,90 @@
+"""Run a committed run's recorded command again in a scratch directory and compare the results.
+
+    python -m experiments.reproduce results/digits/quickstart [results/digits/small_vgg ...] [--keep]
+
+Reads ``results.json``'s ``command``, runs it with ``--workdir`` pointing to a new directory
+(copying the run's checkpoints first when the command is ``--eval-only``), and compares the new
+``results.json`` with the committed one field by field, every float bit for bit; only wall times
+and the command itself (which names the other directory) may differ. Prints each differing field
+and exits with status 1 if there is one: a refactor that changes a result is caught here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from experiments.results import ROOT, load_results, results_directory
+
+#: Fields that differ between two runs of the same command by design.
+UNCOMPARED = ("wall_time_seconds", "command")
+
+
+def differences(committed, new, path: str = "") -> list[str]:
+    """The fields where ``new`` differs from ``committed`` (``"snn.cos_k1.accuracy.5: 0.98 -> 0.97"``);
+    floats are compared exactly, NaN equal to NaN."""
+    if isinstance(committed, dict) and isinstance(new, dict):
+        found = [f"{path}{key}: missing" for key in committed if key not in new and key not in UNCOMPARED]
+        found += [f"{path}{key}: new field" for key in new if key not in committed and key not in UNCOMPARED]
+        for key in committed:
+            if key in new and key not in UNCOMPARED:
+                found += differences(committed[key], new[key], f"{path}{key}.")
+        return found
+    if isinstance(committed, list) and isinstance(new, list) and len(committed) == len(new):
+        return [d for i, (a, b) in enumerate(zip(committed, new)) for d in differences(a, b, f"{path}{i}.")]
+    both_nan = isinstance(committed, float) and isinstance(new, float) and math.isnan(committed) and math.isnan(new)
+    if (committed == new and type(committed) is type(new)) or both_nan:
+        return []
+    return [f"{path.rstrip('.')}: {committed!r} -> {new!r}"]
+
+
+def rerun(workdir: Path, scratch: Path) -> dict:
+    """Run ``workdir``'s recorded command into ``scratch``; returns the new results."""
+    words = shlex.split(load_results(workdir)["command"])
+    if words[:3] != ["python", "-m", words[2]] or not words[2].startswith("experiments."):
+        raise SystemExit(f"error: {workdir}/results.json's command is not an experiments module: {' '.join(words)}")
+    arguments = words[3:]
+    if "--workdir" in arguments:
+        index = arguments.index("--workdir")
+        del arguments[index : index + 2]
+    if "--eval-only" in arguments:
+        if not (workdir / "checkpoints").is_dir():
+            raise SystemExit(
+                f"error: {workdir} is an --eval-only run without its checkpoints: it cannot be re-run here"
+            )
+        shutil.copytree(workdir / "checkpoints", scratch / "checkpoints")
+        for name in ("config.json", "train_log.jsonl"):
+            shutil.copy2(workdir / name, scratch / name)
+    command = [sys.executable, "-m", words[2], *arguments, "--workdir", str(scratch)]
+    print("running", " ".join(command[1:]), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+    return load_results(scratch)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", type=results_directory, help="committed runs (holding results.json)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directories (printed)")
+    args = parser.parse_args(argv)
+    failed = False
+    for workdir in args.runs:
+        scratch = Path(tempfile.mkdtemp(prefix="offsetjax-reproduce-"))
+        found = differences(load_results(workdir), rerun(workdir, scratch))
+        print(f"{workdir}: " + ("every compared field equal" if not found else f"{len(found)} fields differ"))
+        print("\n".join(f"  {line}" for line in found))
+        failed |= bool(found)
+        if args.keep:
+            print(f"  new run kept in {scratch}")
+        else:
+            shutil.rmtree(scratch)
+    return int(failed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
