@@ -21,7 +21,12 @@ DEFAULT_THRESHOLD = 8.0
 
 def at_least_float32(dtype) -> jnp.dtype:
     """``dtype`` if it is a float wider than 32 bits, else float32 (no implicit promotion, so it
-    holds under ``jax_numpy_dtype_promotion='strict'``)."""
+    holds under ``jax_numpy_dtype_promotion='strict'``): the dtype QCFS computes in and membrane
+    potentials are kept in, whatever the currents' dtype.
+
+    >>> at_least_float32(jnp.bfloat16)
+    dtype('float32')
+    """
     dtype = jnp.dtype(dtype)
     if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits > 32:
         return dtype

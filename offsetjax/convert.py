@@ -26,8 +26,9 @@ from offsetjax._checks import (
     is_abstract,
     trace_network,
 )
+from offsetjax.activation import at_least_float32
 from offsetjax.models.layers import Activation
-from offsetjax.neuron import potential_dtype, resolve_unroll
+from offsetjax.neuron import resolve_unroll
 from offsetjax.offset import SATURATION_RULES
 from offsetjax.site import INITIAL_POTENTIAL, IFActivation, check_srp
 
@@ -176,7 +177,7 @@ def convert_variables(snn_model: nn.Module, ann_variables: Any, *, example_image
         if path[-1] == "threshold":
             check_positive("threshold at " + "/".join(path[:-1]), leaf)
             theta = jnp.asarray(leaf)
-            dtype = potential_dtype(theta.dtype)
+            dtype = at_least_float32(theta.dtype)
             potentials[(*path[:-1], "v0")] = (
                 jnp.asarray(np.float32(0.5) * np.asarray(leaf, dtype))  # exact: a halving
                 if not is_abstract(leaf)

@@ -52,9 +52,9 @@ from jaxtyping import Array, ArrayLike, Float
 from offsetjax import parallel
 from offsetjax._batching import device_batch, on_mesh, padded
 from offsetjax._checks import check_choice, check_image_batch, images_must_fit, is_abstract
-from offsetjax.activation import QCFS
+from offsetjax.activation import QCFS, at_least_float32
 from offsetjax.convert import ann_model, convert_variables, schedule, spiking_model
-from offsetjax.neuron import potential_dtype, scan_unroll
+from offsetjax.neuron import scan_unroll
 from offsetjax.simulation import check_network
 from offsetjax.site import BIAS_CORRECTION, CALIBRATED_FOR, INITIAL_POTENTIAL, IFActivation
 
@@ -229,7 +229,7 @@ def _solve(currents, theta, v0, bias, target, mask, count: int, num_steps: int, 
     neurons = int(np.prod(neuron_shape))
     size = max(1, min(neurons, BLOCK_BYTES // (4 * num_steps * currents.shape[1])))
     blocks = -(-neurons // size)
-    dtype = potential_dtype(currents.dtype)
+    dtype = at_least_float32(currents.dtype)
 
     def blocked(x, rows):  # [rows, N?, *neuron_shape] -> [blocks, rows, N?, size], zero-padded
         x = jnp.broadcast_to(jnp.asarray(x, dtype), (*rows, *neuron_shape)).reshape(*rows, neurons)
@@ -262,7 +262,7 @@ def _solve_block(
     currents, theta, v0, bias, target, mask, count: int, num_steps: int, *, solver: str, per_channel: bool
 ):
     """:func:`_solve` on one block (all neurons at once)."""
-    dtype = potential_dtype(currents.dtype)
+    dtype = at_least_float32(currents.dtype)
     currents = jnp.broadcast_to(currents, (num_steps, *currents.shape[1:]))
     neuron_shape = currents.shape[2:]
     theta = jnp.asarray(theta, dtype)
@@ -334,6 +334,6 @@ def _mean_activations(model: nn.Module, variables: Any, images: Array, mask: Arr
     _, state = model.apply(variables, images, train=False, capture_intermediates=is_site, mutable=["intermediates"])
     means = {}
     for path, (output,) in traverse_util.flatten_dict(state["intermediates"]).items():
-        output = output.astype(potential_dtype(output.dtype))
+        output = output.astype(at_least_float32(output.dtype))
         means["/".join(path[:-1])] = jnp.tensordot(mask.astype(output.dtype), output, axes=1) / count
     return means

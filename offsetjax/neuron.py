@@ -7,7 +7,7 @@ Per time step t (``docs/method.md`` section 2), elementwise:
     v(t) = m(t) - theta * s(t)    reset by subtraction
 
 Time is axis 0 of every sequence (time-major ``[T, ...]``); everything else is elementwise.
-The potential and the carries are kept in float32 at least (:func:`potential_dtype`): in
+The potential and the carries are kept in float32 at least (:func:`offsetjax.activation.at_least_float32`): in
 bfloat16 or float16 the potential could not hold Theorem 2's margin of 1e-3 theta.
 """
 
@@ -38,15 +38,6 @@ class IFState(NamedTuple):
     count: Array
     min_fired_v: Array
     max_silent_v: Array
-
-
-def potential_dtype(dtype) -> jnp.dtype:
-    """The dtype membrane potentials are computed in for currents of ``dtype``: float32 at least.
-
-    >>> potential_dtype(jnp.bfloat16)
-    dtype('float32')
-    """
-    return at_least_float32(dtype)
 
 
 def if_initial_state(v0: Float[Array, "..."]) -> IFState:
@@ -85,7 +76,7 @@ def if_simulate(
 
     Args:
       currents: input currents I(1..T), time-major ``[T, ...]``, floating dtype; bfloat16 and
-        float16 currents are simulated in float32 (:func:`potential_dtype`).
+        float16 currents are simulated in float32 (:func:`offsetjax.activation.at_least_float32`).
       theta: firing threshold, broadcastable to ``currents.shape[1:]``, > 0.
       v0: initial potential v(0), broadcastable to ``currents.shape[1:]``.
       unroll: time steps per iteration of the ``jax.lax.scan`` loop, an int >= 1 (``T``:
@@ -94,7 +85,7 @@ def if_simulate(
     Returns:
       ``(spikes, state)``: spikes ``[T, ...]`` in {0, 1} of ``currents``' dtype, and the
       final :class:`IFState`, each field of shape ``currents.shape[1:]`` and of dtype
-      ``potential_dtype(currents.dtype)``.
+      ``at_least_float32(currents.dtype)``.
 
     >>> import jax.numpy as jnp
     >>> spikes, state = if_simulate(jnp.array([0.75, 0.75, 0.75]), 1.0, 0.5)
@@ -106,7 +97,7 @@ def if_simulate(
         raise ValueError(f"currents must have a leading time axis of length >= 1, got shape {currents.shape}")
     check_float("currents", currents)
     spike_dtype = currents.dtype
-    dtype = potential_dtype(spike_dtype)
+    dtype = at_least_float32(spike_dtype)
     currents = currents.astype(dtype)
     neuron_shape = currents.shape[1:]
     theta = jnp.asarray(theta, dtype=dtype)

@@ -1,5 +1,6 @@
 """Offset spikes: their definition, their judgement from the residual potential, and their
-calibration by shifting the initial membrane potential (``docs/method.md`` sections 3 and 4).
+calibration by shifting the initial membrane potential (``docs/method.md`` sections 3 and 4);
+and SRP's pre-simulation, the other calibration a site runs before its T steps (section 8).
 
 Sign convention of the paper: psi > 0 means spikes are missing, psi < 0 means extra spikes.
 All functions are elementwise over any neuron shape ``[...]``.
@@ -12,7 +13,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from offsetjax._checks import check_choice, check_positive, check_steps, concrete_value
-from offsetjax.neuron import IFState, if_simulate, potential_dtype
+from offsetjax.activation import at_least_float32
+from offsetjax.neuron import IFState, if_simulate
 
 
 def offset_spike(
@@ -116,14 +118,14 @@ def shift_initial_potential(
       saturated: ``"fire"`` or ``"hold"``, as above.
 
     Returns:
-      The shifted initial potential, ``[...]``, in ``potential_dtype`` of ``state.v`` (float32
+      The shifted initial potential, ``[...]``, in ``at_least_float32`` of ``state.v`` (float32
       at least), finite wherever the inputs are.
     """
     eps_value = concrete_value(eps)
     if eps_value is not None and not 0.0 < float(eps_value) < 1.0:
         raise ValueError(f"eps must lie in (0, 1) (a fraction of theta), got {eps}")
     check_choice("saturated", saturated, SATURATION_RULES)
-    state = jax.tree.map(lambda x: jnp.asarray(x, potential_dtype(jnp.result_type(state.v))), state)
+    state = jax.tree.map(lambda x: jnp.asarray(x, at_least_float32(jnp.result_type(state.v))), state)
     _, v0, theta, psi = _broadcast_like_first(state.v, v0, theta, psi)
     never_silent = ~jnp.isfinite(state.max_silent_v)
     remove = (psi < 0) & (state.count > 0)
@@ -192,7 +194,7 @@ def calibrate_initial_potential(
 
     Returns:
       The calibrated initial potential, ``currents.shape[1:]``, of dtype
-      ``potential_dtype(currents.dtype)``.
+      ``at_least_float32(currents.dtype)``.
 
     >>> import jax.numpy as jnp
     >>> currents = jnp.full((4, 1), 0.3)  # QCFS wants 1 spike, the IF neuron fires 2
@@ -231,7 +233,7 @@ def calibrate_counting_spikes(
         raise ValueError(f"currents must have a leading time axis, got shape {currents.shape}")
     check_steps(num_steps=currents.shape[0], presim_steps=presim_steps, iterations=iterations)
     check_choice("saturated", saturated, SATURATION_RULES)
-    dtype = potential_dtype(currents.dtype)
+    dtype = at_least_float32(currents.dtype)
     neuron_shape = currents.shape[1:]
     v0 = jnp.broadcast_to(jnp.asarray(v0, dtype), neuron_shape)
     presim_spikes = jnp.zeros(neuron_shape, dtype)
@@ -253,3 +255,28 @@ def calibrate_counting_spikes(
             psi = offset_from_residual(state.v - delta, theta, tolerance=guard)
         shifted = shift_initial_potential(shifted, state, theta, psi, eps=eps, saturated=saturated)
     return shifted, presim_spikes
+
+
+#: SRP keeps a neuron's output when its residual potential after the tau-step pre-simulation
+#: exceeds this fraction of theta (the authors' code); the others are silenced.
+SRP_RESIDUAL_MARGIN = 1e-3
+
+
+def srp_presimulate(
+    currents: Float[ArrayLike, "tau ..."],
+    theta: Float[ArrayLike, "..."],
+    v0: Float[ArrayLike, "..."],
+    *,
+    unroll: int | None = None,
+) -> tuple[Float[Array, "tau ..."], Float[Array, "..."], Float[Array, "..."]]:
+    """SRP's pre-simulation (Hao et al., AAAI 2023): simulate the tau steps of ``currents`` from
+    ``v0`` and mark the neurons whose residual potential v(tau) exceeds ``SRP_RESIDUAL_MARGIN *
+    theta``; the others stay silent for the T steps that follow, which restart from ``v0``.
+
+    Returns ``(spikes, count, keep)``: the tau steps' spikes ``s(t)`` (passed on to the next
+    site, which pre-simulates on them), each neuron's spike count over them, and the mask
+    (1.0: kept, 0.0: silenced), the last two of the neuron shape ``[...]``.
+    """
+    spikes, state = if_simulate(currents, theta, v0, unroll=unroll)
+    keep = (state.v > SRP_RESIDUAL_MARGIN * theta).astype(spikes.dtype)
+    return spikes, state.count, keep

@@ -17,15 +17,15 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from offsetjax._checks import check_choice, check_int, check_steps
-from offsetjax.activation import DEFAULT_THRESHOLD
-from offsetjax.neuron import if_simulate, potential_dtype, resolve_unroll
-from offsetjax.offset import SATURATION_RULES, calibrate_counting_spikes
+from offsetjax.activation import DEFAULT_THRESHOLD, at_least_float32
+from offsetjax.neuron import if_simulate, resolve_unroll
+from offsetjax.offset import SATURATION_RULES, calibrate_counting_spikes, srp_presimulate
 from offsetjax.stats import offset_statistics
 
 #: Variable collection holding each site's initial potential v(0) (per neuron, no batch axis).
 INITIAL_POTENTIAL = "initial_potential"
 #: Collection the sites sow their :class:`OffsetStatistics` into when it is mutable.
-STATISTICS = "offset_statistics"
+STATISTICS = "statistics"
 #: Collection the sites sow their calibrated per-sample v(0) ``[B, ...]`` into when mutable.
 CALIBRATED_POTENTIAL = "calibrated_potential"
 #: Collection the sites sow their events into when mutable (:func:`offsetjax.count_operations`):
@@ -40,9 +40,6 @@ BIAS_CORRECTION = "bias_correction"
 #: :func:`offsetjax.data_bias`, the ``num_steps`` they were calibrated for (read by no site: the
 #: simulator refuses a network of another T).
 CALIBRATED_FOR = "calibrated_for"
-#: SRP keeps a neuron's output when its residual potential after the tau-step pre-simulation
-#: exceeds this fraction of theta (the authors' code); the others are silenced.
-SRP_RESIDUAL_MARGIN = 1e-3
 
 
 class IFActivation(nn.Module):
@@ -61,7 +58,7 @@ class IFActivation(nn.Module):
         (:func:`offsetjax.shift_initial_potential`).
       srp_steps: tau of SRP (Hao et al., AAAI 2023; ``docs/method.md`` section 8), 0: off. The
         site then takes ``tau + T`` steps of currents: it simulates the first tau from v(0),
-        silences the neurons whose residual potential v(tau) is <= ``SRP_RESIDUAL_MARGIN *
+        silences the neurons whose residual potential v(tau) is <= ``offsetjax.offset.SRP_RESIDUAL_MARGIN *
         theta``, restarts from v(0) and simulates T steps with them silenced. It emits all
         ``tau + T`` steps (the next site pre-simulates on the first tau);
         :func:`offsetjax.simulate` reads the logits of the last T. Excludes COS (``iterations``).
@@ -101,7 +98,7 @@ class IFActivation(nn.Module):
                 "network through offsetjax.simulate"
             )
         theta = self.param("threshold", nn.initializers.constant(self.threshold_init), (), jnp.float32)
-        theta = theta.astype(potential_dtype(currents.dtype))
+        theta = theta.astype(at_least_float32(currents.dtype))
         neuron_shape = currents.shape[2:]
         v0 = self.variable(INITIAL_POTENTIAL, "v0", lambda: jnp.full(neuron_shape, 0.5 * theta)).value
         if self.has_variable(BIAS_CORRECTION, "b"):
@@ -109,9 +106,8 @@ class IFActivation(nn.Module):
             currents = (currents.astype(theta.dtype) + jnp.broadcast_to(bias, currents.shape)).astype(currents.dtype)
         currents = jnp.broadcast_to(currents, (steps, *currents.shape[1:]))
         if self.srp_steps:
-            presim_out, presim_state = if_simulate(currents[: self.srp_steps], theta, v0, unroll=self.unroll)
-            keep = (presim_state.v > SRP_RESIDUAL_MARGIN * theta).astype(presim_out.dtype)
-            currents, calibrated, presim_spikes = currents[self.srp_steps :], v0, presim_state.count
+            presim_out, presim_spikes, keep = srp_presimulate(currents[: self.srp_steps], theta, v0, unroll=self.unroll)
+            currents, calibrated = currents[self.srp_steps :], v0
         else:
             calibrated, presim_spikes = calibrate_counting_spikes(
                 currents,

@@ -47,7 +47,7 @@ def test_theorem2_one_correction_changes_count_by_exactly_one(dtype, saturated, 
         _, state = if_simulate(currents, theta, v0)
         shifted = shift_initial_potential(v0, state, theta, jnp.full_like(v0, direction), eps=EPS, saturated=saturated)
         _, new_state = if_simulate(currents, theta, shifted)
-        assert shifted.dtype == oj.neuron.potential_dtype(dtype)
+        assert shifted.dtype == oj.activation.at_least_float32(dtype)
         shifted, v0 = np.asarray(shifted, np.float64), np.asarray(v0, np.float64)
     count, new_count = np.asarray(state.count), np.asarray(new_state.count)
     assert np.all(np.isfinite(shifted))
