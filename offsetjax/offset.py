@@ -241,20 +241,61 @@ def calibrate_counting_spikes(
         return v0, presim_spikes
     presim = currents[:presim_steps].astype(dtype)
     theta = jnp.broadcast_to(jnp.asarray(theta, dtype), neuron_shape)
-    unit_roundoff = jnp.finfo(dtype).eps / 2
-    magnitude = jnp.abs(v0) + jnp.sum(jnp.abs(presim), axis=0) + presim_steps * theta
+    magnitude = presim_magnitude(v0, presim, theta)
     shifted = v0
     for round_index in range(iterations):
         _, state = if_simulate(presim, theta, shifted, unroll=unroll)
         presim_spikes = presim_spikes + state.count
-        if round_index == 0:
-            psi = offset_from_residual(state.v, theta)
-        else:
-            delta = shifted - v0
-            guard = (2 * presim_steps + 4) * unit_roundoff * (magnitude + jnp.abs(delta)) / theta
-            psi = offset_from_residual(state.v - delta, theta, tolerance=guard)
-        shifted = shift_initial_potential(shifted, state, theta, psi, eps=eps, saturated=saturated)
+        shifted = calibration_round(
+            shifted,
+            v0,
+            state,
+            theta,
+            magnitude,
+            first_round=round_index == 0,
+            presim_steps=presim_steps,
+            eps=eps,
+            saturated=saturated,
+        )
     return shifted, presim_spikes
+
+
+def presim_magnitude(
+    v0: Float[Array, "..."], presim: Float[Array, "rho ..."], theta: Float[Array, "..."]
+) -> Float[Array, "..."]:
+    """|v(0)| + sum_t |I(t)| + rho * theta over the rho pre-simulation currents: the size of
+    the numbers a calibration round adds up, which bounds its rounding (:func:`calibration_round`)."""
+    return jnp.abs(v0) + jnp.sum(jnp.abs(presim), axis=0) + presim.shape[0] * theta
+
+
+def calibration_round(
+    shifted: Float[Array, "..."],
+    v0: Float[Array, "..."],
+    state: IFState,
+    theta: Float[Array, "..."],
+    magnitude: Float[Array, "..."],
+    *,
+    first_round: bool,
+    presim_steps: int,
+    eps: Float[ArrayLike, ""] = 1e-3,
+    saturated: str = "fire",
+) -> Float[Array, "..."]:
+    """One round of COS's calibration: the pre-simulation that started from ``shifted`` ended in
+    ``state``; judge each neuron's offset spike from its residual potential and shift.
+
+    From round 2 on, the residual is taken relative to the shift so far (``shifted - v0``),
+    with a tolerance of the rounding those ``rho`` additions can carry, bounded by
+    ``magnitude`` (:func:`presim_magnitude`), so that a neuron on the edge of a spike is not
+    shifted again by a rounding error. Every array is of the neuron shape ``[...]``.
+    """
+    if first_round:
+        psi = offset_from_residual(state.v, theta)
+    else:
+        delta = shifted - v0
+        unit_roundoff = jnp.finfo(state.v.dtype).eps / 2
+        guard = (2 * presim_steps + 4) * unit_roundoff * (magnitude + jnp.abs(delta)) / theta
+        psi = offset_from_residual(state.v - delta, theta, tolerance=guard)
+    return shift_initial_potential(shifted, state, theta, psi, eps=eps, saturated=saturated)
 
 
 #: SRP keeps a neuron's output when its residual potential after the tau-step pre-simulation

@@ -32,21 +32,43 @@ from offsetjax.site import CALIBRATED_FOR, CALIBRATED_POTENTIAL, INITIAL_POTENTI
 from offsetjax.stats import OffsetStatistics, masked_total
 
 
-def simulate(model: nn.Module, variables: Any, images: Float[ArrayLike, "B ..."]) -> Float[Array, "T B C"]:
+def simulate(
+    model: nn.Module, variables: Any, images: Float[ArrayLike, "..."], *, frames: bool = False
+) -> Float[Array, "T B C"]:
     """Run a spiking network and return its time-averaged accumulated logits.
 
     Args:
       model: a network whose activation is :class:`IFActivation` (``offsetjax.spiking_model``).
       variables: SNN variables (``offsetjax.convert_variables``).
-      images: a batch of inputs ``[B, ...]`` (e.g. ``[B, H, W, C]``), presented at every step.
+      images: a batch of inputs ``[B, ...]`` (e.g. ``[B, H, W, C]``), presented at every step;
+        with ``frames=True``, inputs that change every step, one frame per step,
+        ``[steps, B, ...]`` (``steps`` = T, or tau + T with SRP): a video or an event stream.
 
     Returns:
       ``logits[t-1] = (1/t) * sum_{s<=t} out(s)``, ``[T, B, classes]``: the prediction after t
       steps is ``argmax(logits[t-1])``, and at t = T with T = L it equals the ANN's logits.
     """
-    images = check_call(model, variables, images)
-    logits, _, _ = images_must_fit(lambda: _apply(model, variables, images, None), images)
+    if frames:
+        images = check_frames(model, images)
+        check_network(model, variables, images[0])
+    else:
+        images = check_call(model, variables, images)
+    logits, _, _ = images_must_fit(lambda: _apply(model, variables, images, None, frames=frames), images)
     return logits
+
+
+def check_frames(model: nn.Module, frames) -> Array:
+    """``frames`` checked: a sequence ``[steps, B, ...]`` of batches, one per step the network runs."""
+    frames = jnp.asarray(frames)
+    options = schedule(model)
+    steps = options["srp_steps"] + options["num_steps"]
+    if frames.ndim < 3 or frames.shape[0] != steps:
+        raise ValueError(
+            f"frames must be one batch per step, [steps, B, ...] with steps = {steps} for this network "
+            f"(num_steps={options['num_steps']}, srp_steps={options['srp_steps']}), got shape {frames.shape}"
+        )
+    check_image_batch(frames[0])
+    return check_image_batch(frames, axis="steps")
 
 
 def simulate_with_statistics(
@@ -225,15 +247,25 @@ def check_snn_variables(variables: Any) -> None:
         raise ValueError("variables are invalid: " + "; ".join(bad))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _apply(model: nn.Module, variables: Any, images: Array, sample_mask: Array | None, operations: bool = False):
+@functools.partial(jax.jit, static_argnums=(0, 4), static_argnames=("frames",))
+def _apply(
+    model: nn.Module,
+    variables: Any,
+    images: Array,
+    sample_mask: Array | None,
+    operations: bool = False,
+    *,
+    frames: bool = False,
+):
     """Running-mean logits; each site's statistics masked by ``sample_mask`` when it is given;
-    each site's per-sample operations (:data:`OPERATIONS`) when ``operations``."""
+    each site's per-sample operations (:data:`OPERATIONS`) when ``operations``. ``images`` is
+    one batch entered once, or with ``frames`` one batch per step."""
     mutable = ([STATISTICS] if sample_mask is not None else []) + ([OPERATIONS] if operations else [])
+    entered = images if frames else images[None]
     if mutable:
-        out, collections = model.apply(variables, images[None], mutable=mutable)
+        out, collections = model.apply(variables, entered, mutable=mutable)
     else:
-        out, collections = model.apply(variables, images[None]), {}
+        out, collections = model.apply(variables, entered), {}
     if out.ndim != 3:  # static: raised once, while tracing
         raise ValueError(
             f"images of shape {images.shape} gave logits of shape {out.shape}, not [T, B, classes]: "

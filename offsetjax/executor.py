@@ -1,0 +1,403 @@
+"""A converted network run causally, tick by tick, as a neuromorphic chip runs it.
+
+:func:`offsetjax.simulate` runs layer by layer: each site sees its whole input sequence
+``[T, B, ...]`` at once. Here every site is a small state machine that takes at most one
+input and does at most one IF update per tick, and the linear layers between sites pass on
+what the sites emitted (``docs/method.md`` section 9, "Latency"):
+
+* ``qcfs`` and the data-level methods (``data_potential``, ``data_bias``): one IF update per
+  input, emitted at once;
+* COS (rho, k): the site buffers its inputs; the first rho pass through pre-simulation round
+  1 as they arrive, rounds 2..k replay them from the buffer, and only then does the T-step
+  run start, replaying the buffered inputs: the site's output lags its input by k * rho ticks;
+* SRP (tau): the first tau inputs are simulated and passed straight on, then the neurons
+  without residual potential are silenced for the T steps: no lag.
+
+With a per-layer delay ``delay`` (d, 0 or 1) a spike reaches the next site d ticks after it was
+emitted. Where paths of different lags meet (a residual addition) the earlier path is held in
+a delay line until the later one arrives. All of it is static, fixed by the network and the
+schedule, so a step is a pure function: :func:`step_by_step` traces the network once and
+returns a :class:`StepProgram` whose ``init(batch_size)`` and ``step(state, frame)`` work under
+``jit`` and ``lax.scan``; :func:`run_step_by_step` scans it and returns the outputs beside the
+tick at which each appeared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend import core as jex
+from jaxtyping import Array, ArrayLike, Float
+
+from offsetjax._checks import check_choice, check_image_batch
+from offsetjax.activation import at_least_float32
+from offsetjax.convert import schedule
+from offsetjax.neuron import if_initial_state, if_step
+from offsetjax.offset import SRP_RESIDUAL_MARGIN, calibration_round, presim_magnitude
+from offsetjax.simulation import check_frames, check_network
+from offsetjax.site import BIAS_CORRECTION, INITIAL_POTENTIAL, IFActivation
+
+#: Per-layer delays the chip model supports: 0 (a spike is used in the tick it is emitted) or 1.
+DELAYS = (0, 1)
+
+_site_p = jex.Primitive("offsetjax_if_site")
+_site_p.def_abstract_eval(lambda currents, theta, v0, bias, **_: jax.core.ShapedArray(currents.shape, currents.dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteTiming:
+    """When one site works: its ``k`` th input arrives at tick ``input_lag + k`` and its
+    ``k`` th output is emitted at tick ``output_lag + k`` (k = 1..``num_outputs``), ticks
+    counted from 1, the image's first frame entering at tick 1."""
+
+    path: str
+    input_lag: int
+    output_lag: int
+    num_outputs: int
+
+
+@dataclasses.dataclass(frozen=True)
+class StepProgram:
+    """A network traced for the step-by-step executor (:func:`step_by_step`).
+
+    Attributes:
+      init: ``init()`` -> the state before tick 1 (a pytree of arrays).
+      step: ``step(state, frame)`` -> ``(state, StepOutput)``: one tick; ``frame`` is this
+        tick's input ``[B, H, W, C]`` (the same image every tick for a static input).
+      sites: each site's :class:`SiteTiming`, in network order.
+      output_lag: the network's ``k`` th output appears at tick ``output_lag + k``.
+      num_outputs: outputs the network emits (``T``, or ``tau + T`` with SRP).
+      readout_start: outputs before this one are SRP's pre-simulation, not read out.
+      num_ticks: ticks until the last output, ``output_lag + num_outputs``.
+    """
+
+    init: Callable[[], Any]
+    step: Callable[[Any, Array], tuple[Any, StepOutput]]
+    sites: tuple[SiteTiming, ...]
+    output_lag: int
+    num_outputs: int
+    readout_start: int
+
+    @property
+    def num_ticks(self) -> int:
+        return self.output_lag + self.num_outputs
+
+
+class StepOutput(NamedTuple):
+    """What a tick emits: the network's output ``[B, classes]`` (valid when ``valid``) and each
+    site's emission ``{path: [B, ...]}`` (valid when the site's timing says so)."""
+
+    output: Array
+    valid: Array
+    sites: dict
+
+
+class StepRun(NamedTuple):
+    """A run of :func:`run_step_by_step`.
+
+    Attributes:
+      logits: running mean of the read-out outputs, ``[T, B, classes]``, as :func:`offsetjax.simulate`.
+      output_ticks: the tick at which each read-out output appeared, ``[T]`` (int).
+      site_outputs: each site's emissions in order, ``{path: [n, B, ...]}`` (its ``theta * s(t)``).
+      program: the :class:`StepProgram` that ran.
+    """
+
+    logits: Array
+    output_ticks: np.ndarray
+    site_outputs: dict
+    program: StepProgram
+
+
+def step_by_step(
+    snn: nn.Module,
+    variables: Any,
+    image_shape: tuple[int, ...],
+    *,
+    batch_size: int,
+    delay: int = 0,
+    dtype: Any = jnp.float32,
+) -> StepProgram:
+    """Trace ``snn`` (from :func:`offsetjax.spiking_model`, with its variables) for the
+    step-by-step executor, for batches of ``batch_size`` images of ``image_shape`` (e.g.
+    ``(H, W, C)``) of ``dtype`` and a per-layer delay ``delay`` of 0 or 1 tick.
+
+    Any Flax network built of linear layers and :class:`offsetjax.IFActivation` sites is
+    traced: the sites become state machines, everything else runs once per tick on what the
+    sites emitted. The variables are baked into the program (its ``step`` closes over them).
+    """
+    check_choice("delay", delay, DELAYS)
+    image_shape = tuple(int(n) for n in image_shape)
+    example = jnp.zeros((1, *image_shape), dtype)
+    check_network(snn, variables, example)
+    options = schedule(snn)
+
+    def forward(frame):
+        with nn.intercept_methods(_mark_sites):
+            return snn.apply(variables, frame)
+
+    closed = jax.make_jaxpr(forward)(jax.ShapeDtypeStruct((1, batch_size, *image_shape), dtype))
+    return _program(closed, options, delay)
+
+
+def run_step_by_step(
+    snn: nn.Module, variables: Any, images: Float[ArrayLike, "..."], *, frames: bool = False, delay: int = 0
+) -> StepRun:
+    """Run ``snn`` tick by tick until its last output and collect what it emitted.
+
+    Args:
+      snn, variables: as :func:`offsetjax.simulate`.
+      images: ``[B, H, W, C]`` presented at every tick, or with ``frames=True`` one frame per
+        tick, ``[steps, B, H, W, C]`` (``steps`` = T, or tau + T with SRP); a site fed by
+        frames takes its k-th input when frame k has passed the layers before it.
+      delay: ticks a spike takes to reach the next site, 0 or 1.
+
+    Returns:
+      :class:`StepRun`: its ``logits`` equal :func:`offsetjax.simulate`'s (same spikes at every
+      site), and ``output_ticks`` is the latency of every output.
+    """
+    images = check_frames(snn, images) if frames else check_image_batch(jnp.asarray(images))
+    image_shape = images.shape[2:] if frames else images.shape[1:]
+    batch_size = images.shape[1] if frames else images.shape[0]
+    program = step_by_step(snn, variables, image_shape, batch_size=batch_size, delay=delay, dtype=images.dtype)
+    outputs = _scan(program, images, frames)
+    ticks = np.flatnonzero(np.asarray(outputs.valid)) + 1
+    read = slice(program.readout_start, None)
+    out = outputs.output[ticks - 1][read]
+    steps = jnp.arange(1, out.shape[0] + 1, dtype=out.dtype).reshape(-1, 1, 1)
+    site_outputs = {
+        timing.path: outputs.sites[timing.path][timing.output_lag : timing.output_lag + timing.num_outputs]
+        for timing in program.sites
+    }
+    return StepRun(jnp.cumsum(out, axis=0) / steps, ticks[read], site_outputs, program)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _scan(program: StepProgram, images: Array, frames: bool) -> StepOutput:
+    def tick(state, index):
+        frame = images[jnp.minimum(index, images.shape[0] - 1)] if frames else images
+        return program.step(state, frame)
+
+    _, outputs = jax.lax.scan(tick, program.init(), jnp.arange(program.num_ticks))
+    return outputs
+
+
+def _mark_sites(next_fun, args, kwargs, context):
+    """Replace each IF site's call by one marker operation holding its threshold, v(0) and bias."""
+    site = context.module
+    if not isinstance(site, IFActivation) or context.method_name != "__call__":
+        return next_fun(*args, **kwargs)
+    currents = args[0]
+    theta = site.get_variable("params", "threshold")
+    v0 = site.get_variable(INITIAL_POTENTIAL, "v0")
+    bias = site.get_variable(BIAS_CORRECTION, "b") if site.has_variable(BIAS_CORRECTION, "b") else None
+    return _site_p.bind(
+        currents,
+        theta,
+        v0,
+        jnp.zeros((), currents.dtype) if bias is None else bias,
+        path="/".join(site.path),
+        has_bias=bias is not None,
+    )
+
+
+def _site_lag(options: dict) -> int:
+    """Ticks a site's output lags its input: COS buffers k * rho inputs; the others none."""
+    return options["presim_steps"] * options["iterations"]
+
+
+def _program(closed, options: dict, delay: int) -> StepProgram:
+    """Lags of every value of the traced network, then the step function over them."""
+    jaxpr = closed.jaxpr
+    steps = options["srp_steps"] + options["num_steps"]
+    lags: dict[Any, int | None] = {var: None for var in jaxpr.constvars}
+    lags[jaxpr.invars[0]] = 0
+    delay_lines: dict[tuple[Any, int], str] = {}  # (value, ticks) -> state key
+    sites: list[SiteTiming] = []
+    plan = []  # per equation: (equation, input reads, site index or None)
+    for equation in jaxpr.eqns:
+        for sub in jex.jaxprs_in_params(equation.params):
+            if any(inner.primitive is _site_p for inner in sub.eqns):
+                raise ValueError("an IF site inside a nested transformation cannot be run step by step")
+        known = [lags[v] for v in equation.invars if isinstance(v, jex.Var) and lags[v] is not None]
+        lag = max(known) if known else None
+        reads = []
+        for v in equation.invars:
+            if isinstance(v, jex.Var) and lags[v] is not None and lags[v] < lag:
+                key = delay_lines.setdefault((v, lag - lags[v]), f"line{len(delay_lines)}")
+                reads.append((v, key))
+            else:
+                reads.append((v, None))
+        site = None
+        if equation.primitive is _site_p:
+            if lag is None:
+                raise ValueError(f"site {equation.params['path']} is fed by no input")
+            out_lag = lag + _site_lag(options) + delay
+            site = len(sites)
+            sites.append(SiteTiming(equation.params["path"], lag, out_lag, steps))
+            lag = out_lag
+        for out in equation.outvars:
+            lags[out] = lag
+        plan.append((equation, reads, site))
+    output_var = jaxpr.outvars[0]
+    output_lag = lags[output_var]
+    lines = {key: (var, ticks) for (var, ticks), key in delay_lines.items()}
+
+    site_inputs = {sites[site].path: equation.invars[0].aval for equation, _, site in plan if site is not None}
+
+    def init():
+        return {
+            "tick": jnp.zeros((), jnp.int32),
+            "lines": {key: jnp.zeros((ticks, *var.aval.shape), var.aval.dtype) for key, (var, ticks) in lines.items()},
+            "sites": {path: _site_init(aval, options, delay) for path, aval in site_inputs.items()},
+        }
+
+    def step(state, frame):
+        tick = state["tick"] + 1
+        env: dict[Any, Any] = dict(zip(jaxpr.constvars, closed.consts))
+        env[jaxpr.invars[0]] = frame[None].astype(jaxpr.invars[0].aval.dtype)
+        new_lines, new_sites, emitted = {}, {}, {}
+
+        def read(v, key):
+            if isinstance(v, jex.Literal):
+                return v.val
+            if key is None:
+                return env[v]
+            return state["lines"][key][0]
+
+        for equation, reads, site in plan:
+            values = [read(v, key) for v, key in reads]
+            if site is not None:
+                timing = sites[site]
+                currents, theta, v0, bias = values
+                new_sites[timing.path], out = _site_step(
+                    state["sites"][timing.path],
+                    currents,
+                    theta,
+                    v0,
+                    bias,
+                    tick - timing.input_lag,
+                    options,
+                    delay,
+                    equation.params["has_bias"],
+                )
+                emitted[timing.path] = out[0]
+                outs = [out]
+            else:
+                outs = equation.primitive.bind(*values, **equation.primitive.get_bind_params(equation.params))
+                outs = outs if equation.primitive.multiple_results else [outs]
+            for v, value in zip(equation.outvars, outs):
+                env[v] = value
+        for key, (var, _) in lines.items():
+            line = state["lines"][key]
+            new_lines[key] = jnp.concatenate([line[1:], env[var][None]]) if line.shape[0] > 1 else env[var][None]
+        token = tick - output_lag
+        valid = (token >= 1) & (token <= steps)
+        state = {"tick": tick, "lines": new_lines, "sites": new_sites}
+        return state, StepOutput(env[output_var][0], valid, emitted)
+
+    return StepProgram(init, step, tuple(sites), output_lag, steps, options["srp_steps"])
+
+
+def _site_init(currents, options: dict, delay: int) -> dict:
+    """A site's state before tick 1; ``currents`` is the abstract value of its input ``[1, B, ...]``."""
+    neuron_shape = currents.shape[1:]
+    dtype = at_least_float32(currents.dtype)
+    zeros = jnp.zeros(neuron_shape, dtype)
+    state = {"run": if_initial_state(zeros), "shifted": zeros, "magnitude": zeros, "keep": zeros}
+    buffered = _site_lag(options)
+    if buffered:
+        state["buffer"] = jnp.zeros((buffered, *neuron_shape), currents.dtype)
+    if delay:
+        state["out"] = jnp.zeros((delay, 1, *neuron_shape), currents.dtype)
+    return state
+
+
+def _site_step(state, currents, theta, v0, bias, token, options, delay, has_bias):
+    """One tick of a site; ``token`` is the index (from 1) of the input arriving this tick."""
+    dtype = at_least_float32(currents.dtype)
+    theta = theta.astype(dtype)
+    if has_bias:
+        bias = jnp.asarray(bias, theta.dtype)
+        currents = (currents.astype(theta.dtype) + jnp.broadcast_to(bias, currents.shape)).astype(currents.dtype)
+    x = currents[0]  # [B, ...]
+    neuron_shape = x.shape
+    theta = jnp.broadcast_to(theta, neuron_shape)
+    v0 = jnp.broadcast_to(jnp.asarray(v0, dtype), neuron_shape)
+    rho, rounds, tau = options["presim_steps"], options["iterations"], options["srp_steps"]
+    num_steps = options["num_steps"]
+    buffered = rho * rounds
+    op = token - 1  # ops run one per tick from the first input on
+    state = dict(state)
+    state["shifted"] = jnp.where(op <= 0, v0, state["shifted"])  # calibration starts from v(0)
+    if buffered:
+        buffer = state["buffer"]
+        in_presim = (op >= 0) & (op < buffered)
+        in_run = (op >= buffered) & (op < buffered + num_steps)
+        round_index, position = op // rho, op % rho
+        replayed = jax.lax.dynamic_index_in_dim(buffer, jnp.clip(position, 0, rho - 1), keepdims=False)
+        presim_current = jnp.where(round_index == 0, x, replayed).astype(dtype)
+        start = position == 0
+        presim_state = jax.tree.map(
+            lambda fresh, carried: jnp.where(start, fresh, carried), if_initial_state(state["shifted"]), state["run"]
+        )
+        presim_state, _ = if_step(presim_state, presim_current, theta)
+        # the calibration sees v0 through the first round's currents (all in the buffer by then)
+        magnitude = jnp.where(
+            (round_index == 0) & (position == rho - 1),
+            presim_magnitude(v0, jnp.concatenate([buffer[: rho - 1], x[None]]).astype(dtype), theta),
+            state["magnitude"],
+        )
+        round_end = in_presim & (position == rho - 1)
+        first, later = (
+            calibration_round(
+                state["shifted"],
+                v0,
+                presim_state,
+                theta,
+                magnitude,
+                first_round=first_round,
+                presim_steps=rho,
+                eps=options["eps"],
+                saturated=options["saturated"],
+            )
+            for first_round in (True, False)
+        )
+        shifted = jnp.where(round_end, jnp.where(round_index == 0, first, later), state["shifted"])
+        run_index = op - buffered
+        run_current = jax.lax.dynamic_index_in_dim(buffer, jnp.clip(run_index, 0, None) % buffered, keepdims=False)
+        run_state = jax.tree.map(
+            lambda fresh, carried: jnp.where(run_index == 0, fresh, carried), if_initial_state(shifted), state["run"]
+        )
+        run_state, spike = if_step(run_state, run_current.astype(dtype), theta)
+        state["run"] = jax.tree.map(
+            lambda p, r, old: jnp.where(in_presim, p, jnp.where(in_run, r, old)), presim_state, run_state, state["run"]
+        )
+        state["shifted"], state["magnitude"] = shifted, magnitude
+        stored = jax.lax.dynamic_update_index_in_dim(buffer, x, jnp.clip(op, 0, None) % buffered, 0)
+        state["buffer"] = jnp.where((op >= 0) & (token <= num_steps), stored, buffer)
+        emit = in_run
+        out = spike.astype(currents.dtype)
+    else:
+        fresh = (op == 0) | (tau > 0) & (op == tau)
+        run = jax.tree.map(lambda f, c: jnp.where(fresh, f, c), if_initial_state(v0), state["run"])
+        run, spike = if_step(run, x.astype(dtype), theta)
+        emit = (op >= 0) & (op < tau + num_steps)
+        state["run"] = jax.tree.map(lambda new, old: jnp.where(emit, new, old), run, state["run"])
+        out = spike.astype(currents.dtype)
+        if tau:
+            keep = jnp.where(op == tau - 1, (run.v > SRP_RESIDUAL_MARGIN * theta).astype(currents.dtype), state["keep"])
+            state["keep"] = keep
+            out = jnp.where(op >= tau, out * keep.astype(currents.dtype), out)
+    out = jnp.where(emit, (out * theta).astype(currents.dtype), jnp.zeros_like(x))[None]
+    if delay:
+        held = state["out"]
+        state["out"] = jnp.concatenate([held[1:], out[None]])
+        out = held[0]
+    return state, out
