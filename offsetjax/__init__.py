@@ -5,7 +5,8 @@ Calibrating Offset Spikes" (ICLR 2023). Arrays are time-major: ``[T, ...]``. The
 and the symbols are in ``docs/method.md``.
 
 The top level is the core: the activation, the neuron, offset spikes and their calibration,
-conversion, simulation, statistics, evaluation, networks (``offsetjax.models``) and device
+conversion, simulation (layer by layer, and step by step as a chip runs it), statistics,
+evaluation, networks (``offsetjax.models``) and device
 meshes (``offsetjax.parallel``). Training, data readers and checkpoints are the subpackage
 ``offsetjax.training``; checkpoint import from PyTorch is ``offsetjax.interop``. Neither is
 loaded by ``import offsetjax``.
@@ -16,6 +17,7 @@ from offsetjax.activation import QCFS, qcfs
 from offsetjax.convert import ann_model, convert_variables, schedule, spiking_model
 from offsetjax.data_calibration import data_bias, data_potential
 from offsetjax.evaluate import SNNEvaluation, ann_accuracy, evaluate_snn, predict
+from offsetjax.executor import run_step_by_step, step_by_step
 from offsetjax.neuron import IFState, if_simulate, if_step, scan_unroll
 from offsetjax.offset import (
     calibrate_initial_potential,
@@ -57,6 +59,7 @@ __all__ = [
     "offset_statistics",
     "parallel",
     "predict",
+    "run_step_by_step",
     "qcfs",
     "schedule",
     "shift_initial_potential",
@@ -64,5 +67,6 @@ __all__ = [
     "simulate",
     "simulate_with_statistics",
     "spiking_model",
+    "step_by_step",
     "summarize",
 ]
