@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 import offsetjax as oj
 from experiments.config import ExperimentConfig
 from experiments.datasets import calibration_set
+from experiments.latency import latency_ticks
 from experiments.methods import Method, methods, snn_for
 from experiments.results import STEPS, progress_bar
 from offsetjax import evaluate, parallel
@@ -115,4 +118,7 @@ def evaluate_all(config: ExperimentConfig, model, variables, train_split, test_s
             f"zero_ratio={stats['all']['zero_ratio']:.4f}",
             flush=True,
         )
+    # when each output appears on a chip (offsetjax.step_by_step): per method, per layer delay
+    image_shape = data.take(test_split, np.arange(1))[0].shape[1:]
+    results["latency_ticks"] = latency_ticks(model, variables, rows, image_shape)
     return results

@@ -5,11 +5,14 @@ python -m experiments.readme_table results/digits/small_vgg ... --methods qcfs c
 python -m experiments.readme_table --energy results/quickstart results/fashion_mnist/small_vgg ...
 python -m experiments.readme_table --nir results/quickstart results/fashion_mnist/small_vgg ...
 python -m experiments.readme_table --budget results/digits/small_vgg results/fashion_mnist/small_vgg ...
+python -m experiments.readme_table --latency results/digits/small_vgg results/fashion_mnist/small_vgg ...
 """
 
 import argparse
 from pathlib import Path
 
+from experiments.latency import load_latency
+from experiments.latency import markdown as latency_markdown
 from experiments.report import equal_budget, equal_budget_lines
 from experiments.results import STEPS, RunError, accuracy_cell, check_derived, load_results, results_directory
 
@@ -99,7 +102,7 @@ def budget_tables(paths: list[Path]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     table = parser.add_mutually_exclusive_group()
-    for flag in ("--budget", "--nir", "--energy"):
+    for flag in ("--budget", "--nir", "--energy", "--latency"):
         table.add_argument(flag, action="store_true", help=f"the {flag[2:]} table (default: accuracy)")
     parser.add_argument("--methods", nargs="+", help="only these rows of the accuracy table (default: every row)")
     parser.add_argument("runs", nargs="+", type=results_directory, help="finished runs (holding results.json)")
@@ -109,6 +112,16 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--nir needs nir.json in every run (python -m experiments.nir_export --workdir RUN)")
     if args.budget:
         print("\n".join(budget_tables(paths)))
+        return
+    if args.latency:
+        for path in paths:
+            try:
+                ticks = load_latency(path)
+            except RunError as error:
+                parser.error(str(error))
+            if ticks is None:
+                parser.error(f"{path} has no latency ticks: python -m experiments.latency --workdir {path}")
+            print(latency_markdown(load_results(path), ticks))
         return
     if args.nir:
         print("| data / net | method | run | " + " | ".join(f"T={t}" for t in STEPS) + " |")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from experiments import latency
 from experiments.results import (
     accuracy_cell,
     load_results,
@@ -122,6 +123,8 @@ def write_markdown(results: dict) -> str:
             ]
             last = list(ops["presim_energy_share"])[-1]
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * ops['presim_energy_share'][last]:.1f}% |")
+    if "latency_ticks" in results:
+        lines += ["", *latency.markdown(results, results["latency_ticks"]).splitlines()]
     wall = results.get("wall_time_seconds", {})
     lines += ["", "Wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in wall.items())]
     if "command" in results:
@@ -241,6 +244,10 @@ def write_plots(results: dict, workdir: Path) -> list[Path]:
         axis.legend(fontsize=7)
         fig.suptitle(f"{title}: accuracy against energy")
         written.append(save_figure(fig, workdir / "accuracy_vs_energy.png"))
+    if "latency_ticks" in results and latency.plot(
+        results, results["latency_ticks"], workdir / "accuracy_vs_latency.png"
+    ):
+        written.append(workdir / "accuracy_vs_latency.png")
     return written
 
 

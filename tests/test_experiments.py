@@ -54,10 +54,19 @@ def test_results_schema_and_outputs(tmp_path):
         assert synops == sorted(synops) and synops[0] > 0  # cumulative over steps
         assert row["energy_j"]["4"] < on_disk["ann_energy_j"] and row["dense_macs"] > row["input_macs"] > 0
     assert "Operations per image" in (tmp_path / "results.md").read_text()
+    # small_vgg has 6 sites in a chain: COS (rho = 4, k) outputs t at tick 6 * (4k + d) + t
+    latency = on_disk["latency_ticks"]
+    assert list(latency) == list(on_disk["snn"])
+    for name, k in (("qcfs", 0), ("cos_k1", 1), ("cos_k2", 2)):
+        for delay in (0, 1):
+            steps = on_disk["snn"][name]["accuracy"]
+            assert latency[name][f"d{delay}"] == {t: 6 * (4 * k + delay) + int(t) for t in steps}
+    assert "Accuracy (%) against latency" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "accuracy_vs_latency.png").read_bytes()[:4] == b"\x89PNG"
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["workdir"] == str(tmp_path) and config["epochs"] == 2
     assert "| cos_k1 | 4 | 1 |" in (tmp_path / "results.md").read_text()
-    table = (tmp_path / "results.md").read_text().split("Equal budget")[1]
+    table = (tmp_path / "results.md").read_text().split("Equal budget")[1].split("Offset spikes")[0]
     assert [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()] == [
         f"| {n}" for n in range(1, 9)
     ]
@@ -359,6 +368,8 @@ def test_cifar_config_runs_end_to_end_on_mock_tfds(tmp_path):
         ("readme_table", ["--budget", "{foreign}"], "holds no results.json"),
         ("levels_sweep", ["--workdir", "{foreign}"], "holds no run of offsetjax's experiments"),
         ("calibration_sweep", ["--workdir", "{missing}"], "holds no run of offsetjax's experiments"),
+        ("latency", ["--workdir", "{foreign}"], "holds no results.json"),
+        ("readme_table", ["--latency", "{finished}"], "has no latency ticks"),
     ],
 )
 def test_scripts_on_a_missing_or_foreign_directory_exit_2_with_one_line(script, args, message, tmp_path):
