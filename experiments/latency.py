@@ -27,6 +27,7 @@ from experiments.datasets import load_splits
 from experiments.methods import Method, methods, snn_for
 from experiments.results import (
     RunError,
+    best_lines,
     check_derived,
     command,
     load_results,
@@ -90,23 +91,7 @@ def latency_lines(results: dict, ticks: dict, delay: str) -> list[str]:
     table = by_budget(results, ticks, delay)
     last = max(tick for name in ticks for tick in ticks[name][delay].values())
     budgets = [b for b in BUDGETS if b < last] + [next(b for b in BUDGETS if b >= last)]
-    names = list(table)
-    lines = ["| tick | " + " | ".join(names) + " | best |", "|---|" + "---|" * (len(names) + 1)]
-    for budget in budgets:
-        values = {name: table[name][budget] for name in names if budget in table[name]}
-        if not values:
-            lines.append(f"| {budget} | " + " | ".join("—" for _ in names) + " | — |")
-            continue
-        best = max(values.values())
-        cells = [
-            "—"
-            if name not in values
-            else (f"**{100 * values[name]:.2f}**" if values[name] == best else f"{100 * values[name]:.2f}")
-            for name in names
-        ]
-        winners = ", ".join(name for name in names if values.get(name) == best)
-        lines.append(f"| {budget} | " + " | ".join(cells) + f" | {winners} |")
-    return lines
+    return best_lines("tick", budgets, table)
 
 
 def markdown(results: dict, ticks: dict) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from experiments import latency
 from experiments.results import (
     accuracy_cell,
+    best_lines,
     load_results,
     pyplot,
     record,
@@ -40,23 +41,7 @@ def equal_budget_lines(results: dict) -> list[str]:
     """The equal-budget table: a row per total, a column per method, the best bold ("—": the
     method has no T with that total: its pre-simulation alone is longer, or T > its T_max)."""
     totals, by_total = equal_budget(results)
-    names = list(by_total)
-    lines = [
-        "| total steps | " + " | ".join(names) + " | best |",
-        "|---|" + "---|" * (len(names) + 1),
-    ]
-    for total in totals:
-        values = {name: by_total[name][total] for name in names if total in by_total[name]}
-        best = max(values.values())
-        cells = [
-            "—"
-            if name not in values
-            else (f"**{100 * values[name]:.2f}**" if values[name] == best else f"{100 * values[name]:.2f}")
-            for name in names
-        ]
-        winners = ", ".join(name for name in names if values.get(name) == best)
-        lines.append(f"| {total} | " + " | ".join(cells) + f" | {winners} |")
-    return lines
+    return best_lines("total steps", totals, by_total)
 
 
 def write_markdown(results: dict) -> str:

@@ -95,6 +95,26 @@ def accuracy_cell(row: dict, t: str) -> str:
     return f"{100 * row['accuracy'][t]:.2f} ({row['total_steps'][t]})" if t in row["accuracy"] else "—"
 
 
+def best_lines(label: str, keys: list, columns: dict[str, dict]) -> list[str]:
+    """A markdown table comparing methods: a row per key (a total of steps, a tick), a column per
+    method (``columns[name][key]``, an accuracy), the best of each row bold and named at its
+    end; "—" where a method has no value, and for a row where none has."""
+    names = list(columns)
+    lines = [f"| {label} | " + " | ".join(names) + " | best |", "|---|" + "---|" * (len(names) + 1)]
+    for key in keys:
+        values = {name: columns[name][key] for name in names if key in columns[name]}
+        best = max(values.values(), default=None)
+        cells = [
+            "—"
+            if name not in values
+            else (f"**{100 * values[name]:.2f}**" if values[name] == best else f"{100 * values[name]:.2f}")
+            for name in names
+        ]
+        winners = ", ".join(name for name in names if name in values and values[name] == best) or "—"
+        lines.append(f"| {key} | " + " | ".join(cells) + f" | {winners} |")
+    return lines
+
+
 def load_results(workdir: Path) -> dict:
     return json.loads((Path(workdir) / "results.json").read_text())
 
