@@ -91,12 +91,15 @@ class StepProgram:
 
 
 class StepOutput(NamedTuple):
-    """What a tick emits: the network's output ``[B, classes]`` (valid when ``valid``) and each
-    site's emission ``{path: [B, ...]}`` (valid when the site's timing says so)."""
+    """What a tick emits: the network's output ``[B, classes]`` (valid when ``valid``), each
+    site's emission ``{path: [B, ...]}`` (valid when the site's timing says so), and the spikes
+    each site fired this tick per sample, ``{path: [B]}``, pre-simulation rounds included (what
+    :func:`offsetjax.count_operations` charges)."""
 
     output: Array
     valid: Array
     sites: dict
+    spikes: dict
 
 
 class StepRun(NamedTuple):
@@ -106,12 +109,15 @@ class StepRun(NamedTuple):
       logits: running mean of the read-out outputs, ``[T, B, classes]``, as :func:`offsetjax.simulate`.
       output_ticks: the tick at which each read-out output appeared, ``[T]`` (int).
       site_outputs: each site's emissions in order, ``{path: [n, B, ...]}`` (its ``theta * s(t)``).
+      site_spikes: the spikes each site fired over the run, per sample, ``{path: [B]}``,
+        pre-simulation included.
       program: the :class:`StepProgram` that ran.
     """
 
     logits: Array
     output_ticks: np.ndarray
     site_outputs: dict
+    site_spikes: dict
     program: StepProgram
 
 
@@ -175,7 +181,8 @@ def run_step_by_step(
         timing.path: outputs.sites[timing.path][timing.output_lag : timing.output_lag + timing.num_outputs]
         for timing in program.sites
     }
-    return StepRun(jnp.cumsum(out, axis=0) / steps, ticks[read], site_outputs, program)
+    site_spikes = {path: jnp.sum(fired, axis=0) for path, fired in outputs.spikes.items()}
+    return StepRun(jnp.cumsum(out, axis=0) / steps, ticks[read], site_outputs, site_spikes, program)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
@@ -262,7 +269,7 @@ def _program(closed, options: dict, delay: int) -> StepProgram:
         tick = state["tick"] + 1
         env: dict[Any, Any] = dict(zip(jaxpr.constvars, closed.consts))
         env[jaxpr.invars[0]] = frame[None].astype(jaxpr.invars[0].aval.dtype)
-        new_lines, new_sites, emitted = {}, {}, {}
+        new_lines, new_sites, emitted, spikes = {}, {}, {}, {}
 
         def read(v, key):
             if isinstance(v, jex.Literal):
@@ -276,7 +283,7 @@ def _program(closed, options: dict, delay: int) -> StepProgram:
             if site is not None:
                 timing = sites[site]
                 currents, theta, v0, bias = values
-                new_sites[timing.path], out = _site_step(
+                new_sites[timing.path], out, spikes[timing.path] = _site_step(
                     state["sites"][timing.path],
                     currents,
                     theta,
@@ -300,7 +307,7 @@ def _program(closed, options: dict, delay: int) -> StepProgram:
         token = tick - output_lag
         valid = (token >= 1) & (token <= steps)
         state = {"tick": tick, "lines": new_lines, "sites": new_sites}
-        return state, StepOutput(env[output_var][0], valid, emitted)
+        return state, StepOutput(env[output_var][0], valid, emitted, spikes)
 
     return StepProgram(init, step, tuple(sites), output_lag, steps, options["srp_steps"])
 
@@ -347,7 +354,7 @@ def _site_step(state, currents, theta, v0, bias, token, options, delay, has_bias
         presim_state = jax.tree.map(
             lambda fresh, carried: jnp.where(start, fresh, carried), if_initial_state(state["shifted"]), state["run"]
         )
-        presim_state, _ = if_step(presim_state, presim_current, theta)
+        presim_state, presim_spike = if_step(presim_state, presim_current, theta)
         # the calibration sees v0 through the first round's currents (all in the buffer by then)
         magnitude = jnp.where(
             (round_index == 0) & (position == rho - 1),
@@ -384,6 +391,7 @@ def _site_step(state, currents, theta, v0, bias, token, options, delay, has_bias
         state["buffer"] = jnp.where((op >= 0) & (token <= num_steps), stored, buffer)
         emit = in_run
         out = spike.astype(currents.dtype)
+        fired = jnp.where(in_presim, presim_spike, jnp.where(in_run, spike, 0.0))
     else:
         fresh = (op == 0) | (tau > 0) & (op == tau)
         run = jax.tree.map(lambda f, c: jnp.where(fresh, f, c), if_initial_state(v0), state["run"])
@@ -395,9 +403,12 @@ def _site_step(state, currents, theta, v0, bias, token, options, delay, has_bias
             keep = jnp.where(op == tau - 1, (run.v > SRP_RESIDUAL_MARGIN * theta).astype(currents.dtype), state["keep"])
             state["keep"] = keep
             out = jnp.where(op >= tau, out * keep.astype(currents.dtype), out)
+        fired = jnp.where(emit, out, 0.0)
+    per_sample = tuple(range(1, fired.ndim))
+    fired = jnp.sum(fired.astype(dtype), axis=per_sample)
     out = jnp.where(emit, (out * theta).astype(currents.dtype), jnp.zeros_like(x))[None]
     if delay:
         held = state["out"]
         state["out"] = jnp.concatenate([held[1:], out[None]])
         out = held[0]
-    return state, out
+    return state, out, fired

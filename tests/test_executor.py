@@ -133,6 +133,11 @@ def test_step_by_step_emits_the_simulators_spikes_at_every_site(arch, method, fr
         assert fired > 100  # the comparison is not of silent networks
         assert run.logits.dtype == jnp.float64
         np.testing.assert_allclose(run.logits, expected, rtol=0, atol=1e-12)
+        if not frames:  # what count_operations charges is what the executor ran, replays included
+            operations = oj.count_operations(snn, variables, images)
+            for path, fired in run.site_spikes.items():
+                charged = np.sum(operations.spikes[path], axis=0) + operations.presim_spikes[path]
+                np.testing.assert_array_equal(np.asarray(fired), np.asarray(charged), err_msg=path)
 
 
 #: Sites on the longest path from the image to the output.
