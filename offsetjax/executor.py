@@ -362,7 +362,7 @@ def _site_step(state, currents, theta, v0, bias, token, options, delay, has_bias
             state["magnitude"],
         )
         round_end = in_presim & (position == rho - 1)
-        first, later = (
+        corrected = [  # round 1's correction, and (k > 1) the later rounds'
             calibration_round(
                 state["shifted"],
                 v0,
@@ -374,9 +374,11 @@ def _site_step(state, currents, theta, v0, bias, token, options, delay, has_bias
                 eps=options["eps"],
                 saturated=options["saturated"],
             )
-            for first_round in (True, False)
-        )
-        shifted = jnp.where(round_end, jnp.where(round_index == 0, first, later), state["shifted"])
+            for first_round in (True, False)[:rounds]
+        ]
+        if rounds > 1:
+            corrected = [jnp.where(round_index == 0, *corrected)]
+        shifted = jnp.where(round_end, corrected[0], state["shifted"])
         run_index = op - buffered
         run_current = jax.lax.dynamic_index_in_dim(buffer, jnp.clip(run_index, 0, None) % buffered, keepdims=False)
         run_state = jax.tree.map(

@@ -99,18 +99,20 @@ def inputs(method: str, frames: bool, side: int = 8):
     return jax.random.uniform(jax.random.key(7), shape, jnp.float64)
 
 
-#: Fast tier: every method once on the hand-written residual network, static and time-varying
-#: inputs and both delays among them; slow tier: the Fashion-MNIST networks (28 x 28 inputs).
+#: Fast tier: the hand-written residual network with COS (its buffer), a bias current and SRP on
+#: frames; slow tier: every method once on the Fashion-MNIST networks' shapes.
 CASES = [
-    ("hand_written", "qcfs", False, 1),
-    ("hand_written", "cos_k1", True, 0),
-    ("hand_written", "cos_k2", False, 0),
-    ("hand_written", "data_v0", True, 1),
-    ("hand_written", "data_bias", False, 1),
+    ("hand_written", "cos_k2", False, 1),
+    ("hand_written", "data_bias", False, 0),
     ("hand_written", "srp", True, 1),
-    *(
-        pytest.param(arch, method, index % 2 == 0, index // 2 % 2, marks=pytest.mark.slow)
-        for arch in ("small_vgg", "small_resnet")
+    *(  # each method once on a Fashion-MNIST network, both networks, inputs and delays among them
+        pytest.param(
+            ("small_vgg", "small_resnet")[index % 2],
+            method,
+            index // 2 % 2 == 0,
+            index // 3 % 2,
+            marks=pytest.mark.slow,
+        )
         for index, method in enumerate(METHODS)
     ),
 ]
@@ -133,7 +135,8 @@ def test_step_by_step_emits_the_simulators_spikes_at_every_site(arch, method, fr
         assert fired > 100  # the comparison is not of silent networks
         assert run.logits.dtype == jnp.float64
         np.testing.assert_allclose(run.logits, expected, rtol=0, atol=1e-12)
-        if not frames:  # what count_operations charges is what the executor ran, replays included
+        if not frames and (method == "cos_k2" or arch != "hand_written"):
+            # what count_operations charges is what the executor ran, replays included
             operations = oj.count_operations(snn, variables, images)
             for path, fired in run.site_spikes.items():
                 charged = np.sum(operations.spikes[path], axis=0) + operations.presim_spikes[path]
@@ -149,7 +152,7 @@ BUFFERED = {"qcfs": 0, "cos_k1": 2, "cos_k2": 4, "data_v0": 0, "data_bias": 0, "
 @pytest.mark.parametrize(
     "arch", ["hand_written", *(pytest.param(arch, marks=pytest.mark.slow) for arch in ("small_vgg", "small_resnet"))]
 )
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", ["qcfs", "cos_k2", "srp"])  # k * rho = 0, k * rho > 0, tau
 @pytest.mark.parametrize("delay", [0, 1])
 def test_the_t_th_output_appears_at_the_tick_the_derivation_says(arch, method, delay):
     """docs/method.md section 9: on a network whose longest path holds L sites, the t-th output
@@ -176,7 +179,7 @@ def test_the_executor_measures_the_derived_latency(arch, method, delay):
     np.testing.assert_array_equal(run.output_ticks, derived)
 
 
-@pytest.mark.slow
+@pytest.mark.long  # traces VGG-16: outside .ci/run's budget (pytest -m long)
 def test_cos_on_vgg16_waits_sites_times_rho_ticks():
     """The issue's example: VGG-16's 15 sites at rho = 4, k = 1, d = 0 emit their first output at tick 61."""
     model = oj.models.vgg16(10)

@@ -368,8 +368,8 @@ def test_cifar_config_runs_end_to_end_on_mock_tfds(tmp_path):
         ("readme_table", ["--budget", "{foreign}"], "holds no results.json"),
         ("levels_sweep", ["--workdir", "{foreign}"], "holds no run of offsetjax's experiments"),
         ("calibration_sweep", ["--workdir", "{missing}"], "holds no run of offsetjax's experiments"),
-        ("latency", ["--workdir", "{foreign}"], "holds no results.json"),
-        ("readme_table", ["--latency", "{finished}"], "has no latency ticks"),
+        pytest.param("latency", ["--workdir", "{foreign}"], "holds no results.json", marks=pytest.mark.slow),
+        pytest.param("readme_table", ["--latency", "{finished}"], "has no latency ticks", marks=pytest.mark.slow),
     ],
 )
 def test_scripts_on_a_missing_or_foreign_directory_exit_2_with_one_line(script, args, message, tmp_path):
