@@ -84,6 +84,8 @@ class StepProgram:
     output_lag: int
     num_outputs: int
     readout_start: int
+    plan: Any = dataclasses.field(repr=False, compare=False)
+    variables: tuple = dataclasses.field(repr=False, compare=False)
 
     @property
     def num_ticks(self) -> int:
@@ -136,20 +138,28 @@ def step_by_step(
 
     Any Flax network built of linear layers and :class:`offsetjax.IFActivation` sites is
     traced: the sites become state machines, everything else runs once per tick on what the
-    sites emitted. The variables are baked into the program (its ``step`` closes over them).
+    sites emitted. The traced program depends on the network, the variables' shapes, the
+    image shape, batch size, dtype and delay, not on the variables' values: it is cached, so a
+    second call (other variables of the same network, the next batch) compiles nothing new.
+    ``program.step`` closes over these variables.
     """
     check_choice("delay", delay, DELAYS)
     image_shape = tuple(int(n) for n in image_shape)
-    example = jnp.zeros((1, *image_shape), dtype)
-    check_network(snn, variables, example)
-    options = schedule(snn)
-
-    def forward(frame):
-        with nn.intercept_methods(_mark_sites):
-            return snn.apply(variables, frame)
-
-    closed = jax.make_jaxpr(forward)(jax.ShapeDtypeStruct((1, batch_size, *image_shape), dtype))
-    return _program(closed, options, delay)
+    dtype = jnp.dtype(dtype)
+    check_network(snn, variables, jnp.zeros((1, *image_shape), dtype))
+    leaves, treedef = jax.tree.flatten(variables)
+    structure = (treedef, tuple((jnp.shape(leaf), jnp.result_type(leaf)) for leaf in leaves))
+    plan = _plan(snn, structure, image_shape, int(batch_size), delay, dtype)
+    return StepProgram(
+        plan.init,
+        functools.partial(plan.step, tuple(leaves)),
+        plan.sites,
+        plan.output_lag,
+        plan.num_outputs,
+        plan.readout_start,
+        plan,
+        tuple(leaves),
+    )
 
 
 def run_step_by_step(
@@ -185,13 +195,17 @@ def run_step_by_step(
     return StepRun(jnp.cumsum(out, axis=0) / steps, ticks[read], site_outputs, site_spikes, program)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2))
 def _scan(program: StepProgram, images: Array, frames: bool) -> StepOutput:
+    return _scan_plan(program.plan, program.variables, images, frames)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _scan_plan(plan: _Plan, leaves: tuple, images: Array, frames: bool) -> StepOutput:
     def tick(state, index):
         frame = images[jnp.minimum(index, images.shape[0] - 1)] if frames else images
-        return program.step(state, frame)
+        return plan.step(leaves, state, frame)
 
-    _, outputs = jax.lax.scan(tick, program.init(), jnp.arange(program.num_ticks))
+    _, outputs = jax.lax.scan(tick, plan.init(), jnp.arange(plan.output_lag + plan.num_outputs))
     return outputs
 
 
@@ -219,12 +233,40 @@ def _site_lag(options: dict) -> int:
     return options["presim_steps"] * options["iterations"]
 
 
-def _program(closed, options: dict, delay: int) -> StepProgram:
-    """Lags of every value of the traced network, then the step function over them."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Plan:
+    """The traced network's step for given variable shapes: ``step(leaves, state, frame)``."""
+
+    init: Callable[[], Any]
+    step: Callable[[tuple, Any, Array], tuple[Any, StepOutput]]
+    sites: tuple[SiteTiming, ...]
+    output_lag: int
+    num_outputs: int
+    readout_start: int
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(snn: nn.Module, structure, image_shape: tuple[int, ...], batch_size: int, delay: int, dtype) -> _Plan:
+    """Trace ``snn`` with its variables' leaves as inputs (``structure``: their tree and shapes)."""
+    treedef, shapes = structure
+
+    def forward(leaves, frame):
+        with nn.intercept_methods(_mark_sites):
+            return snn.apply(jax.tree.unflatten(treedef, leaves), frame)
+
+    abstract_leaves = [jax.ShapeDtypeStruct(shape, leaf_dtype) for shape, leaf_dtype in shapes]
+    closed = jax.make_jaxpr(forward)(abstract_leaves, jax.ShapeDtypeStruct((1, batch_size, *image_shape), dtype))
+    return _program(closed, len(shapes), schedule(snn), delay)
+
+
+def _program(closed, num_leaves: int, options: dict, delay: int) -> _Plan:
+    """Lags of every value of the traced network, then the step function over them. The
+    jaxpr's inputs are the variables' ``num_leaves`` leaves, then the frame."""
     jaxpr = closed.jaxpr
     steps = options["srp_steps"] + options["num_steps"]
-    lags: dict[Any, int | None] = {var: None for var in jaxpr.constvars}
-    lags[jaxpr.invars[0]] = 0
+    leaf_vars, frame_var = jaxpr.invars[:num_leaves], jaxpr.invars[num_leaves]
+    lags: dict[Any, int | None] = {var: None for var in (*jaxpr.constvars, *leaf_vars)}
+    lags[frame_var] = 0
     delay_lines: dict[tuple[Any, int], str] = {}  # (value, ticks) -> state key
     sites: list[SiteTiming] = []
     plan = []  # per equation: (equation, input reads, site index or None)
@@ -265,10 +307,11 @@ def _program(closed, options: dict, delay: int) -> StepProgram:
             "sites": {path: _site_init(aval, options, delay) for path, aval in site_inputs.items()},
         }
 
-    def step(state, frame):
+    def step(leaves, state, frame):
         tick = state["tick"] + 1
         env: dict[Any, Any] = dict(zip(jaxpr.constvars, closed.consts))
-        env[jaxpr.invars[0]] = frame[None].astype(jaxpr.invars[0].aval.dtype)
+        env.update(zip(leaf_vars, leaves))
+        env[frame_var] = frame[None].astype(frame_var.aval.dtype)
         new_lines, new_sites, emitted, spikes = {}, {}, {}, {}
 
         def read(v, key):
@@ -309,7 +352,7 @@ def _program(closed, options: dict, delay: int) -> StepProgram:
         state = {"tick": tick, "lines": new_lines, "sites": new_sites}
         return state, StepOutput(env[output_var][0], valid, emitted, spikes)
 
-    return StepProgram(init, step, tuple(sites), output_lag, steps, options["srp_steps"])
+    return _Plan(init, step, tuple(sites), output_lag, steps, options["srp_steps"])
 
 
 def _site_init(currents, options: dict, delay: int) -> dict:
