@@ -99,10 +99,13 @@ def inputs(method: str, frames: bool, side: int = 8):
     return jax.random.uniform(jax.random.key(7), shape, jnp.float64)
 
 
-#: Fast tier: the hand-written residual network with COS (its buffer), a bias current and SRP on
-#: frames; slow tier: every method once on the Fashion-MNIST networks' shapes.
+#: Every method on the hand-written residual network (fast tier) and once on the Fashion-MNIST
+#: networks' shapes (slow tier), static and time-varying inputs and both delays among them.
 CASES = [
+    ("hand_written", "qcfs", True, 0),
+    ("hand_written", "cos_k1", False, 0),
     ("hand_written", "cos_k2", False, 1),
+    ("hand_written", "data_v0", True, 1),
     ("hand_written", "data_bias", False, 0),
     ("hand_written", "srp", True, 1),
     *(  # each method once on a Fashion-MNIST network, both networks, inputs and delays among them
