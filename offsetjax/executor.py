@@ -40,9 +40,9 @@ from offsetjax._checks import check_choice, check_image_batch
 from offsetjax.activation import at_least_float32
 from offsetjax.convert import schedule
 from offsetjax.neuron import if_initial_state, if_step
-from offsetjax.offset import SRP_RESIDUAL_MARGIN, calibration_round, presim_magnitude
+from offsetjax.offset import calibration_round, presim_magnitude, srp_keep
 from offsetjax.simulation import check_frames, check_network
-from offsetjax.site import BIAS_CORRECTION, INITIAL_POTENTIAL, IFActivation
+from offsetjax.site import BIAS_CORRECTION, INITIAL_POTENTIAL, IFActivation, add_bias_current
 
 #: Per-layer delays the chip model supports: 0 (a spike is used in the tick it is emitted) or 1.
 DELAYS = (0, 1)
@@ -63,7 +63,7 @@ class SiteTiming:
     num_outputs: int
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class StepProgram:
     """A network traced for the step-by-step executor (:func:`step_by_step`).
 
@@ -76,20 +76,40 @@ class StepProgram:
       num_outputs: outputs the network emits (``T``, or ``tau + T`` with SRP).
       readout_start: outputs before this one are SRP's pre-simulation, not read out.
       num_ticks: ticks until the last output, ``output_lag + num_outputs``.
+      plan, variables: the traced program (cached, shared by programs of the same network and
+        shapes) and the variables' leaves ``step`` runs with.
     """
 
-    init: Callable[[], Any]
-    step: Callable[[Any, Array], tuple[Any, StepOutput]]
-    sites: tuple[SiteTiming, ...]
-    output_lag: int
-    num_outputs: int
-    readout_start: int
-    plan: Any = dataclasses.field(repr=False, compare=False)
-    variables: tuple = dataclasses.field(repr=False, compare=False)
+    plan: _Plan = dataclasses.field(repr=False)
+    variables: tuple = dataclasses.field(repr=False)  # the leaves ``step`` runs with
+
+    @property
+    def init(self) -> Callable[[], Any]:
+        return self.plan.init
+
+    @property
+    def step(self) -> Callable[[Any, Array], tuple[Any, StepOutput]]:
+        return functools.partial(self.plan.step, self.variables)
+
+    @property
+    def sites(self) -> tuple[SiteTiming, ...]:
+        return self.plan.sites
+
+    @property
+    def output_lag(self) -> int:
+        return self.plan.output_lag
+
+    @property
+    def num_outputs(self) -> int:
+        return self.plan.num_outputs
+
+    @property
+    def readout_start(self) -> int:
+        return self.plan.readout_start
 
     @property
     def num_ticks(self) -> int:
-        return self.output_lag + self.num_outputs
+        return self.plan.num_ticks
 
 
 class StepOutput(NamedTuple):
@@ -149,17 +169,7 @@ def step_by_step(
     check_network(snn, variables, jnp.zeros((1, *image_shape), dtype))
     leaves, treedef = jax.tree.flatten(variables)
     structure = (treedef, tuple((jnp.shape(leaf), jnp.result_type(leaf)) for leaf in leaves))
-    plan = _plan(snn, structure, image_shape, int(batch_size), delay, dtype)
-    return StepProgram(
-        plan.init,
-        functools.partial(plan.step, tuple(leaves)),
-        plan.sites,
-        plan.output_lag,
-        plan.num_outputs,
-        plan.readout_start,
-        plan,
-        tuple(leaves),
-    )
+    return StepProgram(_plan(snn, structure, image_shape, int(batch_size), delay, dtype), tuple(leaves))
 
 
 def run_step_by_step(
@@ -182,7 +192,7 @@ def run_step_by_step(
     image_shape = images.shape[2:] if frames else images.shape[1:]
     batch_size = images.shape[1] if frames else images.shape[0]
     program = step_by_step(snn, variables, image_shape, batch_size=batch_size, delay=delay, dtype=images.dtype)
-    outputs = _scan(program, images, frames)
+    outputs = _scan(program.plan, program.variables, images, frames)
     ticks = np.flatnonzero(np.asarray(outputs.valid)) + 1
     read = slice(program.readout_start, None)
     out = outputs.output[ticks - 1][read]
@@ -195,17 +205,13 @@ def run_step_by_step(
     return StepRun(jnp.cumsum(out, axis=0) / steps, ticks[read], site_outputs, site_spikes, program)
 
 
-def _scan(program: StepProgram, images: Array, frames: bool) -> StepOutput:
-    return _scan_plan(program.plan, program.variables, images, frames)
-
-
 @functools.partial(jax.jit, static_argnums=(0, 3))
-def _scan_plan(plan: _Plan, leaves: tuple, images: Array, frames: bool) -> StepOutput:
+def _scan(plan: _Plan, leaves: tuple, images: Array, frames: bool) -> StepOutput:
     def tick(state, index):
         frame = images[jnp.minimum(index, images.shape[0] - 1)] if frames else images
         return plan.step(leaves, state, frame)
 
-    _, outputs = jax.lax.scan(tick, plan.init(), jnp.arange(plan.output_lag + plan.num_outputs))
+    _, outputs = jax.lax.scan(tick, plan.init(), jnp.arange(plan.num_ticks))
     return outputs
 
 
@@ -243,6 +249,10 @@ class _Plan:
     output_lag: int
     num_outputs: int
     readout_start: int
+
+    @property
+    def num_ticks(self) -> int:
+        return self.output_lag + self.num_outputs
 
 
 @functools.lru_cache(maxsize=64)
@@ -345,8 +355,7 @@ def _program(closed, num_leaves: int, options: dict, delay: int) -> _Plan:
             for v, value in zip(equation.outvars, outs):
                 env[v] = value
         for key, (var, _) in lines.items():
-            line = state["lines"][key]
-            new_lines[key] = jnp.concatenate([line[1:], env[var][None]]) if line.shape[0] > 1 else env[var][None]
+            _, new_lines[key] = _shift_in(state["lines"][key], env[var])
         token = tick - output_lag
         valid = (token >= 1) & (token <= steps)
         state = {"tick": tick, "lines": new_lines, "sites": new_sites}
@@ -374,8 +383,7 @@ def _site_step(state, currents, theta, v0, bias, token, options, delay, has_bias
     dtype = at_least_float32(currents.dtype)
     theta = theta.astype(dtype)
     if has_bias:
-        bias = jnp.asarray(bias, theta.dtype)
-        currents = (currents.astype(theta.dtype) + jnp.broadcast_to(bias, currents.shape)).astype(currents.dtype)
+        currents = add_bias_current(currents, bias, theta.dtype)
     x = currents[0]  # [B, ...]
     neuron_shape = x.shape
     theta = jnp.broadcast_to(theta, neuron_shape)
@@ -398,12 +406,13 @@ def _site_step(state, currents, theta, v0, bias, token, options, delay, has_bias
             lambda fresh, carried: jnp.where(start, fresh, carried), if_initial_state(state["shifted"]), state["run"]
         )
         presim_state, presim_spike = if_step(presim_state, presim_current, theta)
-        # the calibration sees v0 through the first round's currents (all in the buffer by then)
-        magnitude = jnp.where(
-            (round_index == 0) & (position == rho - 1),
-            presim_magnitude(v0, jnp.concatenate([buffer[: rho - 1], x[None]]).astype(dtype), theta),
-            state["magnitude"],
-        )
+        magnitude = state["magnitude"]
+        if rounds > 1:  # the later rounds' rounding bound, from all rho currents of round 1
+            magnitude = jnp.where(
+                (round_index == 0) & (position == rho - 1),
+                presim_magnitude(v0, jnp.concatenate([buffer[: rho - 1], x[None]]).astype(dtype), theta),
+                magnitude,
+            )
         round_end = in_presim & (position == rho - 1)
         corrected = [  # round 1's correction, and (k > 1) the later rounds'
             calibration_round(
@@ -445,7 +454,7 @@ def _site_step(state, currents, theta, v0, bias, token, options, delay, has_bias
         state["run"] = jax.tree.map(lambda new, old: jnp.where(emit, new, old), run, state["run"])
         out = spike.astype(currents.dtype)
         if tau:
-            keep = jnp.where(op == tau - 1, (run.v > SRP_RESIDUAL_MARGIN * theta).astype(currents.dtype), state["keep"])
+            keep = jnp.where(op == tau - 1, srp_keep(run.v, theta, currents.dtype), state["keep"])
             state["keep"] = keep
             out = jnp.where(op >= tau, out * keep.astype(currents.dtype), out)
         fired = jnp.where(emit, out, 0.0)
@@ -453,7 +462,11 @@ def _site_step(state, currents, theta, v0, bias, token, options, delay, has_bias
     fired = jnp.sum(fired.astype(dtype), axis=per_sample)
     out = jnp.where(emit, (out * theta).astype(currents.dtype), jnp.zeros_like(x))[None]
     if delay:
-        held = state["out"]
-        state["out"] = jnp.concatenate([held[1:], out[None]])
-        out = held[0]
+        out, state["out"] = _shift_in(state["out"], out)
     return state, out, fired
+
+
+def _shift_in(line: Array, value: Array) -> tuple[Array, Array]:
+    """A delay line ``[n, ...]`` of the last n ticks' values: returns the value from n ticks
+    ago and the line with ``value`` pushed in."""
+    return line[0], jnp.concatenate([line[1:], value[None]])

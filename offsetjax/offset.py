@@ -319,5 +319,10 @@ def srp_presimulate(
     (1.0: kept, 0.0: silenced), the last two of the neuron shape ``[...]``.
     """
     spikes, state = if_simulate(currents, theta, v0, unroll=unroll)
-    keep = (state.v > SRP_RESIDUAL_MARGIN * theta).astype(spikes.dtype)
-    return spikes, state.count, keep
+    return spikes, state.count, srp_keep(state.v, theta, spikes.dtype)
+
+
+def srp_keep(v: Float[Array, "..."], theta: Float[ArrayLike, "..."], dtype) -> Float[Array, "..."]:
+    """SRP's mask from the residual potential ``v`` after the tau steps: 1 where it exceeds
+    ``SRP_RESIDUAL_MARGIN * theta`` (the neuron keeps firing), 0 where it is silenced; in ``dtype``."""
+    return (v > SRP_RESIDUAL_MARGIN * theta).astype(dtype)

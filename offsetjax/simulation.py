@@ -62,12 +62,12 @@ def check_frames(model: nn.Module, frames) -> Array:
     frames = jnp.asarray(frames)
     options = schedule(model)
     steps = options["srp_steps"] + options["num_steps"]
-    if frames.ndim < 3 or frames.shape[0] != steps:
+    if frames.ndim < 3 or frames.shape[0] != steps or frames.shape[1] < 1:
         raise ValueError(
             f"frames must be one batch per step, [steps, B, ...] with steps = {steps} for this network "
-            f"(num_steps={options['num_steps']}, srp_steps={options['srp_steps']}), got shape {frames.shape}"
+            f"(num_steps={options['num_steps']}, srp_steps={options['srp_steps']}) and B >= 1, got shape "
+            f"{frames.shape}"
         )
-    check_image_batch(frames[0])
     return check_image_batch(frames, axis="steps")
 
 

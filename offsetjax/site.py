@@ -14,7 +14,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from offsetjax._checks import check_choice, check_int, check_steps
 from offsetjax.activation import DEFAULT_THRESHOLD, at_least_float32
@@ -102,8 +102,7 @@ class IFActivation(nn.Module):
         neuron_shape = currents.shape[2:]
         v0 = self.variable(INITIAL_POTENTIAL, "v0", lambda: jnp.full(neuron_shape, 0.5 * theta)).value
         if self.has_variable(BIAS_CORRECTION, "b"):
-            bias = jnp.asarray(self.get_variable(BIAS_CORRECTION, "b"), theta.dtype)
-            currents = (currents.astype(theta.dtype) + jnp.broadcast_to(bias, currents.shape)).astype(currents.dtype)
+            currents = add_bias_current(currents, self.get_variable(BIAS_CORRECTION, "b"), theta.dtype)
         currents = jnp.broadcast_to(currents, (steps, *currents.shape[1:]))
         if self.srp_steps:
             presim_out, presim_spikes, keep = srp_presimulate(currents[: self.srp_steps], theta, v0, unroll=self.unroll)
@@ -151,3 +150,10 @@ def check_srp(srp_steps: int, iterations: int) -> None:
         raise ValueError(
             f"srp_steps={srp_steps} and iterations={iterations}: SRP and COS are separate methods, set one of them to 0"
         )
+
+
+def add_bias_current(currents: Array, bias: ArrayLike, dtype) -> Array:
+    """``currents`` plus the :data:`BIAS_CORRECTION` current ``bias`` (broadcast to them), added
+    in ``dtype`` (the potential's) and returned in the currents' dtype."""
+    bias = jnp.asarray(bias, dtype)
+    return (currents.astype(dtype) + jnp.broadcast_to(bias, currents.shape)).astype(currents.dtype)
