@@ -182,7 +182,8 @@ def test_the_executor_measures_the_derived_latency(arch, method, delay):
     np.testing.assert_array_equal(run.output_ticks, derived)
 
 
-@pytest.mark.long  # traces VGG-16: outside .ci/run's budget (pytest -m long)
+@pytest.mark.slow
+@pytest.mark.long  # traces VGG-16: outside .ci/run's slow tier and its budget (pytest -m long)
 def test_cos_on_vgg16_waits_sites_times_rho_ticks():
     """The issue's example: VGG-16's 15 sites at rho = 4, k = 1, d = 0 emit their first output at tick 61."""
     model = oj.models.vgg16(10)
