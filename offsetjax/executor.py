@@ -37,18 +37,16 @@ from jax.extend import core as jex
 from jaxtyping import Array, ArrayLike, Float
 
 from offsetjax._checks import check_choice, check_image_batch
+from offsetjax._trace import site_p, trace_sites
 from offsetjax.activation import at_least_float32
 from offsetjax.convert import schedule
 from offsetjax.neuron import if_initial_state, if_step
 from offsetjax.offset import calibration_round, presim_magnitude, srp_keep
 from offsetjax.simulation import check_frames, check_network
-from offsetjax.site import BIAS_CORRECTION, INITIAL_POTENTIAL, IFActivation, add_bias_current
+from offsetjax.site import add_bias_current
 
 #: Per-layer delays the chip model supports: 0 (a spike is used in the tick it is emitted) or 1.
 DELAYS = (0, 1)
-
-_site_p = jex.Primitive("offsetjax_if_site")
-_site_p.def_abstract_eval(lambda currents, theta, v0, bias, **_: jax.core.ShapedArray(currents.shape, currents.dtype))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,25 +213,6 @@ def _scan(plan: _Plan, leaves: tuple, images: Array, frames: bool) -> StepOutput
     return outputs
 
 
-def _mark_sites(next_fun, args, kwargs, context):
-    """Replace each IF site's call by one marker operation holding its threshold, v(0) and bias."""
-    site = context.module
-    if not isinstance(site, IFActivation) or context.method_name != "__call__":
-        return next_fun(*args, **kwargs)
-    currents = args[0]
-    theta = site.get_variable("params", "threshold")
-    v0 = site.get_variable(INITIAL_POTENTIAL, "v0")
-    bias = site.get_variable(BIAS_CORRECTION, "b") if site.has_variable(BIAS_CORRECTION, "b") else None
-    return _site_p.bind(
-        currents,
-        theta,
-        v0,
-        jnp.zeros((), currents.dtype) if bias is None else bias,
-        path="/".join(site.path),
-        has_bias=bias is not None,
-    )
-
-
 def _site_lag(options: dict) -> int:
     """Ticks a site's output lags its input: COS buffers k * rho inputs; the others none."""
     return options["presim_steps"] * options["iterations"]
@@ -260,12 +239,8 @@ def _plan(snn: nn.Module, structure, image_shape: tuple[int, ...], batch_size: i
     """Trace ``snn`` with its variables' leaves as inputs (``structure``: their tree and shapes)."""
     treedef, shapes = structure
 
-    def forward(leaves, frame):
-        with nn.intercept_methods(_mark_sites):
-            return snn.apply(jax.tree.unflatten(treedef, leaves), frame)
-
     abstract_leaves = [jax.ShapeDtypeStruct(shape, leaf_dtype) for shape, leaf_dtype in shapes]
-    closed = jax.make_jaxpr(forward)(abstract_leaves, jax.ShapeDtypeStruct((1, batch_size, *image_shape), dtype))
+    closed = trace_sites(snn, treedef, abstract_leaves, jax.ShapeDtypeStruct((1, batch_size, *image_shape), dtype))
     return _program(closed, len(shapes), schedule(snn), delay)
 
 
@@ -282,7 +257,7 @@ def _program(closed, num_leaves: int, options: dict, delay: int) -> _Plan:
     plan = []  # per equation: (equation, input reads, site index or None)
     for equation in jaxpr.eqns:
         for sub in jex.jaxprs_in_params(equation.params):
-            if any(inner.primitive is _site_p for inner in sub.eqns):
+            if any(inner.primitive is site_p for inner in sub.eqns):
                 raise ValueError("an IF site inside a nested transformation cannot be run step by step")
         known = [lags[v] for v in equation.invars if isinstance(v, jex.Var) and lags[v] is not None]
         lag = max(known) if known else None
@@ -294,7 +269,7 @@ def _program(closed, num_leaves: int, options: dict, delay: int) -> _Plan:
             else:
                 reads.append((v, None))
         site = None
-        if equation.primitive is _site_p:
+        if equation.primitive is site_p:
             if lag is None:
                 raise ValueError(f"site {equation.params['path']} is fed by no input")
             out_lag = lag + _site_lag(options) + delay

@@ -250,18 +250,3 @@ def test_bad_arguments_are_named():
         oj.spiking_model(model, num_steps=2, presim_steps=1, iterations=1, srp_steps=1)
     with pytest.raises(ValueError, match="srp_steps must be >= 0"):
         oj.spiking_model(model, num_steps=2, srp_steps=-1)
-
-
-def test_nir_export_refuses_what_nir_cannot_hold():
-    pytest.importorskip("nir")
-    from offsetjax.interop.nir import to_nir
-
-    model = oj.models.small_vgg(10)
-    ann_variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
-    srp = oj.spiking_model(model, num_steps=2, srp_steps=1)
-    with pytest.raises(ValueError, match="SRP"):
-        to_nir(srp, oj.convert_variables(srp, ann_variables), (8, 8, 1))
-    snn = oj.spiking_model(model, num_steps=2)
-    corrected = {**oj.convert_variables(snn, ann_variables), "bias_correction": {}}  # as data_bias returns
-    with pytest.raises(ValueError, match="bias_correction"):
-        to_nir(snn, corrected, (8, 8, 1))

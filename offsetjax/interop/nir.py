@@ -1,19 +1,24 @@
 """Converted networks as NIR graphs (the neuromorphic intermediate representation), and a JAX
-runner for the graphs this module writes.
+runner for them.
 
-:func:`to_nir` writes a spiking VGG or ResNet of ``offsetjax.models`` in NIR's layout (CHW,
-PyTorch-style weights): batch norm folded into each convolution, each site's threshold θ folded
-into the next layer's weights (an IF node emits spikes in {0, 1}; offsetjax's site emits θ·s),
-average pooling as ``SumPool2d`` with its 1/k² folded into the next layer, flatten in CHW order,
-residual additions as several edges into one node, an identity shortcut as a ``Scale`` by θ.
+:func:`to_nir` writes any Flax network with offsetjax IF sites (a network of
+``offsetjax.models`` or one of your own, from :func:`offsetjax.spiking_model`) in NIR's layout
+(C, H, W; PyTorch-style weights). The graph is read from the network's own computation, traced
+once in float64: convolutions and dense layers with batch norm folded into them, each site's
+threshold theta folded into the next layer's weights (an IF node emits spikes in {0, 1};
+offsetjax's site emits theta * s), sum or average pooling as ``SumPool2d`` with its 1/k^2
+folded into the next layer, flatten as ``Flatten(start_dim=-3, end_dim=-1)`` over (C, H, W),
+residual additions as several edges into one node, a scale nothing can absorb as ``Scale``.
+An operation NIR cannot express is refused, naming it and the layer it is in.
 
-NIR's IF node resets *to* ``v_reset``, starts from v(0) = 0 and fires when v > θ. The
-converted network needs reset by subtraction, v(0) = θ/2, firing at v ≥ θ, and (calibrated)
-a per-sample v(0) from a pre-simulation, none of which a NIR IF node can state. They are
-recorded in each IF node's metadata (``reset``, ``v_init``, ``fire``, ``num_steps``,
-``presim_steps``, ``iterations``, ``eps``, ``saturated``); a consumer that ignores them runs a
-different network. :func:`from_nir` rebuilds the offsetjax network from a graph written here;
-:func:`run_nir` runs a graph with either meaning:
+NIR's IF node resets *to* ``v_reset``, starts from v(0) = 0 and fires when v > theta. The
+converted network needs reset by subtraction, v(0) = theta/2 (or the data-calibrated v(0)),
+firing at v >= theta, and with COS a per-sample v(0) from a pre-simulation, none of which a NIR
+IF node can state. They are recorded in each IF node's metadata (``reset``, ``v_init`` in the
+node's C, H, W layout, ``fire``, ``num_steps``, ``presim_steps``, ``iterations``, ``eps``,
+``saturated``); :func:`initial_potentials` reads the ``v_init`` arrays for another simulator.
+:func:`from_nir` rebuilds an offsetjax network (a :class:`GraphNetwork`) from a graph written
+here; :func:`run_nir` runs a graph with either meaning:
 
 * ``semantics="offsetjax"``: the metadata's, reproducing :func:`offsetjax.simulate`;
 * ``semantics="nir"``: NIR's literal IF (reset to ``v_reset``, v(0) = 0, strict ``>``).
@@ -29,18 +34,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 from offsetjax._checks import check_choice, check_image_batch, check_int
+from offsetjax._trace import trace_sites
 from offsetjax.convert import schedule, spiking_model
-from offsetjax.models.resnet import ResNet
-from offsetjax.models.vgg import VGG
-from offsetjax.neuron import if_simulate
-from offsetjax.offset import calibrate_initial_potential
-from offsetjax.simulation import check_network
-from offsetjax.site import BIAS_CORRECTION, INITIAL_POTENTIAL
+from offsetjax.interop._nir_graph import GraphWriter, _Signal
+from offsetjax.models.layers import qcfs_l4
+from offsetjax.simulation import check_network, simulate
+from offsetjax.site import INITIAL_POTENTIAL
 
 SEMANTICS = ("offsetjax", "nir")
+#: The schedule keys every IF node's metadata (and the graph's) records.
+SCHEDULE_KEYS = ("num_steps", "presim_steps", "iterations", "eps", "saturated")
+#: Samples in the traced frame (a prime, so that no neuron axis is mistaken for the batch).
+_TRACE_BATCH = 7
 
 
 def _nir():
@@ -51,64 +58,25 @@ def _nir():
     return nir
 
 
-class _Writer:
-    """Collects nodes and edges; folds the pending input scale (θ of the last site, 1/k² of a
-    pool) into the next linear node."""
-
-    def __init__(self, params, batch_stats, potentials, site: dict, eps: float):
-        self.nir = _nir()
-        self.params, self.stats, self.potentials, self.site, self.eps = params, batch_stats, potentials, site, eps
-        self.nodes: dict[str, Any] = {}
-        self.edges: list[tuple[str, str]] = []
-
-    def add(self, name: str, node, *sources: str) -> str:
-        name = name.replace("/", ".")  # NIR files store nodes as HDF5 groups: no "/" in names
-        self.nodes[name] = node
-        self.edges += [(source, name) for source in sources]
-        return name
-
-    def conv_bn(self, path: str, source: str, in_scale, stride: int, shape: tuple[int, int, int]) -> tuple[str, tuple]:
-        """A ConvBN module as one Conv2d; ``shape`` is the input's (C, H, W)."""
-        kernel = np.asarray(_get(self.params, path)["Conv_0"]["kernel"], np.float64)  # [k, k, Cin, Cout]
-        bn, stats = _get(self.params, path)["BatchNorm_0"], _get(self.stats, path)["BatchNorm_0"]
-        factor = np.asarray(bn["scale"], np.float64) / np.sqrt(np.asarray(stats["var"], np.float64) + self.eps)
-        weight = np.transpose(kernel, (3, 2, 0, 1)) * factor[:, None, None, None] * in_scale
-        bias = np.asarray(bn["bias"], np.float64) - np.asarray(stats["mean"], np.float64) * factor
-        k = kernel.shape[0]
-        pad = (k - 1) // 2
-        out_hw = tuple((n + 2 * pad - k) // stride + 1 for n in shape[1:])
-        node = self.nir.Conv2d(shape[1:], weight, stride, pad, 1, 1, bias, metadata={"input_scale": float(in_scale)})
-        return self.add(path, node, source), (kernel.shape[3], *out_hw)
-
-    def if_node(self, path: str, shape: tuple, *sources: str) -> tuple[str, float]:
-        """An IF node of the neuron shape ``shape`` (CHW or features); returns it and its θ."""
-        theta = float(np.asarray(_get(self.params, path)["threshold"]))
-        v0 = np.asarray(_get(self.potentials, path)["v0"], np.float64)
-        v0 = np.broadcast_to(v0, (*shape[1:], shape[0]) if len(shape) == 3 else shape)
-        v0 = np.transpose(v0, (2, 0, 1)) if len(shape) == 3 else v0
-        metadata = {"reset": "subtract", "v_init": v0, "fire": "v >= v_threshold", **self.site}
-        node = self.nir.IF(np.ones(shape), np.full(shape, theta), np.zeros(shape), metadata=metadata)
-        return self.add(path, node, *sources), theta
-
-
-def _get(tree: dict, path: str):
-    for key in path.split("/"):
-        tree = tree[key]
-    return tree
-
-
-def to_nir(snn: nn.Module, variables: Any, image_shape: tuple[int, int, int], *, batch_norm_eps: float = 1e-5):
+def to_nir(snn: nn.Module, variables: Any, image_shape: tuple[int, int, int]):
     """The spiking network as a ``nir.NIRGraph``.
 
     Args:
-      snn: a VGG or ResNet of ``offsetjax.models`` with IF sites (:func:`offsetjax.spiking_model`).
-      variables: its variables (:func:`offsetjax.convert_variables`); per-site scalar or
-        per-neuron v(0).
+      snn: a Flax network with IF sites (:func:`offsetjax.spiking_model`), built of
+        convolutions (symmetric padding), dense layers, batch norm, sum or average pooling,
+        flattening of (H, W, C) maps, residual additions and scalings.
+      variables: its variables (:func:`offsetjax.convert_variables`, or calibrated by
+        :func:`offsetjax.data_potential` / :func:`offsetjax.data_bias`: the per-neuron v(0)
+        goes into each IF node's ``v_init``, a per-channel bias current into the bias of the
+        layer before the site).
       image_shape: ``(H, W, C)`` of one input image.
-      batch_norm_eps: the networks' batch-norm epsilon.
 
     Returns:
       A graph from ``input`` (``C, H, W``) to ``output`` (classes per step); weights float64.
+
+    Raises:
+      ValueError: ``snn`` uses an operation a NIR graph of these nodes cannot express (named,
+        with the layer it is in), or SRP (``srp_steps > 0``: NIR has no silencing mask).
     """
     nir = _nir()
     options = schedule(snn)
@@ -116,100 +84,129 @@ def to_nir(snn: nn.Module, variables: Any, image_shape: tuple[int, int, int], *,
         raise ValueError(f"image_shape must be (H, W, C) of one image, three ints >= 1, got {image_shape!r}")
     for axis, size in zip("HWC", image_shape):
         check_int(f"image_shape's {axis}", size, minimum=1)
-    if not isinstance(snn, (VGG, ResNet)):
-        raise ValueError(f"to_nir writes VGG and ResNet networks of offsetjax.models, got {type(snn).__name__}")
+    image_shape = tuple(int(n) for n in image_shape)
     check_network(snn, variables, np.empty((1, *image_shape), np.float32))
     if options["srp_steps"]:
         raise ValueError("to_nir cannot write SRP's silencing mask (srp_steps > 0): NIR's IF node has no such field")
-    if BIAS_CORRECTION in variables:
+    site = {key: options[key] for key in SCHEDULE_KEYS}
+    leaves, treedef = jax.tree.flatten(variables)
+    with jax.enable_x64(True):
+        leaves = [
+            np.asarray(leaf, np.float64) if jnp.issubdtype(jnp.result_type(leaf), jnp.floating) else np.asarray(leaf)
+            for leaf in leaves
+        ]
+        abstract = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in leaves]
+        frame = jax.ShapeDtypeStruct((1, _TRACE_BATCH, *image_shape), jnp.float64)
+        closed = trace_sites(snn, treedef, abstract, frame, convolutions=True)
+        writer = GraphWriter(nir, site, _TRACE_BATCH)
+        height, width, channels = image_shape
+        image = _Signal([], np.zeros(image_shape), 2, image_shape)
+        writer.add("input", nir.Input({"input": np.array([channels, height, width])}), [], image)
+        (out,) = writer.run(closed, [*leaves, writer.layouts["input"]])
+    if not isinstance(out, _Signal) or len(out.shape) != 1 or out.order is not None:
         raise ValueError(
-            f"to_nir does not fold the {BIAS_CORRECTION!r} collection (offsetjax.data_bias) into the graph's biases"
+            "to_nir: the network's output must be a vector of class scores [*lead, classes] computed "
+            "by a dense layer from the spikes"
         )
-    site = {key: options[key] for key in ("num_steps", "presim_steps", "iterations", "eps", "saturated")}
-    height, width, channels = image_shape
-    writer = _Writer(
-        variables["params"], variables.get("batch_stats", {}), variables[INITIAL_POTENTIAL], site, batch_norm_eps
-    )
-    shape = (channels, height, width)
-    writer.add("input", nir.Input({"input": np.array(shape)}))
-    if isinstance(snn, VGG):
-        last = _vgg(writer, snn, shape)
-    else:
-        last = _resnet(writer, snn, shape)
-    classes = writer.nodes[last].weight.shape[0]
-    writer.add("output", nir.Output({"output": np.array([classes])}), last)
-    network = (
-        {"network": "VGG", "features": [str(f) for f in snn.features], "hidden": list(snn.hidden)}
-        if isinstance(snn, VGG)
-        else {"network": "ResNet", "stage_sizes": list(snn.stage_sizes), "widths": list(snn.widths)}
-    )
+    sources = writer.materialize(out, "the output")
+    writer.add("output", nir.Output({"output": np.array([out.shape[0]])}), sources)
     metadata = {
         "writer": "offsetjax",
         **site,
-        **network,
-        "num_classes": int(classes),
-        "batch_norm_eps": batch_norm_eps,
         "num_edges": len(writer.edges),  # run_nir refuses a graph that lost or gained an edge since
     }
     return nir.NIRGraph(writer.nodes, writer.edges, metadata=metadata)
 
 
-def _vgg(writer: _Writer, snn: VGG, shape) -> str:
-    nir = writer.nir
-    source, scale, conv_index, pools = "input", 1.0, 0, 0
-    for spec in snn.features:
-        if spec == "M":
-            pools += 1
-            name = writer.add(
-                f"pool{pools}", nir.SumPool2d(np.array([2, 2]), np.array([2, 2]), np.array([0, 0])), source
-            )
-            source, scale, shape = name, scale / 4, (shape[0], shape[1] // 2, shape[2] // 2)
-            continue
-        conv, shape = writer.conv_bn(f"conv{conv_index}", source, scale, 1, shape)
-        source, scale = writer.if_node(f"conv{conv_index}_act", shape, conv)
-        conv_index += 1
-    source = writer.add("flatten", nir.Flatten({"input": np.array(shape)}, 0, -1), source)
-    flat_shape = shape
-    for index, _ in enumerate(snn.hidden):
-        name = f"fc{index}"
-        source = _affine(writer, name, source, scale, flat_shape)
-        flat_shape = None
-        source, scale = writer.if_node(f"fc{index}_act", (writer.nodes[name].weight.shape[0],), source)
-    return _affine(writer, "classifier", source, scale, flat_shape)
+def initial_potentials(graph) -> dict[str, np.ndarray]:
+    """Each IF node's initial membrane potential v(0), in the node's layout (``C, H, W`` or
+    ``F``): what a simulator reading the graph sets its neurons' state to before the first
+    step (theta/2 for a converted network; per neuron for ``data_potential``). COS computes v(0)
+    per input during a pre-simulation, so a COS graph's ``v_init`` is the uncalibrated theta/2."""
+    nir = _nir()
+    found = {
+        name: np.asarray(node.metadata["v_init"])
+        for name, node in graph.nodes.items()
+        if isinstance(node, nir.IF) and "v_init" in node.metadata
+    }
+    if not found:
+        raise ValueError(
+            "graph has no IF node with v_init metadata (is it a graph offsetjax.interop.nir.to_nir wrote?)"
+        )
+    return found
 
 
-def _affine(writer: _Writer, name: str, source: str, scale: float, chw: tuple | None) -> str:
-    kernel = np.asarray(writer.params[name]["kernel"], np.float64)  # [in, out], in in HWC order
-    if chw is not None:  # the input was flattened from (C, H, W): reorder the rows to CHW
-        c, h, w = chw
-        kernel = kernel.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(c * h * w, -1)
-    bias = np.asarray(writer.params[name]["bias"], np.float64)
-    metadata = {"input_scale": float(scale), "flattened_from": np.array(chw if chw is not None else [])}
-    return writer.add(name, writer.nir.Affine(kernel.T * scale, bias, metadata=metadata), source)
+class GraphNetwork(nn.Module):
+    """A network read from a NIR graph (:func:`from_nir`), computed in NIR's layout: images
+    ``[*lead, H, W, C]`` are moved to ``[*lead, C, H, W]`` and each node runs as NIR defines it;
+    each IF node is a site ``activation(name=node)`` (an :class:`offsetjax.IFActivation` once
+    :func:`offsetjax.spiking_model` has swapped it in), its output theta * s divided by theta.
+
+    Attributes:
+      nodes: ``(name, kind, attributes)`` in an order where every node follows its sources;
+        ``attributes`` are (key, value) pairs: strides, paddings, shapes.
+      edges: ``(source, target)`` pairs; a node sums its sources' outputs.
+    """
+
+    nodes: tuple[tuple[str, str, tuple[tuple[str, Any], ...]], ...]
+    edges: tuple[tuple[str, str], ...]
+    activation: Any = qcfs_l4
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        del train  # no batch statistics: batch norm is folded into the weights
+        values: dict[str, Any] = {}
+        for name, kind, attributes in self.nodes:
+            a = dict(attributes)
+            sources = [source for source, target in self.edges if target == name]
+            if kind == "Input":
+                y = jnp.moveaxis(x, -1, -3) if len(a["shape"]) == 3 else x
+            else:
+                y = sum(values[source] for source in sources)
+            if kind == "Conv2d":
+                w = self.param(name, _zeros({"weight": a["weight"], "bias": a["weight"][:1]}))
+                lead = y.shape[:-3]
+                out = jax.lax.conv_general_dilated(
+                    y.reshape(-1, *y.shape[-3:]),
+                    w["weight"].astype(y.dtype),
+                    a["stride"],
+                    [(p, p) for p in a["padding"]],
+                    rhs_dilation=a["dilation"],
+                    dimension_numbers=("NCHW", "OIHW", "NCHW"),
+                    feature_group_count=a["groups"],
+                )
+                y = out.reshape(*lead, *out.shape[1:]) + _lead(w["bias"][:, None, None], len(lead), y)
+            elif kind == "Affine":
+                w = self.param(name, _zeros({"weight": a["weight"], "bias": a["weight"][:1]}))
+                y = y @ w["weight"].astype(y.dtype).T
+                y = y + _lead(w["bias"], y.ndim - 1, y)
+            elif kind == "Scale":
+                scale = self.param(name, _zeros({"scale": a["scale"]}))["scale"]
+                y = y * _lead(scale, y.ndim - len(a["scale"]), y)
+            elif kind == "SumPool2d":
+                window = (1,) * (y.ndim - 2) + a["kernel"]
+                strides = (1,) * (y.ndim - 2) + a["stride"]
+                padding = [(0, 0)] * (y.ndim - 2) + [(p, p) for p in a["padding"]]
+                y = jax.lax.reduce_window(y, jnp.zeros((), y.dtype), jax.lax.add, window, strides, padding)
+            elif kind == "Flatten":
+                rank = a["rank"]
+                start, end = (d + rank if d < 0 else d for d in (a["start_dim"], a["end_dim"]))
+                lead = y.ndim - rank
+                y = y.reshape(*y.shape[: lead + start], -1, *y.shape[lead + end + 1 :])
+            elif kind == "IF":  # the site emits theta * s, NIR's IF node s
+                y = self.activation(name=name)(y)
+                y = y / self.get_variable("params", name)["threshold"].astype(y.dtype)
+            values[name] = y
+        return values["output"]
 
 
-def _resnet(writer: _Writer, snn: ResNet, shape) -> str:
-    nir = writer.nir
-    stem, shape = writer.conv_bn("stem", "input", 1.0, 1, shape)
-    source, scale = writer.if_node("stem_act", shape, stem)
-    for stage, (blocks, width) in enumerate(zip(snn.stage_sizes, snn.widths)):
-        for block in range(blocks):
-            strides = 2 if stage > 0 and block == 0 else 1
-            path = f"stage{stage}_block{block}"
-            conv_a, inner_shape = writer.conv_bn(f"{path}/conv_a", source, scale, strides, shape)
-            act_a, theta_a = writer.if_node(f"{path}/act_a", inner_shape, conv_a)
-            conv_b, out_shape = writer.conv_bn(f"{path}/conv_b", act_a, theta_a, 1, inner_shape)
-            if strides != 1 or shape[0] != width:
-                shortcut, _ = writer.conv_bn(f"{path}/shortcut", source, scale, strides, shape)
-            else:  # the identity carries theta * s
-                shortcut = writer.add(f"{path}/identity", nir.Scale(np.full(shape, scale)), source)
-            source, scale = writer.if_node(f"{path}/act_out", out_shape, conv_b, shortcut)
-            shape = out_shape
-    channels, height, width = shape
-    window = np.array([height, width])
-    pool = writer.add("pool", nir.SumPool2d(window, window, np.array([0, 0])), source)
-    flat = writer.add("flatten", nir.Flatten({"input": np.array((channels, 1, 1))}, 0, -1), pool)
-    return _affine(writer, "classifier", flat, scale / (height * width), None)
+def _lead(array, lead: int, like):
+    """``array`` with ``lead`` leading axes of size 1, in ``like``'s dtype."""
+    return array.astype(like.dtype).reshape((1,) * lead + array.shape)
+
+
+def _zeros(shapes: dict[str, tuple[int, ...]]):
+    return lambda key: {key_: jnp.zeros(shape) for key_, shape in shapes.items()}
 
 
 def _text(value) -> str:
@@ -218,74 +215,104 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def from_nir(graph) -> tuple[nn.Module, dict]:
-    """The spiking network and its variables back from a graph :func:`to_nir` wrote.
+def _ints(value, size: int = 2) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.broadcast_to(np.asarray(value), (size,)))
 
-    The architecture comes from the graph's metadata, the weights from its nodes with the
-    folded factors divided out again (batch norm stays folded: scale 1, shift the folded bias,
-    running mean 0 and variance 1 - eps), thresholds and v(0) from the IF nodes. Simulating
-    the result reproduces the original network up to float rounding.
+
+def from_nir(graph, *, num_steps: int | None = None) -> tuple[nn.Module, dict]:
+    """The spiking network and its variables from a graph :func:`to_nir` wrote.
+
+    The network is a :class:`GraphNetwork` (the graph's nodes as NIR defines them, batch norm
+    folded) with the graph's schedule (``num_steps`` overrides T); thresholds and v(0) come from
+    the IF nodes. Simulating it reproduces the written network up to float rounding, with
+    :func:`offsetjax.simulate`, :func:`offsetjax.run_step_by_step` or any offsetjax function.
 
     Raises:
-      ValueError: the graph was not written by :func:`to_nir`.
+      ValueError: the graph was not written by :func:`to_nir`, or holds a node it cannot run.
     """
-    meta = dict(graph.metadata)
-    if _text(meta.get("writer", "")) != "offsetjax":
-        raise ValueError("from_nir reads graphs written by offsetjax.interop.nir.to_nir (metadata writer=offsetjax)")
-    eps = float(meta["batch_norm_eps"])
-    classes = int(meta["num_classes"])
-    if _text(meta["network"]) == "VGG":
-        features = tuple("M" if _text(f) == "M" else int(_text(f)) for f in meta["features"])
-        model = VGG(features, tuple(int(h) for h in meta["hidden"]), classes)
-    else:
-        model = ResNet(tuple(int(n) for n in meta["stage_sizes"]), tuple(int(w) for w in meta["widths"]), classes)
-    params: dict = {}
-    stats: dict = {}
-    potentials: dict = {}
     nir = _nir()
-    for name, node in graph.nodes.items():
-        path = tuple(name.split("."))
-        if isinstance(node, nir.Conv2d):
-            scale = float(node.metadata["input_scale"])
-            kernel = np.transpose(np.asarray(node.weight), (2, 3, 1, 0)) / scale
-            features = kernel.shape[-1]
-            params[(*path, "Conv_0", "kernel")] = kernel
-            params[(*path, "BatchNorm_0", "scale")] = np.ones(features)
-            params[(*path, "BatchNorm_0", "bias")] = np.asarray(node.bias)
-            stats[(*path, "BatchNorm_0", "mean")] = np.zeros(features)
-            stats[(*path, "BatchNorm_0", "var")] = np.full(features, 1.0 - eps)
-        elif isinstance(node, nir.Affine):
-            kernel = np.asarray(node.weight).T / float(node.metadata["input_scale"])
-            chw = [int(n) for n in np.asarray(node.metadata["flattened_from"])]
-            if chw:
-                c, h, w = chw
-                kernel = kernel.reshape(c, h, w, -1).transpose(1, 2, 0, 3).reshape(c * h * w, -1)
-            params[(*path, "kernel")] = kernel
-            params[(*path, "bias")] = np.asarray(node.bias)
+    incoming = _check_graph(nir, graph, "offsetjax")
+    meta = dict(graph.metadata)
+    order = _topological(graph, incoming)
+    nodes, params, potentials = [], {}, {}
+    for name in order:
+        node = graph.nodes[name]
+        kind, attributes = type(node).__name__, {}
+        if isinstance(node, nir.Input):
+            attributes["shape"] = tuple(int(n) for n in np.asarray(node.input_type["input"]))
+        elif isinstance(node, nir.Conv2d):
+            if isinstance(node.padding, str):
+                raise ValueError(f"from_nir runs Conv2d nodes with integer padding, {name} pads {node.padding!r}")
+            weight = np.asarray(node.weight)
+            attributes.update(
+                weight=weight.shape,
+                stride=_ints(node.stride),
+                padding=_ints(node.padding),
+                dilation=_ints(node.dilation),
+                groups=int(node.groups),
+            )
+            params[name] = {"weight": weight, "bias": np.broadcast_to(np.asarray(node.bias), weight.shape[:1])}
+        elif isinstance(node, (nir.Affine, nir.Linear)):
+            kind, weight = "Affine", np.asarray(node.weight)
+            bias = np.asarray(node.bias) if isinstance(node, nir.Affine) else np.zeros(weight.shape[0])
+            attributes["weight"] = weight.shape
+            params[name] = {"weight": weight, "bias": bias}
+        elif isinstance(node, nir.Scale):
+            attributes["scale"] = np.shape(node.scale)
+            params[name] = {"scale": np.asarray(node.scale)}
+        elif isinstance(node, nir.SumPool2d):
+            attributes.update(kernel=_ints(node.kernel_size), stride=_ints(node.stride), padding=_ints(node.padding))
+        elif isinstance(node, nir.Flatten):
+            rank = len(np.asarray(node.input_type["input"]))
+            attributes.update(start_dim=int(node.start_dim), end_dim=int(node.end_dim), rank=rank)
         elif isinstance(node, nir.IF):
-            params[(*path, "threshold")] = np.asarray(node.v_threshold).flat[0]
-            v0 = np.asarray(node.metadata["v_init"])
-            v0 = np.transpose(v0, (1, 2, 0)) if v0.ndim == 3 else v0
-            potentials[(*path, "v0")] = v0.flat[0] if np.all(v0 == v0.flat[0]) else v0
-    site = {key: meta[key] for key in ("num_steps", "presim_steps", "iterations", "eps", "saturated")}
+            theta, r = np.asarray(node.v_threshold), np.asarray(node.r)
+            if np.any(r != 1) or np.any(theta != theta.flat[0]):
+                raise ValueError(f"from_nir runs IF nodes with r = 1 and one threshold per node; {name} has other")
+            params[name] = {"threshold": theta.flat[0]}
+            potentials[name] = {"v0": np.asarray(node.metadata["v_init"])}
+        elif not isinstance(node, nir.Output):
+            raise ValueError(f"from_nir does not run {kind} nodes ({name})")
+        nodes.append((name, kind, tuple(sorted(attributes.items()))))
+    site = {key: meta[key] for key in SCHEDULE_KEYS}
+    network = GraphNetwork(tuple(nodes), tuple((str(s), str(t)) for s, t in graph.edges))
     snn = spiking_model(
-        model,
-        num_steps=int(site["num_steps"]),
+        network,
+        num_steps=int(site["num_steps"]) if num_steps is None else check_int("num_steps", num_steps, minimum=1),
         presim_steps=int(site["presim_steps"]),
         iterations=int(site["iterations"]),
         eps=float(site["eps"]),
         saturated=_text(site["saturated"]),
     )
-    unflatten = traverse_util.unflatten_dict
-    as_arrays = lambda tree: jax.tree.map(jnp.asarray, unflatten(tree))  # noqa: E731
-    variables = {"params": as_arrays(params), INITIAL_POTENTIAL: as_arrays(potentials)}
-    if stats:
-        variables["batch_stats"] = as_arrays(stats)
-    return snn, variables
+    as_arrays = lambda tree: jax.tree.map(jnp.asarray, tree)  # noqa: E731
+    return snn, {"params": as_arrays(params), INITIAL_POTENTIAL: as_arrays(potentials)}
+
+
+def _topological(graph, incoming: dict[str, list[str]]) -> list[str]:
+    """The graph's nodes, each after its sources (refusing a cycle: NIR's recurrent graphs are
+    not what this module writes)."""
+    order: list[str] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str):
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            raise ValueError(f"graph has a cycle through {name}: from_nir runs feed-forward graphs")
+        state[name] = "visiting"
+        for source in incoming.get(name, []):
+            visit(source)
+        state[name] = "done"
+        order.append(name)
+
+    visit("output")
+    return order
 
 
 def run_nir(graph, images, *, semantics: str = "offsetjax", num_steps: int | None = None) -> jax.Array:
-    """Run a graph written by :func:`to_nir` on ``images`` ``[B, H, W, C]``.
+    """Run a graph on ``images`` ``[B, H, W, C]``: with ``semantics="offsetjax"`` (a graph
+    :func:`to_nir` wrote) as :func:`offsetjax.simulate` runs :func:`from_nir`'s network; with
+    ``"nir"`` (any graph of these nodes) with NIR's literal IF.
 
     Returns:
       The running mean of the output over steps, ``[T, B, classes]``, as :func:`offsetjax.simulate`.
@@ -302,6 +329,9 @@ def run_nir(graph, images, *, semantics: str = "offsetjax", num_steps: int | Non
             f"images must be one batch [B, H, W, C] = [B, {height}, {width}, {channels}] for this graph (its input "
             f"is C, H, W = {channels}, {height}, {width}), got shape {tuple(images.shape)}"
         )
+    if semantics == "offsetjax":
+        snn, variables = from_nir(graph, num_steps=num_steps)
+        return simulate(snn, variables, images)
     values: dict[str, jax.Array] = {}
 
     def compute(name: str) -> jax.Array:
@@ -314,7 +344,7 @@ def run_nir(graph, images, *, semantics: str = "offsetjax", num_steps: int | Non
             inputs = [compute(source) for source in incoming[name]]
             steps = max(x.shape[0] for x in inputs)
             x = sum(jnp.broadcast_to(v, (steps, *v.shape[1:])) for v in inputs)
-            out = _apply_node(nir, node, x, semantics, num_steps)
+            out = _apply_literal(nir, node, x, num_steps)
         values[name] = out
         return out
 
@@ -366,7 +396,7 @@ def _check_graph(nir, graph, semantics: str) -> dict[str, list[str]]:
     return incoming
 
 
-def _apply_node(nir, node, x, semantics: str, num_steps: int):
+def _apply_literal(nir, node, x, num_steps: int):
     lead = x.shape[:2]
     if isinstance(node, nir.Conv2d):
         stride = tuple(np.broadcast_to(node.stride, 2))
@@ -394,23 +424,7 @@ def _apply_node(nir, node, x, semantics: str, num_steps: int):
         return x * jnp.asarray(node.scale, x.dtype)[None, None]
     if isinstance(node, nir.IF):
         currents = jnp.broadcast_to(x, (num_steps, *x.shape[1:]))
-        theta = jnp.asarray(node.v_threshold, x.dtype)
-        if semantics == "offsetjax":
-            meta = node.metadata
-            v0 = jnp.asarray(meta["v_init"], x.dtype)
-            if int(meta.get("iterations", 0)):
-                v0 = calibrate_initial_potential(
-                    currents,
-                    theta,
-                    v0,
-                    presim_steps=int(meta["presim_steps"]),
-                    iterations=int(meta["iterations"]),
-                    eps=float(meta["eps"]),
-                    saturated=str(meta["saturated"]),
-                )
-            spikes, _ = if_simulate(currents, theta, v0)
-            return spikes
-        theta = jnp.broadcast_to(theta, currents.shape[1:])
+        theta = jnp.broadcast_to(jnp.asarray(node.v_threshold, x.dtype), currents.shape[1:])
         reset = jnp.broadcast_to(jnp.asarray(node.v_reset, x.dtype), currents.shape[1:])
 
         def step(v, current):

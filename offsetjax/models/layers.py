@@ -91,7 +91,8 @@ class Conv(nn.Module):
         kernel = kernel.astype(x.dtype)
         height, width = x.shape[-3:-1]
         low = (self.kernel - 1) // 2  # symmetric padding, as PyTorch's padding=k//2 (not XLA's 'SAME' at stride 2)
-        if self.strides == 1 and height * width <= MATMUL_MAX_PIXELS and jax.default_backend() == "cpu":
+        matmul_form = height * width <= MATMUL_MAX_PIXELS and jax.default_backend() == "cpu"
+        if self.strides == 1 and matmul_form and not _XLA_CONVOLUTIONS.get():
             pad = [(0, 0)] * (x.ndim - 3) + [(low, self.kernel - 1 - low)] * 2 + [(0, 0)]
             padded = jnp.pad(x, pad)
             return sum(
@@ -164,3 +165,19 @@ def pools_as_sums():
         yield
     finally:
         _SUM_POOLS.reset(token)
+
+
+#: While set (only by :func:`xla_convolutions`, while tracing), every :class:`Conv` is one
+#: ``conv_general_dilated``, also where the CPU backend would use the matmul form.
+_XLA_CONVOLUTIONS = contextvars.ContextVar("offsetjax_xla_convolutions", default=False)
+
+
+@contextlib.contextmanager
+def xla_convolutions(enabled: bool = True):
+    """Trace every :class:`Conv` as one convolution operation (the graph view the NIR export
+    reads; the result is the same up to float rounding)."""
+    token = _XLA_CONVOLUTIONS.set(enabled)
+    try:
+        yield
+    finally:
+        _XLA_CONVOLUTIONS.reset(token)

@@ -1,0 +1,54 @@
+"""A spiking network traced to a jaxpr with each IF site as one marker operation.
+
+The step-by-step executor (:mod:`offsetjax.executor`) and the NIR export
+(:mod:`offsetjax.interop.nir`) both read a network from its jaxpr: the sites become
+``offsetjax_if_site`` equations (inputs: currents, threshold, v(0), bias current; parameters:
+the site's ``path`` and ``has_bias``), everything else stays as JAX traced it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.extend import core as jex
+
+from offsetjax.models.layers import xla_convolutions
+from offsetjax.site import BIAS_CORRECTION, INITIAL_POTENTIAL, IFActivation
+
+site_p = jex.Primitive("offsetjax_if_site")
+site_p.def_abstract_eval(lambda currents, theta, v0, bias, **_: jax.core.ShapedArray(currents.shape, currents.dtype))
+
+
+def _mark_sites(next_fun, args, kwargs, context):
+    """Replace each IF site's call by one marker operation holding its threshold, v(0) and bias."""
+    site = context.module
+    if not isinstance(site, IFActivation) or context.method_name != "__call__":
+        return next_fun(*args, **kwargs)
+    currents = args[0]
+    theta = site.get_variable("params", "threshold")
+    v0 = site.get_variable(INITIAL_POTENTIAL, "v0")
+    bias = site.get_variable(BIAS_CORRECTION, "b") if site.has_variable(BIAS_CORRECTION, "b") else None
+    return site_p.bind(
+        currents,
+        theta,
+        v0,
+        jnp.zeros((), currents.dtype) if bias is None else bias,
+        path="/".join(site.path),
+        has_bias=bias is not None,
+    )
+
+
+def trace_sites(snn: nn.Module, treedef: Any, leaves: list, frame: Any, *, convolutions: bool = False):
+    """The closed jaxpr of ``snn.apply(variables, frame)`` with its sites marked; its inputs are
+    the variables' leaves (``treedef`` rebuilds the tree), then ``frame`` ``[1, B, ...]``
+    (abstract values or arrays). ``convolutions=True`` traces every convolution of
+    ``offsetjax.models`` as one ``conv_general_dilated`` (no matmul form for tiny maps on CPU)."""
+
+    def forward(leaves, frame):
+        with nn.intercept_methods(_mark_sites), xla_convolutions(convolutions):
+            return snn.apply(jax.tree.unflatten(treedef, leaves), frame)
+
+    return jax.make_jaxpr(forward)(leaves, frame)
