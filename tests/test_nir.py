@@ -95,8 +95,9 @@ def test_a_network_of_ones_own_is_exported_and_runs_as_simulated(method, tmp_pat
         nir.write(tmp_path / "own.nir", to_nir(snn, variables, (10, 10, 3)))
         graph = nir.read(tmp_path / "own.nir")
         kinds = sorted({type(node).__name__ for node in graph.nodes.values()})
-        assert kinds == ["Affine", "Conv2d", "Flatten", "IF", "Input", "Output", "Scale", "SumPool2d"]
-        assert sum(isinstance(node, nir.Conv2d) for node in graph.nodes.values()) == 3  # batch norm folded
+        assert kinds == ["Affine", "Conv2d", "Flatten", "IF", "Input", "Output", "SumPool2d"]
+        # three convolutions (batch norm folded in) and the identity shortcut's theta as a diagonal 1x1
+        assert sum(isinstance(node, nir.Conv2d) for node in graph.nodes.values()) == 4
         np.testing.assert_allclose(run_nir(graph, images), expected, rtol=1e-9, atol=1e-12)
         back, back_variables = from_nir(graph)
         np.testing.assert_allclose(oj.simulate(back, back_variables, images), expected, rtol=1e-9, atol=1e-12)

@@ -7,7 +7,9 @@ plus a pending per-neuron offset. Scales and offsets travel with the signal unti
 absorb them: a scale on a layer's input is folded into that layer's weights (a site's
 threshold theta, a pool's 1/k^2), and a scale or offset on a convolution's or dense layer's
 output is folded into its weights and bias (batch norm, a bias current). What cannot be
-absorbed becomes a ``Scale`` node, or is refused with the operation and where it is.
+absorbed becomes a diagonal 1x1 convolution or dense layer (a scale per channel; the PyTorch
+readers have no ``Scale`` node) or a ``Scale`` node (per neuron), or is refused with the
+operation and where it is.
 
 Layouts: JAX values are ``[*lead, H, W, C]`` (or ``[*lead, F]``), NIR's are ``C, H, W`` (or
 ``F``). A signal keeps its pending arrays in JAX's neuron layout; a 1-D signal made by a flatten
@@ -80,8 +82,9 @@ class GraphWriter:
 
     def add(self, name: str, node, sources: list[str], layout: _Signal | None = None) -> str:
         """Add ``node`` fed by ``sources`` under a free name derived from ``name`` (a scope
-        path; NIR files store nodes as HDF5 groups: no "/" in names)."""
-        name = name.replace("/", ".") or type(node).__name__.lower()
+        path, joined by "_": NIR files store nodes as HDF5 groups, no "/", and PyTorch readers
+        name modules after nodes, no ".")."""
+        name = name.replace("/", "_").replace(".", "_") or type(node).__name__.lower()
         base, count = name, 1
         while name in self.nodes:
             name, count = f"{base}_{count}", count + 1
@@ -135,7 +138,19 @@ class GraphWriter:
                 weights.bias = weights.bias * factor
                 self.folded.add(node)
                 return node
-        return self.add(f"{node}.scale", self.nir.Scale(_nir_layout(full, layout)), [node], layout)
+        factor = _nir_layout(full, layout)
+        channels = _per_channel(full)
+        if channels is None:  # a scale per neuron: only NIR's Scale node holds it
+            return self.add(f"{node}_scale", self.nir.Scale(factor), [node], layout)
+        # A scale per channel as a diagonal 1x1 convolution or dense layer: sinabs and norse
+        # read no Scale node (an identity shortcut's theta is one).
+        diagonal = np.diag(channels if factor.ndim == 3 else factor)
+        zeros = np.zeros(len(diagonal))
+        if factor.ndim == 3:
+            diagonal = self.nir.Conv2d(layout.shape[:2], diagonal[:, :, None, None], 1, 0, 1, 1, zeros)
+        else:
+            diagonal = self.nir.Affine(diagonal, zeros)
+        return self.add(f"{node}_scale", diagonal, [node], layout)
 
     def common_scale(self, signal: _Signal, per_channel: bool) -> tuple[list[str], np.ndarray]:
         """The signal as nodes times one scale for all (per channel if ``per_channel``), and no

@@ -125,7 +125,7 @@ def initial_potentials(graph) -> dict[str, np.ndarray]:
     per input during a pre-simulation, so a COS graph's ``v_init`` is the uncalibrated theta/2."""
     nir = _nir()
     found = {
-        name: np.asarray(node.metadata["v_init"])
+        name: np.array(node.metadata["v_init"])  # a copy: arrays nir.read returns are read-only
         for name, node in graph.nodes.items()
         if isinstance(node, nir.IF) and "v_init" in node.metadata
     }
@@ -309,15 +309,21 @@ def _topological(graph, incoming: dict[str, list[str]]) -> list[str]:
     return order
 
 
-def run_nir(graph, images, *, semantics: str = "offsetjax", num_steps: int | None = None) -> jax.Array:
+def run_nir(
+    graph, images, *, semantics: str = "offsetjax", num_steps: int | None = None, from_v_init: bool = False
+) -> jax.Array:
     """Run a graph on ``images`` ``[B, H, W, C]``: with ``semantics="offsetjax"`` (a graph
     :func:`to_nir` wrote) as :func:`offsetjax.simulate` runs :func:`from_nir`'s network; with
-    ``"nir"`` (any graph of these nodes) with NIR's literal IF.
+    ``"nir"`` (any graph of these nodes) with NIR's literal IF, from v(0) = 0 or, with
+    ``from_v_init=True``, from each IF node's ``v_init`` (what a NIR-literal simulator computes
+    when the :func:`initial_potentials` are set as its state).
 
     Returns:
       The running mean of the output over steps, ``[T, B, classes]``, as :func:`offsetjax.simulate`.
     """
     check_choice("semantics", semantics, SEMANTICS)
+    if from_v_init and semantics != "nir":
+        raise ValueError("from_v_init=True starts NIR's literal IF from v_init: it needs semantics='nir'")
     nir = _nir()
     incoming = _check_graph(nir, graph, semantics)
     meta = dict(graph.metadata)
@@ -344,7 +350,7 @@ def run_nir(graph, images, *, semantics: str = "offsetjax", num_steps: int | Non
             inputs = [compute(source) for source in incoming[name]]
             steps = max(x.shape[0] for x in inputs)
             x = sum(jnp.broadcast_to(v, (steps, *v.shape[1:])) for v in inputs)
-            out = _apply_literal(nir, node, x, num_steps)
+            out = _apply_literal(nir, node, x, num_steps, from_v_init)
         values[name] = out
         return out
 
@@ -396,7 +402,7 @@ def _check_graph(nir, graph, semantics: str) -> dict[str, list[str]]:
     return incoming
 
 
-def _apply_literal(nir, node, x, num_steps: int):
+def _apply_literal(nir, node, x, num_steps: int, from_v_init: bool):
     lead = x.shape[:2]
     if isinstance(node, nir.Conv2d):
         stride = tuple(np.broadcast_to(node.stride, 2))
@@ -408,14 +414,17 @@ def _apply_literal(nir, node, x, num_steps: int):
                 jnp.asarray(node.weight, x.dtype),
                 stride,
                 [(pad[0], pad[0]), (pad[1], pad[1])],
+                rhs_dilation=_ints(node.dilation),
                 dimension_numbers=("NCHW", "OIHW", "NCHW"),
+                feature_group_count=int(node.groups),
             )
             + jnp.asarray(node.bias, x.dtype)[None, :, None, None]
         )
         return y.reshape(*lead, *y.shape[1:])
     if isinstance(node, nir.SumPool2d):
-        k, s = tuple(int(v) for v in node.kernel_size), tuple(int(v) for v in node.stride)
-        return jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 1, 1, *k), (1, 1, 1, *s), "VALID")
+        k, s, p = _ints(node.kernel_size), _ints(node.stride), _ints(node.padding)
+        padding = [(0, 0)] * 3 + [(n, n) for n in p]
+        return jax.lax.reduce_window(x, jnp.zeros((), x.dtype), jax.lax.add, (1, 1, 1, *k), (1, 1, 1, *s), padding)
     if isinstance(node, nir.Flatten):
         return x.reshape(*lead, -1)
     if isinstance(node, nir.Affine):
@@ -432,7 +441,8 @@ def _apply_literal(nir, node, x, num_steps: int):
             fired = v > theta
             return jnp.where(fired, reset, v), fired.astype(x.dtype)
 
-        _, spikes = jax.lax.scan(step, jnp.zeros(currents.shape[1:], x.dtype), currents)
+        v0 = jnp.asarray(node.metadata["v_init"], x.dtype) if from_v_init else jnp.zeros((), x.dtype)
+        _, spikes = jax.lax.scan(step, jnp.broadcast_to(v0, currents.shape[1:]), currents)
         return spikes
     if isinstance(node, nir.Output):
         return x
