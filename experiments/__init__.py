@@ -13,6 +13,6 @@ Run from the repository root as modules, e.g. ``python -m experiments.quickstart
 
 Entry points are configurations (``quickstart``, ``fashion_mnist``, ``cifar10``, ``cifar100``,
 ``imagenet``); the other modules with a ``main`` study finished runs (``report``,
-``readme_table``, ``calibration_sweep``, ``levels_sweep``, ``nir_export``) or time the library
-(``benchmark``, ``epoch_time``, ``probes``).
+``readme_table``, ``calibration_sweep``, ``levels_sweep``, ``nir_export``, ``nir_peers``,
+``latency``) or time the library (``benchmark``, ``epoch_time``, ``probes``).
 """

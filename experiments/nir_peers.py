@@ -314,7 +314,7 @@ def markdown(report: dict) -> str:
                         f"{100 * cells['argmax_agreement']:.1f} % | {100 * cells['accuracy']:.1f} / "
                         f"{100 * cells['reference_accuracy']:.1f} % |"
                     )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + f"\n\nReproduce: `{report['command']}`\n"
 
 
 if __name__ == "__main__":
