@@ -127,8 +127,9 @@ def test_what_nir_cannot_express_is_refused_by_name():
             to_nir(srp, variables, (10, 10, 3))
 
 
-@pytest.mark.parametrize("name", ["vgg", pytest.param("resnet", marks=pytest.mark.slow)])
-@pytest.mark.parametrize(("presim", "iterations"), [pytest.param(0, 0, marks=pytest.mark.slow), (3, 1)])
+@pytest.mark.slow  # the fast tier exports the network written above; these are the library's own
+@pytest.mark.parametrize("name", ["vgg", "resnet"])
+@pytest.mark.parametrize(("presim", "iterations"), [(0, 0), (3, 1)])
 def test_written_graph_runs_to_the_simulators_logits(name, presim, iterations, tmp_path):
     with jax.enable_x64(True):
         images = jax.random.uniform(jax.random.key(0), (4, 8, 8, 2), jnp.float64)
