@@ -10,6 +10,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.long  # minutes of .ci/run's budget: run with pytest -q -m long
 def test_benchmark_quick_writes_records_with_ratios(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "experiments.benchmark", "--quick", "--workdir", str(tmp_path)],

@@ -126,6 +126,7 @@ def test_data_bias_linear_step_layer_by_layer_matches_a_hand_computation():
 
 @settings(max_examples=4)  # each example compiles four calibrations
 @pytest.mark.slow  # a property of the solver, not of the paper: 11 s of compiling in the fast tier
+@pytest.mark.long  # minutes of .ci/run's budget: run with pytest -q -m long
 @given(st.integers(0, 2**16), st.integers(1, 6))
 def test_bisection_gets_the_mean_rate_at_least_as_close_as_the_linear_step(seed, num_steps):
     model = TwoSites()

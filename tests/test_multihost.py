@@ -28,6 +28,7 @@ QUICK += ["--epochs", "2", "--eval-batch-size", "32", "--checkpoint-every", "2"]
 QUICK += ["--methods", "qcfs", "--max-steps", "4", "--presim-steps", "1"]
 
 
+@pytest.mark.long  # minutes of .ci/run's budget: run with pytest -q -m long
 def test_two_processes_train_evaluate_and_checkpoint_as_one(tmp_path):
     (result, _) = launch.launch_local(
         [PYTHON, str(ROOT / "tests" / "multihost_check.py"), str(tmp_path)],

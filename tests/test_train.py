@@ -195,6 +195,7 @@ def test_evaluation_masks_the_padding_of_the_last_batch():
 
 
 @pytest.mark.slow
+@pytest.mark.long  # minutes of .ci/run's budget: run with pytest -q -m long
 @pytest.mark.usefixtures("standard_promotion")
 def test_bfloat16_compute_matches_float32_accuracy_and_trains():
     """Mixed precision (convolutions, batch norm and dense layers in bfloat16; parameters,
