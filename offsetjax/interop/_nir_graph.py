@@ -123,7 +123,9 @@ class GraphWriter:
         return node in self.linear and node not in self.used
 
     def _unscaled(self, node: str, scale: np.ndarray) -> str:
-        """``node``'s output times ``scale`` as a node: folded into its weights, or a Scale node."""
+        """``node``'s output times ``scale`` as a node: folded into its weights (a convolution or
+        dense layer no other node reads yet), else a diagonal 1x1 convolution or dense layer (one
+        scale per channel), else a Scale node."""
         if np.all(scale == 1):
             return node
         layout = self.layouts[node]
