@@ -135,11 +135,12 @@ def _run_spyx(graph, images: np.ndarray, num_steps: int) -> np.ndarray:
     import spyx.nn
     from flax import nnx
 
-    layers = len(_if_order(graph))
+    if_nodes = _if_order(graph)
+    layers = len(if_nodes)
     steps = num_steps + layers
     x = np.broadcast_to(images[None], (steps, *images.shape)).astype(np.float32)  # [T + L, B, H, W, C]
     model, _ = spyx.nir.from_nir(graph, x[:1], dt=1, rngs=nnx.Rngs(0))
-    potentials = iter(initial_potentials(graph)[name] for name in _if_order(graph))
+    potentials = iter(initial_potentials(graph)[name] for name in if_nodes)
     state = [
         jnp.broadcast_to(jnp.asarray(_channels_last(next(potentials))), s.shape) if isinstance(layer, spyx.nn.IF) else s
         for layer, s in zip(model.layers, model.initial_state(images.shape[0]))

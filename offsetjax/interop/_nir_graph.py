@@ -64,6 +64,13 @@ def _per_channel(array: np.ndarray) -> np.ndarray | None:
     return channels if np.array_equal(np.broadcast_to(channels, array.shape), array) else None
 
 
+def _nir_channels(array: np.ndarray, signal: _Signal) -> np.ndarray | None:
+    """A neuron-shaped array (JAX layout) as one value per NIR output channel (C of a map, or
+    each feature of a vector in NIR's order); None when it varies within a channel."""
+    full = np.broadcast_to(array, signal.shape)
+    return _per_channel(full) if full.ndim == 3 else _nir_layout(full, signal)
+
+
 class GraphWriter:
     """Interprets the traced network's jaxpr into NIR nodes and edges."""
 
@@ -106,16 +113,14 @@ class GraphWriter:
         sources = [self._unscaled(node, scale) for node, scale in signal.terms]
         if np.any(signal.bias != 0):
             target = next((node for node in sources if self._foldable(node)), None)
-            bias = _per_channel(np.broadcast_to(signal.bias, signal.shape)) if target else None
+            bias = _nir_channels(signal.bias, signal) if target else None
             if bias is None:
                 raise ValueError(
                     f"to_nir: a constant offset added to spikes in {where or 'the network'} has no convolution or "
                     "dense layer right before it to fold into (or varies over space within a channel): NIR "
                     "cannot express it"
                 )
-            node = self.nodes[target]
-            nir_bias = _nir_layout(np.broadcast_to(signal.bias, signal.shape), signal)
-            node.bias = node.bias + (nir_bias[:, 0, 0] if nir_bias.ndim == 3 else nir_bias)
+            self.nodes[target].bias = self.nodes[target].bias + bias
             self.folded.add(target)
         return sources
 
@@ -129,26 +134,19 @@ class GraphWriter:
         if np.all(scale == 1):
             return node
         layout = self.layouts[node]
-        full = np.broadcast_to(scale, layout.shape)
-        if self._foldable(node):
-            channels = _per_channel(full)
-            if channels is not None:
-                factor = _nir_layout(full, layout)
-                factor = factor[:, 0, 0] if factor.ndim == 3 else factor
-                weights = self.nodes[node]
-                weights.weight = weights.weight * factor.reshape(-1, *([1] * (weights.weight.ndim - 1)))
-                weights.bias = weights.bias * factor
-                self.folded.add(node)
-                return node
-        factor = _nir_layout(full, layout)
-        channels = _per_channel(full)
+        channels = _nir_channels(scale, layout)
         if channels is None:  # a scale per neuron: only NIR's Scale node holds it
-            return self.add(f"{node}_scale", self.nir.Scale(factor), [node], layout)
+            return self.add(f"{node}_scale", self.nir.Scale(_nir_layout(scale, layout)), [node], layout)
+        if self._foldable(node):
+            weights = self.nodes[node]
+            weights.weight = weights.weight * channels.reshape(-1, *([1] * (weights.weight.ndim - 1)))
+            weights.bias = weights.bias * channels
+            self.folded.add(node)
+            return node
         # A scale per channel as a diagonal 1x1 convolution or dense layer: sinabs and norse
         # read no Scale node (an identity shortcut's theta is one).
-        diagonal = np.diag(channels if factor.ndim == 3 else factor)
-        zeros = np.zeros(len(diagonal))
-        if factor.ndim == 3:
+        diagonal, zeros = np.diag(channels), np.zeros(len(channels))
+        if len(layout.shape) == 3:
             diagonal = self.nir.Conv2d(layout.shape[:2], diagonal[:, :, None, None], 1, 0, 1, 1, zeros)
         else:
             diagonal = self.nir.Affine(diagonal, zeros)

@@ -231,7 +231,11 @@ def from_nir(graph, *, num_steps: int | None = None) -> tuple[nn.Module, dict]:
       ValueError: the graph was not written by :func:`to_nir`, or holds a node it cannot run.
     """
     nir = _nir()
-    incoming = _check_graph(nir, graph, "offsetjax")
+    return _network(nir, graph, _check_graph(nir, graph, "offsetjax"), num_steps)
+
+
+def _network(nir, graph, incoming: dict[str, list[str]], num_steps: int | None) -> tuple[nn.Module, dict]:
+    """:func:`from_nir` of a graph :func:`_check_graph` passed (``incoming``: its sources)."""
     meta = dict(graph.metadata)
     order = _topological(graph, incoming)
     nodes, params, potentials = [], {}, {}
@@ -336,7 +340,7 @@ def run_nir(
             f"is C, H, W = {channels}, {height}, {width}), got shape {tuple(images.shape)}"
         )
     if semantics == "offsetjax":
-        snn, variables = from_nir(graph, num_steps=num_steps)
+        snn, variables = _network(nir, graph, incoming, num_steps)
         return simulate(snn, variables, images)
     values: dict[str, jax.Array] = {}
 
