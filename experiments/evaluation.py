@@ -108,7 +108,16 @@ def evaluate_all(config: ExperimentConfig, model, variables, train_split, test_s
             "dense_macs": first_ops["dense_macs"],
             **{
                 key: {str(t): per_step[t][1][key] for t in steps}
-                for key in ("spikes", "synops", "presim_spikes", "presim_synops", "energy_j", "presim_energy_share")
+                for key in (
+                    "spikes",
+                    "synops",
+                    "presim_spikes",
+                    "presim_synops",
+                    "energy_j",
+                    "presim_energy_share",
+                    "effective_acs",
+                    "effective_macs",
+                )
             },
         }
         results["ann_energy_j"] = first_ops["ann_energy_j"]

@@ -49,11 +49,25 @@ def run_sinabs(graph, images: np.ndarray, num_steps: int) -> np.ndarray:
     and v(0) from the file.
 
     Args: ``images`` ``[B, H, W, C]``. Returns the mean output per step, ``[T, B, classes]``."""
+    import torch
+
+    batch = images.shape[0]
+    model = sinabs_model(graph, batch)
+    x = torch.as_tensor(np.array(np.transpose(images, (0, 3, 1, 2)), np.float32))
+    x = x[:, None].expand(batch, num_steps, *x.shape[1:]).reshape(batch * num_steps, *x.shape[1:])
+    with torch.no_grad():  # sinabs' squeezed layers take [B * T, ...], sample-major
+        out = model(x)
+    out = out[0] if isinstance(out, tuple) else out
+    return _running_mean(out.reshape(batch, num_steps, -1).transpose(0, 1).numpy())
+
+
+def sinabs_model(graph, batch: int):
+    """The sinabs network :func:`run_sinabs` runs, for ``batch`` images: its squeezed layers take
+    ``[batch * T, C, H, W]``, sample-major."""
     import sinabs
     import sinabs.layers as sl
     import torch
 
-    batch = images.shape[0]
     model = _in_topological_order(sinabs.from_nir(_writable(graph), batch_size=batch))
     potentials = initial_potentials(graph)
     for name, module in model.named_modules():
@@ -62,12 +76,7 @@ def run_sinabs(graph, images: np.ndarray, num_steps: int) -> np.ndarray:
             module.spike_fn = sinabs.activation.SingleSpike
             module.min_v_mem = None
             module.register_buffer("v_mem", v0.expand(batch, *v0.shape).clone())
-    x = torch.as_tensor(np.array(np.transpose(images, (0, 3, 1, 2)), np.float32))
-    x = x[:, None].expand(batch, num_steps, *x.shape[1:]).reshape(batch * num_steps, *x.shape[1:])
-    with torch.no_grad():  # sinabs' squeezed layers take [B * T, ...], sample-major
-        out = model(x)
-    out = out[0] if isinstance(out, tuple) else out
-    return _running_mean(out.reshape(batch, num_steps, -1).transpose(0, 1).numpy())
+    return model
 
 
 def run_norse(graph, images: np.ndarray, num_steps: int) -> np.ndarray:

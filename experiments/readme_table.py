@@ -6,10 +6,14 @@ python -m experiments.readme_table --energy results/quickstart results/fashion_m
 python -m experiments.readme_table --nir results/quickstart results/fashion_mnist/small_vgg ...
 python -m experiments.readme_table --budget results/digits/small_vgg results/fashion_mnist/small_vgg ...
 python -m experiments.readme_table --latency results/digits/small_vgg results/fashion_mnist/small_vgg ...
+python -m experiments.readme_table --seeds results/digits/seeds/seed* --methods qcfs cos_k1 data_bias srp
 """
 
 import argparse
+from collections import defaultdict
 from pathlib import Path
+
+import numpy as np
 
 from experiments.latency import load_latency
 from experiments.latency import markdown as latency_markdown
@@ -69,6 +73,41 @@ def nir_rows(run: Path) -> list[str]:
     ]
 
 
+def spread(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
+    """``mean ± std`` (sample standard deviation, n - 1) of ``values`` times ``scale``."""
+    values = scale * np.asarray(values, np.float64)
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
+def seed_rows(paths: list[Path], methods: list[str] | None = None) -> list[str]:
+    """The accuracy table over seeds: runs of the same data and network grouped, each cell the
+    mean ± standard deviation over them (the runs must differ only in their seed)."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for path in paths:
+        results = load_results(path)
+        groups[(results["dataset"], results["arch"])].append(results)
+    out = []
+    for (dataset, arch), runs in groups.items():
+        names = [name for name in runs[0]["snn"] if not methods or name in methods]
+        for name in names:
+            rows_of = [run["snn"][name] for run in runs if name in run["snn"]]
+            if len(rows_of) != len(runs):
+                raise RunError(f"method {name} is missing from some {dataset} / {arch} runs: evaluate every seed alike")
+            cells = []
+            for t in STEPS:
+                if t not in rows_of[0]["accuracy"]:
+                    cells.append("—")
+                    continue
+                total = rows_of[0]["total_steps"][t]
+                cells.append(f"{spread([row['accuracy'][t] for row in rows_of])} ({total})")
+            zero = spread([run["offset"][name]["zero_ratio"] for run in runs])
+            ann = spread([run["ann_accuracy"] for run in runs])
+            out.append(f"| {dataset} | {arch} | {len(runs)} | {name} | {ann} | " + " | ".join(cells) + f" | {zero}% |")
+    return out
+
+
 def budget_tables(paths: list[Path]) -> list[str]:
     """Each run's equal-budget table, then the winner per total across runs."""
     runs = [load_results(path) for path in paths]
@@ -102,12 +141,27 @@ def budget_tables(paths: list[Path]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     table = parser.add_mutually_exclusive_group()
-    for flag in ("--budget", "--nir", "--energy", "--latency"):
+    for flag in ("--budget", "--nir", "--energy", "--latency", "--seeds"):
         table.add_argument(flag, action="store_true", help=f"the {flag[2:]} table (default: accuracy)")
     parser.add_argument("--methods", nargs="+", help="only these rows of the accuracy table (default: every row)")
     parser.add_argument("runs", nargs="+", type=results_directory, help="finished runs (holding results.json)")
     args = parser.parse_args(argv)
     paths = args.runs
+    if args.methods:
+        known = {name for path in paths for name in load_results(path)["snn"]}
+        unknown = [name for name in args.methods if name not in known]
+        if unknown:
+            parser.error(f"--methods {' '.join(unknown)}: no such row in these runs (rows: {', '.join(sorted(known))})")
+    if args.seeds:
+        print(
+            "| data | net | seeds | method | ANN | " + " | ".join(f"T={t} (total)" for t in STEPS) + " | ψ=0 at T=L |"
+        )
+        print("|---|---|---|---|---|" + "---|" * len(STEPS) + "---|")
+        try:
+            print("\n".join(seed_rows(paths, args.methods)))
+        except RunError as error:
+            parser.error(str(error))
+        return
     if args.nir and not all((path / "nir.json").is_file() for path in paths):
         parser.error("--nir needs nir.json in every run (python -m experiments.nir_export --workdir RUN)")
     if args.budget:

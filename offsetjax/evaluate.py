@@ -117,7 +117,8 @@ def evaluate_snn(
     num_steps = schedule(snn)["num_steps"]
     correct = np.zeros(num_steps, np.int64)
     totals: dict[str, OffsetStatistics] = {}
-    events = {"spikes": np.zeros(num_steps), "synops": np.zeros(num_steps), "presim_spikes": 0.0, "presim_synops": 0.0}
+    events = {name: np.zeros(num_steps) for name in ("spikes", "synops", "effective_acs", "effective_macs")}
+    events |= {"presim_spikes": 0.0, "presim_synops": 0.0}
     for index, (images, labels, mask) in enumerate(padded_batches(split, device_batch(batch_size, mesh))):
         sharded_images, sharded_mask = on_mesh(mesh, images, mask)
         if index == 0:  # the network and its variables once (reading them to the host), then placed
@@ -133,8 +134,13 @@ def evaluate_snn(
         )
         for name, stats in (per_site or {}).items():
             totals[name] = accumulate(totals.get(name), stats)
-        for name in events if operations else ():
-            events[name] = events[name] + sum(site[name] for site in ops.values()) @ mask.astype(np.float64)
+        if operations:
+            sites, layers = ops
+            weight = mask.astype(np.float64)
+            for name in ("spikes", "synops", "presim_spikes", "presim_synops"):
+                events[name] = events[name] + sum(site[name] for site in sites.values()) @ weight
+            events["effective_acs"] = events["effective_acs"] + layers["accumulates"] @ weight
+            events["effective_macs"] = events["effective_macs"] + layers["multiply_accumulates"] @ weight
         correct += np.sum((logits.argmax(-1) == labels[None]) & mask[None], axis=1)
         if progress is not None:
             progress(int(mask.sum()))

@@ -10,7 +10,21 @@ consumer of a residual branch (an identity shortcut is one synapse). Then, per i
   also run (``presim_synops``);
 * ``input_macs``: the first layer's multiply-accumulates on the analog image, computed once
   (the image is the same at every step, as in the simulator);
-* ``dense_macs``: the ANN's multiply-accumulates of every layer, for comparison.
+* ``dense_macs``: the ANN's multiply-accumulates, every convolution and dense layer at its own
+  input's resolution (:func:`layer_macs`), for comparison.
+
+Padding taps of a convolution are counted nowhere: a zero that is padding is no input, in the
+SNN's events as in the ANN's MACs (NeuroBench's ``Dense`` count does the same; a dense
+accelerator that multiplies the padding too does more work than ``dense_macs``).
+
+Two conventions differ between this count and NeuroBench's ``SynapticOperations`` (docs/method.md,
+"Counting operations"), and :class:`Operations` reports both:
+
+* *pooled spikes*: here a spike drives the connections of its pooled position (event routing,
+  the 1/k^2 of the pool folded into the next layer's weights); NeuroBench charges each nonzero
+  pooled value once, as a multiply-accumulate (it is not binary);
+* *the analog image*: here the first layer runs once per image, on every pixel; NeuroBench
+  charges it at every step, for the nonzero pixels only.
 
 The fan-out comes from the network itself: with every weight 1, biases 0, batch norm the
 identity and pooling summing, the gradient of the sum of every layer's pre-activation with
@@ -34,6 +48,7 @@ import numpy as np
 from flax import traverse_util
 from jaxtyping import Array, ArrayLike, Float
 
+from offsetjax._linear_layers import MACS, count_macs
 from offsetjax.models.layers import Activation, pools_as_sums
 from offsetjax.simulation import check_call, simulate_collecting
 from offsetjax.site import FAN_OUT
@@ -54,8 +69,12 @@ class Operations(NamedTuple):
       presim_spikes: per site, spike events over all pre-simulation steps (rho * k), ``[B]``.
       presim_synops: per site, the synaptic operations of ``presim_spikes``, ``[B]``.
       input_macs: scalar, the first layer's multiply-accumulates per image (once, not per step).
-      dense_macs: scalar, the ANN's multiply-accumulates per image.
+      dense_macs: scalar, the ANN's multiply-accumulates per image (:func:`layer_macs`).
       logits: ``[T, B, classes]``, as :func:`offsetjax.simulate` returns them.
+      effective_acs: ``[T, B]``, NeuroBench's convention: accumulates of the linear layers whose
+        input is spikes (nonzero inputs of one magnitude) at each step.
+      effective_macs: ``[T, B]``, NeuroBench's convention: multiply-accumulates of the linear
+        layers whose input is not spikes (the image at every step, average-pooled spikes).
     """
 
     spikes: dict[str, Array]
@@ -65,6 +84,8 @@ class Operations(NamedTuple):
     input_macs: Array
     dense_macs: Array
     logits: Array
+    effective_acs: Array
+    effective_macs: Array
 
 
 class _FanOutProbe(nn.Module):
@@ -118,6 +139,50 @@ def fan_out(model: nn.Module, image_shape: tuple[int, ...], batch_norm_eps: floa
     return flat, jnp.round(per_pixel[0])
 
 
+class _PassThrough(nn.Module):
+    """An activation site that passes its input on (the ANN's linear layers are what is counted)."""
+
+    @nn.compact
+    def __call__(self, x, *args, **kwargs):
+        return x
+
+
+@functools.lru_cache(maxsize=32)
+def layer_macs(model: nn.Module, image_shape: tuple[int, ...], batch_norm_eps: float = 1e-5) -> dict[str, float]:
+    """The ANN's multiply-accumulates per image, layer by layer.
+
+    Every module that owns a ``kernel`` (convolution or dense layer) counts its output elements
+    times the input taps each reads, at its own input's resolution (after pooling, at the pooled
+    resolution); padding taps are not counted (the module docstring). Residual additions, batch
+    norm, pooling and activations are no MACs.
+
+    Args:
+      model: a network of ``offsetjax.models`` (ANN or SNN: only its structure is read).
+      image_shape: one image's shape ``(H, W, C)``.
+      batch_norm_eps: the networks' batch-norm epsilon.
+
+    Returns:
+      ``{layer path: MACs}`` in the order the layers run; ``sum(...values())`` is the ANN's
+      ``dense_macs``.
+
+    >>> from offsetjax.models import VGG
+    >>> layer_macs(VGG(features=(4, "M"), hidden=(), num_classes=3), (8, 8, 2))
+    {'conv0/Conv_0': 1568.0, 'classifier': 192.0}
+    """
+    ann = model.clone(activation=Activation(_PassThrough))
+    image = jnp.ones((1, *image_shape), jnp.float32)
+    variables = jax.eval_shape(functools.partial(ann.init, jax.random.key(0)), image)
+    params = {
+        name: _connectivity_params(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree), batch_norm_eps)
+        for name, tree in variables.items()
+        if name in ("params", "batch_stats")
+    }
+    with nn.intercept_methods(count_macs):
+        _, sown = ann.apply(params, image, mutable=[MACS])
+    flat = traverse_util.flatten_dict(sown[MACS])
+    return {"/".join(path[:-1]): float(sum(np.asarray(v) for v in values)) for path, values in flat.items()}
+
+
 def count_operations(snn: nn.Module, variables: Any, images: Float[ArrayLike, "B ..."]) -> Operations:
     """Spike events, synaptic operations and MACs of one simulated batch (see the module docstring).
 
@@ -132,18 +197,25 @@ def count_operations(snn: nn.Module, variables: Any, images: Float[ArrayLike, "B
     """
     images = check_call(snn, variables, images)
     with_fans, input_macs, dense_macs = with_fan_out(snn, variables, tuple(images.shape[1:]))
-    logits, _, sites = simulate_collecting(snn, with_fans, images, None, True)
+    logits, _, (sites, layers) = simulate_collecting(snn, with_fans, images, None, True)
     field = {name: {site: values[name] for site, values in sites.items()} for name in Operations._fields[:4]}
-    return Operations(**field, input_macs=input_macs, dense_macs=dense_macs, logits=logits)
+    return Operations(
+        **field,
+        input_macs=input_macs,
+        dense_macs=dense_macs,
+        logits=logits,
+        effective_acs=layers["accumulates"],
+        effective_macs=layers["multiply_accumulates"],
+    )
 
 
 def with_fan_out(snn: nn.Module, variables: Any, image_shape: tuple[int, ...]) -> tuple[dict, Array, Array]:
     """``variables`` plus every site's fan-out (the collection the sites read when counting),
-    the first layer's MACs per image and the ANN's MACs per image."""
+    the first layer's MACs per image and the ANN's MACs per image (:func:`layer_macs`)."""
     fans, per_pixel = fan_out(snn, tuple(image_shape))
     tree = traverse_util.unflatten_dict({(*name.split("/"), "fan"): fan for name, fan in fans.items()})
-    input_macs = jnp.sum(per_pixel)
-    return {**variables, FAN_OUT: tree}, input_macs, input_macs + sum(jnp.sum(fan) for fan in fans.values())
+    dense_macs = jnp.asarray(sum(layer_macs(snn, tuple(image_shape)).values()), jnp.float32)
+    return {**variables, FAN_OUT: tree}, jnp.sum(per_pixel), dense_macs
 
 
 def totals(operations: Operations, sample_mask: Array | None = None) -> dict[str, Array]:
@@ -187,18 +259,18 @@ def energy(
 
 
 #: The entries of :func:`per_image` that are lists over t = 1..T (the others do not depend on t).
-PER_STEP = ("spikes", "synops", "energy_j", "presim_energy_share")
+PER_STEP = ("spikes", "synops", "energy_j", "presim_energy_share", "effective_acs", "effective_macs")
 
 
 def per_image(events: dict, count: int, *, input_macs: float, dense_macs: float) -> dict:
     """The per-image summary of a dataset's operations, for runs of t = 1..T steps (lists,
-    cumulative over steps): ``spikes``, ``synops``, ``energy_j`` (the SNN's, :func:`energy`)
-    and ``presim_energy_share``; and ``presim_spikes``, ``presim_synops``, ``input_macs``,
-    ``dense_macs``, ``ann_energy_j``.
+    cumulative over steps): ``spikes``, ``synops``, ``energy_j`` (the SNN's, :func:`energy`),
+    ``presim_energy_share`` and NeuroBench's ``effective_acs`` and ``effective_macs``; and
+    ``presim_spikes``, ``presim_synops``, ``input_macs``, ``dense_macs``, ``ann_energy_j``.
 
     Args:
-      events: sums over the ``count`` images: ``spikes`` and ``synops`` per step ``[T]``,
-        ``presim_spikes`` and ``presim_synops`` scalars.
+      events: sums over the ``count`` images: ``spikes``, ``synops``, ``effective_acs`` and
+        ``effective_macs`` per step ``[T]``, ``presim_spikes`` and ``presim_synops`` scalars.
       count: the number of images.
       input_macs, dense_macs: per image (:func:`with_fan_out`).
     """
@@ -217,6 +289,8 @@ def per_image(events: dict, count: int, *, input_macs: float, dense_macs: float)
         "dense_macs": dense_macs,
         "energy_j": [j["snn"] for j in joules],
         "presim_energy_share": [j["presim"] / j["snn"] for j in joules],
+        "effective_acs": (np.cumsum(events["effective_acs"]) / count).tolist(),
+        "effective_macs": (np.cumsum(events["effective_macs"]) / count).tolist(),
         "ann_energy_j": joules[0]["ann"],
     }
 

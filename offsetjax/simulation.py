@@ -16,6 +16,7 @@ the logits at every t <= T come from one run.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
@@ -27,6 +28,7 @@ from flax import traverse_util
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from offsetjax._checks import check_image_batch, check_same_tree, concrete_value, images_must_fit, trace_network
+from offsetjax._linear_layers import INPUT_EVENTS, count_input_events
 from offsetjax.convert import schedule
 from offsetjax.site import CALIBRATED_FOR, CALIBRATED_POTENTIAL, INITIAL_POTENTIAL, OPERATIONS, STATISTICS
 from offsetjax.stats import OffsetStatistics, masked_total
@@ -104,7 +106,7 @@ def simulate_collecting(model: nn.Module, variables: Any, images: Array, sample_
     return (
         logits,
         per_site(stats, order) if sample_mask is not None else None,
-        per_site(ops, order) if operations else None,
+        (per_site(ops[0], order), ops[1]) if operations else None,
     )
 
 
@@ -260,10 +262,11 @@ def _apply(
     """Running-mean logits; each site's statistics masked by ``sample_mask`` when it is given;
     each site's per-sample operations (:data:`OPERATIONS`) when ``operations``. ``images`` is
     one batch entered once, or with ``frames`` one batch per step."""
-    mutable = ([STATISTICS] if sample_mask is not None else []) + ([OPERATIONS] if operations else [])
+    mutable = ([STATISTICS] if sample_mask is not None else []) + ([OPERATIONS, INPUT_EVENTS] if operations else [])
     entered = images if frames else images[None]
     if mutable:
-        out, collections = model.apply(variables, entered, mutable=mutable)
+        with nn.intercept_methods(count_input_events) if operations else contextlib.nullcontext():
+            out, collections = model.apply(variables, entered, mutable=mutable)
     else:
         out, collections = model.apply(variables, entered), {}
     if out.ndim != 3:  # static: raised once, while tracing
@@ -278,7 +281,26 @@ def _apply(
             collections[STATISTICS],
             is_leaf=lambda x: isinstance(x, tuple) and not isinstance(x, OffsetStatistics),
         )
+    srp_steps = schedule(model)["srp_steps"]
     ops = jax.tree.map(lambda x: x[0], collections.get(OPERATIONS, {}), is_leaf=lambda x: isinstance(x, tuple))
-    out = out[schedule(model)["srp_steps"] :]  # SRP's pre-simulation steps are not read out
+    if operations:  # the linear layers' events, every layer's [T' or 1, B] summed as [T, B]
+        steps_run = (out.shape[0], out.shape[1])
+        layers = traverse_util.flatten_dict(collections.get(INPUT_EVENTS, {}))
+        ops = (
+            ops,
+            {
+                kind: sum(
+                    (
+                        jnp.broadcast_to(v, steps_run)
+                        for path, values in layers.items()
+                        if path[-1] == kind
+                        for v in values
+                    ),
+                    jnp.zeros(steps_run, jnp.float32),
+                )[srp_steps:]
+                for kind in ("accumulates", "multiply_accumulates")
+            },
+        )
+    out = out[srp_steps:]  # SRP's pre-simulation steps are not read out
     steps = jnp.arange(1, out.shape[0] + 1, dtype=out.dtype).reshape((-1,) + (1,) * (out.ndim - 1))
     return jnp.cumsum(out, axis=0) / steps, stats, ops
