@@ -35,7 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import offsetjax as oj
-from experiments.results import ROOT, command, machine, write_atomic
+from experiments import cli
+from experiments.cli import STEPS, Directory, Ints, NewFile
+from experiments.results import ROOT, RunError, check_outputs, command, machine, write_output
 from offsetjax.offset import NEVER_SILENT_POTENTIAL
 
 PRESIM_STEPS = 4
@@ -344,24 +346,47 @@ def run_isolated(side: str, args, argv: list[str]) -> dict:
         return json.loads(raw.read_text())
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", default=str(ROOT / "results" / "benchmark"))
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--workdir",
+        type=Directory(exists=False),
+        default=None,
+        help="output directory (default results/benchmark, results/benchmark_quick with --quick)",
+    )
     parser.add_argument("--quick", action="store_true", help="ResNet-20, batch 8, T = 4, 2 repeats (CI-sized)")
     parser.add_argument("--networks", nargs="+", default=["vgg16", "resnet20"], choices=["vgg16", "resnet20"])
-    parser.add_argument("--batches", nargs="+", type=int, default=[32, 128])
-    parser.add_argument("--steps", nargs="+", type=int, default=[1, 4, 8])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batches", nargs="+", type=Ints(1, 4096), default=[32, 128])
+    parser.add_argument("--steps", nargs="+", type=STEPS, default=[1, 4, 8])
+    parser.add_argument("--repeats", type=Ints(1, 1000), default=5)
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch + SpikingJelly side")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs edited by hand or not offsetjax's")
     parser.add_argument("--side", choices=["jax", "torch"], help=argparse.SUPPRESS)
-    parser.add_argument("--raw-out", help=argparse.SUPPRESS)
+    parser.add_argument("--raw-out", type=NewFile(), help=argparse.SUPPRESS)
+    return parser
+
+
+#: The files a benchmark writes in its directory.
+OUTPUTS = ("benchmark.json", "benchmark.md")
+
+
+def main(argv=None):
+    parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if args.quick:
         args.networks, args.batches, args.steps, args.repeats = ["resnet20"], [8], [4], 2
     if args.side:
+        if args.raw_out is None:
+            parser.error("--side needs --raw-out")
         Path(args.raw_out).write_text(json.dumps(run_side(args.side, args)))
         return None
+    workdir = args.workdir or ROOT / "results" / ("benchmark_quick" if args.quick else "benchmark")
+    try:  # before any measurement: never replace a file offsetjax did not write, or one edited since
+        workdir.mkdir(parents=True, exist_ok=True)
+        check_outputs(workdir, OUTPUTS, overwrite=args.overwrite)
+    except (OSError, RunError) as error:
+        parser.error(str(error))
     jax_results = run_isolated("jax", args, argv)
     torch_results = {} if args.no_torch else run_isolated("torch", args, argv)
     rows = []
@@ -375,10 +400,8 @@ def main(argv=None):
         "repeats": args.repeats,
         "records": rows,
     }
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_atomic(workdir / "benchmark.json", json.dumps(report, indent=2))
-    write_atomic(workdir / "benchmark.md", markdown(rows))
+    write_output(workdir, "benchmark.json", json.dumps(report, indent=2), overwrite=args.overwrite)
+    write_output(workdir, "benchmark.md", markdown(rows), overwrite=args.overwrite)
     print(markdown(rows))
     return report
 

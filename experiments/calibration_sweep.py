@@ -21,45 +21,79 @@ from pathlib import Path
 import numpy as np
 
 import offsetjax as oj
+from experiments import cli
+from experiments.cli import COUNT, SEED, STEPS, Directory, Name
 from experiments.datasets import calibration_set
 from experiments.methods import CALIBRATIONS
-from experiments.results import command, progress_bar, pyplot, record, run_id, save_figure, write_output
+from experiments.results import (
+    RESERVED_NAMES,
+    command,
+    progress_bar,
+    pyplot,
+    record,
+    save_figure,
+    studying,
+    write_output,
+)
 from experiments.runs import USER_ERRORS, load_finished
 from offsetjax import evaluate
 from offsetjax.training import data
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("--workdir", type=Path, required=True, help="a finished run of an experiment")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 64, 256, 1024], help="calibration-set sizes")
-    parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8], help="T values")
-    parser.add_argument("--draws", type=int, nargs="+", default=[0], help="seeds of the random training subsets")
+    parser.add_argument("--workdir", type=Directory(exists=True), required=True, help="a finished run of an experiment")
+    parser.add_argument("--sizes", type=COUNT, nargs="+", default=[16, 64, 256, 1024], help="calibration-set sizes")
+    parser.add_argument("--steps", type=STEPS, nargs="+", default=[1, 2, 4, 8], help="T values")
+    parser.add_argument("--draws", type=SEED, nargs="+", default=[0], help="seeds of the random training subsets")
     parser.add_argument("--method", choices=("data_v0", "data_bias"), default="data_v0")
-    parser.add_argument("--solver", default="bisect", help="bisect or linear")
-    parser.add_argument("--batch-size", type=int, default=500, help="evaluation batch size")
-    parser.add_argument("--name", default="calibration_sweep", help="output files: <workdir>/NAME.{json,md,png}")
+    parser.add_argument("--solver", choices=oj.data_calibration.SOLVERS, default="bisect")
+    parser.add_argument("--batch-size", type=COUNT, default=500, help="evaluation batch size")
+    parser.add_argument(
+        "--name",
+        type=Name(reserved=RESERVED_NAMES),
+        default="calibration_sweep",
+        help="output files: <workdir>/NAME.{json,md,png}",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs edited by hand or not offsetjax's")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if min(args.sizes) < 1 or min(args.steps) < 1:
-        parser.error("sizes and steps must be >= 1")
     for name in ("sizes", "steps", "draws"):
         values = getattr(args, name)
         if len(set(values)) != len(values):  # a repeated draw would be averaged as if it were another
             parser.error(f"--{name} repeats a value: {values}")
+    outputs = [f"{args.name}.{suffix}" for suffix in ("json", "md", "png")]
     try:
-        config, model, variables, train_split, test_split = load_finished(args.workdir)
+        with studying(args.workdir, outputs, overwrite=args.overwrite) as identity:
+            config, model, variables, train_split, test_split = load_finished(args.workdir)
+            available = data.num_examples(train_split)
+            if max(args.sizes) > available:
+                parser.error(f"--sizes {max(args.sizes)} exceeds the run's {available} training images")
+            report = sweep(args, config, model, variables, train_split, test_split, identity)
+            report["command"] = command(__spec__.name, argv)
+            write_output(args.workdir, outputs[0], json.dumps(report, indent=2), overwrite=args.overwrite)
+            write_output(args.workdir, outputs[1], markdown(report), overwrite=args.overwrite)
+            if plot(report, args.workdir / outputs[2], overwrite=args.overwrite):
+                record(args.workdir, args.workdir / outputs[2])
     except USER_ERRORS as error:
         parser.error(str(error))
-    available = data.num_examples(train_split)
-    if max(args.sizes) > available:
-        parser.error(f"--sizes {max(args.sizes)} exceeds the run's {available} training images")
+    print(markdown(report))
+    return report
+
+
+def sweep(args, config, model, variables, train_split, test_split, identity: str) -> dict:
+    """Every (size, draw, T) calibrated and evaluated: the report without its command."""
     calibrate = CALIBRATIONS[args.method]
     report = {
         "dataset": config.dataset,
         "arch": config.arch,
-        "run": run_id(args.workdir),
+        "run": identity,
         "method": args.method,
         "solver": args.solver,
         "num_test_examples": data.num_examples(test_split),
@@ -80,12 +114,6 @@ def main(argv: list[str] | None = None) -> dict:
             bar.update(1)
             bar.set_postfix(size=size, T=num_steps, acc=f"{accuracy:.4f}", refresh=False)
     report["calibration_seconds"] = {k: float(np.mean(v)) for k, v in report["calibration_seconds"].items()}
-    report["command"] = command(__spec__.name, argv)
-    write_output(args.workdir, f"{args.name}.json", json.dumps(report, indent=2))
-    write_output(args.workdir, f"{args.name}.md", markdown(report))
-    if plot(report, args.workdir / f"{args.name}.png"):
-        record(args.workdir, args.workdir / f"{args.name}.png")
-    print(markdown(report))
     return report
 
 
@@ -112,7 +140,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + f"\n\nReproduce: `{report['command']}`\n"
 
 
-def plot(report: dict, path: Path) -> bool:
+def plot(report: dict, path: Path, *, overwrite: bool = False) -> bool:
     """Write the plot to ``path``; False when matplotlib is missing."""
     plt = pyplot()
     if plt is None:
@@ -130,7 +158,7 @@ def plot(report: dict, path: Path) -> bool:
     axis.grid(alpha=0.3)
     axis.legend()
     fig.suptitle(f"{report['dataset']} / {report['arch']}: {report['method']} against calibration-set size")
-    save_figure(fig, path)
+    save_figure(fig, path, overwrite=overwrite)
     return True
 
 

@@ -15,12 +15,15 @@ import sys
 from pathlib import Path
 
 import offsetjax as oj
+from experiments import cli
+from experiments.cli import COUNT, SEED, STEPS, Choice, Floats, Ints, Name, PathText
 from experiments.methods import METHOD_FAMILIES
 from experiments.results import ROOT, RunError
 
 
-def _option(default, help: str):
-    return dataclasses.field(default=default, metadata={"help": help})
+def _option(default, help: str, domain=None):
+    """A field and its flag: ``domain`` (an :mod:`experiments.cli` type) parses the flag's value."""
+    return dataclasses.field(default=default, metadata={"help": help, "domain": domain})
 
 
 DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagenet2012")
@@ -30,43 +33,59 @@ DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagenet
 class ExperimentConfig:
     """Everything one run needs; every field is a command-line flag (``--max-steps 16``)."""
 
-    name: str = _option("", "experiment name: the default --workdir is results/NAME")
-    dataset: str = _option("", f"one of {', '.join(DATASETS)}")
-    arch: str = _option("", "a network of offsetjax.models.ARCHITECTURES")
-    levels: int = _option(4, "QCFS quantization levels L")
-    compute_dtype: str = _option("float32", "float32 or bfloat16: convolutions, batch norm and dense layers")
-    epochs: int = _option(10, "training epochs")
-    batch_size: int = _option(128, "training batch size (global, over all devices and hosts)")
-    learning_rate: float = _option(0.1, "peak SGD learning rate, cosine-decayed to 0")
-    weight_decay: float = _option(5e-4, "L2 weight decay (thresholds included)")
-    seed: int = _option(0, "seed of initialisation, shuffling and augmentation")
-    augment_pad: int = _option(0, "random-crop padding in pixels, with horizontal flips (0: none)")
-    cutout: int = _option(0, "Cutout square size (0: none)")
+    name: str = _option("", "experiment name: the default --workdir is results/NAME", Name())
+    dataset: str = _option("", f"one of {', '.join(DATASETS)}", Choice(DATASETS))
+    arch: str = _option("", "a network of offsetjax.models.ARCHITECTURES", Choice(sorted(oj.models.ARCHITECTURES)))
+    levels: int = _option(4, "QCFS quantization levels L", Ints(1, 2**16))
+    compute_dtype: str = _option(
+        "float32", "float32 or bfloat16: convolutions, batch norm and dense layers", Choice(("float32", "bfloat16"))
+    )
+    epochs: int = _option(10, "training epochs", Ints(1, 10**5))
+    batch_size: int = _option(128, "training batch size (global, over all devices and hosts)", Ints(1, 2**20))
+    learning_rate: float = _option(
+        0.1, "peak SGD learning rate, cosine-decayed to 0", Floats(0.0, 100.0, open_below=True)
+    )
+    weight_decay: float = _option(5e-4, "L2 weight decay (thresholds included)", Floats(0.0, 1.0))
+    seed: int = _option(0, "seed of initialisation, shuffling and augmentation", SEED)
+    augment_pad: int = _option(0, "random-crop padding in pixels, with horizontal flips (0: none)", Ints(0, 1024))
+    cutout: int = _option(0, "Cutout square size (0: none)", Ints(0, 4096))
     autoaugment: bool = _option(False, "AutoAugment's CIFAR-10 policy on training images")
-    idx_dir: str = _option("", "IDX directory (MNIST-style datasets; default: Debian's fashion-mnist; 'tfds': TFDS)")
-    tfds_dir: str = _option("", "TFDS data_dir (CIFAR, ImageNet)")
-    train_limit: int = _option(0, "train on the first N training examples (0: all)")
-    test_limit: int = _option(0, "evaluate on the first N test examples (0: all)")
-    max_steps: int = _option(8, "T_max: SNN accuracy is reported at every T = 1..T_max")
-    presim_steps: int = _option(4, "rho: pre-simulation steps of calibration (<= T_max)")
-    iterations: tuple[int, ...] = _option((1, 2, 4), "k of the calibrated rows (one row each)")
+    idx_dir: str = _option(
+        "", "IDX directory (MNIST-style datasets; default: Debian's fashion-mnist; 'tfds': TFDS)", PathText()
+    )
+    tfds_dir: str = _option("", "TFDS data_dir (CIFAR, ImageNet)", PathText())
+    train_limit: int = _option(0, "train on the first N training examples (0: all)", Ints(0, 10**9))
+    test_limit: int = _option(0, "evaluate on the first N test examples (0: all)", Ints(0, 10**9))
+    max_steps: int = _option(8, "T_max: SNN accuracy is reported at every T = 1..T_max", STEPS)
+    presim_steps: int = _option(4, "rho: pre-simulation steps of calibration (<= T_max)", STEPS)
+    iterations: tuple[int, ...] = _option((1, 2, 4), "k of the calibrated rows (one row each)", Ints(1, 64))
     saturated: tuple[str, ...] = _option(
         ("fire",),
         "rule (ii) for never-silent neurons: fire (authors' code, rows cos_kK) and/or hold (rows cos_kK_hold)",
+        Choice(oj.offset.SATURATION_RULES),
     )
     methods: tuple[str, ...] = _option(
         ("qcfs", "cos", "data_v0", "data_bias", "warm_cos", "srp"),
         "method families to evaluate (docs/method.md section 8), or all; qcfs is always evaluated",
+        Choice((*METHOD_FAMILIES, "all")),
     )
-    calibration_images: int = _option(256, "training images data_v0, data_bias and warm_cos calibrate on")
-    calibration_solver: str = _option("bisect", "data_v0 / data_bias solver: bisect or linear (Li et al.'s one step)")
-    warm_presim_steps: tuple[int, ...] = _option((1, 2), "rho of the warm_cos rows (k = 1, from data_v0)")
-    data_max_steps: int = _option(8, "largest T of data_v0, data_bias, warm_cos (one calibration and run per T)")
-    srp_steps: int = _option(4, "tau of SRP's pre-simulation")
-    eval_batch_size: int = _option(256, "evaluation batch size (rounded up to a multiple of the devices)")
-    checkpoint_every: int = _option(0, "also checkpoint every N training batches (0: at epoch ends only)")
+    calibration_images: int = _option(256, "training images data_v0, data_bias and warm_cos calibrate on", COUNT)
+    calibration_solver: str = _option(
+        "bisect",
+        "data_v0 / data_bias solver: bisect or linear (Li et al.'s one step)",
+        Choice(oj.data_calibration.SOLVERS),
+    )
+    warm_presim_steps: tuple[int, ...] = _option((1, 2), "rho of the warm_cos rows (k = 1, from data_v0)", STEPS)
+    data_max_steps: int = _option(8, "largest T of data_v0, data_bias, warm_cos (one calibration and run per T)", STEPS)
+    srp_steps: int = _option(4, "tau of SRP's pre-simulation", STEPS)
+    eval_batch_size: int = _option(
+        256, "evaluation batch size (rounded up to a multiple of the devices)", Ints(1, 2**20)
+    )
+    checkpoint_every: int = _option(
+        0, "also checkpoint every N training batches (0: at epoch ends only)", Ints(0, 10**9)
+    )
     eval_only: bool = _option(False, "evaluate the finished run in --workdir again, without training")
-    workdir: str = _option("", "run directory (default results/NAME)")
+    workdir: str = _option("", "run directory (default results/NAME)", PathText())
     resume: bool = _option(False, "continue the unfinished run in --workdir from its latest checkpoint")
     overwrite: bool = _option(False, "replace the run already in --workdir")
 
@@ -117,10 +136,10 @@ def _used(config: ExperimentConfig, option: str) -> bool:
     return option not in METHOD_OPTIONS or bool(set(METHOD_OPTIONS[option]) & set(config.methods))
 
 
-def parse_args(config: ExperimentConfig, argv: list[str] | None = None) -> ExperimentConfig:
-    """Override any field of ``config`` from the command line (``--help`` lists them with their
-    defaults: the entry point's values)."""
-    parser = argparse.ArgumentParser(
+def build_parser(config: ExperimentConfig) -> argparse.ArgumentParser:
+    """The command line of an entry point whose defaults are ``config``: one flag per field,
+    each parsed by its field's domain."""
+    parser = cli.ArgumentParser(
         description=f"offsetjax experiment {config.name!r}: train a QCFS ANN, convert, calibrate, report",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False,  # a prefix of a flag is an error, not silently that flag
@@ -131,12 +150,20 @@ def parse_args(config: ExperimentConfig, argv: list[str] | None = None) -> Exper
         default = getattr(config, field.name)
         flag = "--" + field.name.replace("_", "-")
         help_text = field.metadata.get("help", "")
+        domain = field.metadata.get("domain") or type(default[0] if isinstance(default, tuple) else default)
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif isinstance(default, tuple):
-            parser.add_argument(flag, type=type(default[0]), nargs="+", default=list(default), help=help_text)
+            parser.add_argument(flag, type=domain, nargs="+", default=list(default), help=help_text)
         else:
-            parser.add_argument(flag, type=type(default), default=default, help=help_text)
+            parser.add_argument(flag, type=domain, default=default, help=help_text)
+    return parser
+
+
+def parse_args(config: ExperimentConfig, argv: list[str] | None = None) -> ExperimentConfig:
+    """Override any field of ``config`` from the command line (``--help`` lists them with their
+    defaults: the entry point's values)."""
+    parser = build_parser(config)
     values = vars(parser.parse_args(argv))
     for name, value in values.items():
         if isinstance(value, list):
@@ -163,6 +190,20 @@ def parse_args(config: ExperimentConfig, argv: list[str] | None = None) -> Exper
 def validate(config: ExperimentConfig) -> None:
     """Every configuration error that can be found before loading data or training."""
     problems = []
+    for field in dataclasses.fields(config):  # a value of the wrong kind (set in code) is named first
+        default, value = field.default, getattr(config, field.name)
+        kind = tuple if isinstance(default, tuple) else type(default)
+        kinds = (int, float) if kind is float else kind
+        if (
+            not isinstance(value, kinds)
+            or (kind is tuple and not value)
+            or (kind is not bool and isinstance(value, bool))
+        ):
+            problems.append(
+                f"{field.name.replace('_', '-')} must be {'a non-empty tuple' if kind is tuple else kind.__name__}, got {value!r}"
+            )
+    if problems:
+        raise RunError("; ".join(problems))
     if config.dataset not in DATASETS:
         problems.append(f"dataset must be one of {', '.join(DATASETS)}, got {config.dataset!r}")
     if config.arch not in oj.models.ARCHITECTURES:
@@ -205,6 +246,10 @@ def validate(config: ExperimentConfig) -> None:
         problems.append(f"learning-rate must be finite and > 0, got {config.learning_rate}")
     if not 0 <= config.weight_decay < math.inf:
         problems.append(f"weight-decay must be finite and >= 0, got {config.weight_decay}")
+    if config.seed < 0:
+        problems.append(f"seed must be >= 0, got {config.seed}")
+    if config.name and not all(c.isalnum() or c in "_-." for c in config.name) or config.name.startswith("."):
+        problems.append(f"name must be a plain name (it names results/NAME), got {config.name!r}")
     if sum((config.resume, config.eval_only, config.overwrite)) > 1:
         problems.append("--resume, --eval-only and --overwrite exclude each other")
     if problems:

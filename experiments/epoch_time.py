@@ -11,13 +11,14 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 
 import offsetjax as oj
-from experiments.results import ROOT, command, machine, write_atomic
+from experiments import cli
+from experiments.cli import Directory, Ints
+from experiments.results import ROOT, RunError, check_outputs, command, machine, write_output
 from offsetjax import training
 
 #: (config, arch, image side, classes, training images per epoch, the config's batch size)
@@ -49,13 +50,28 @@ def seconds_per_step(arch: str, side: int, classes: int, batch: int, steps: int)
     return statistics.median(times)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--batch", type=Ints(1, 4096), default=32, help="measured batch (the estimate scales per image)"
+    )
+    parser.add_argument("--steps", type=Ints(1, 1000), default=3, help="training steps measured")
+    parser.add_argument(
+        "--only", nargs="+", default=None, choices=sorted({run[1] for run in RUNS}), help="arch names to measure"
+    )
+    parser.add_argument("--workdir", type=Directory(exists=False), default=ROOT / "results" / "epoch_time")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs edited by hand or not offsetjax's")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=32, help="measured batch (the estimate scales per image)")
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--only", nargs="*", default=None, help="arch names to measure, e.g. vgg16 resnet20")
-    parser.add_argument("--workdir", default=str(ROOT / "results" / "epoch_time"))
+    parser = build_parser()
     args = parser.parse_args(argv)
+    try:  # before any measurement
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        check_outputs(args.workdir, ["epoch_time.json"], overwrite=args.overwrite)
+    except (OSError, RunError) as error:
+        parser.error(str(error))
     records = []
     for config, arch, side, classes, images_per_epoch, config_batch in RUNS:
         if args.only and arch not in args.only:
@@ -72,11 +88,11 @@ def main(argv: list[str] | None = None) -> None:
             }
         )
         print(json.dumps(records[-1]), flush=True)
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_atomic(
-        workdir / "epoch_time.json",
+    write_output(
+        args.workdir,
+        "epoch_time.json",
         json.dumps({"command": command(__spec__.name, argv), "machine": machine(), "records": records}, indent=2),
+        overwrite=args.overwrite,
     )
 
 

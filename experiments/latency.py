@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import offsetjax as oj
+from experiments import cli
 from experiments.config import load_config
 from experiments.datasets import load_splits
 from experiments.methods import Method, methods, snn_for
@@ -34,8 +35,8 @@ from experiments.results import (
     pyplot,
     record,
     results_directory,
-    run_id,
     save_figure,
+    studying,
     write_output,
 )
 from offsetjax.executor import DELAYS
@@ -107,7 +108,7 @@ def markdown(results: dict, ticks: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, ticks: dict, path: Path) -> bool:
+def plot(results: dict, ticks: dict, path: Path, *, overwrite: bool = False) -> bool:
     """Accuracy against the tick of each output, a panel per delay; False without matplotlib."""
     plt = pyplot()
     if plt is None:
@@ -132,32 +133,40 @@ def plot(results: dict, ticks: dict, path: Path) -> bool:
     axes[0].set_ylabel("top-1 accuracy (%)")
     axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle(f"{results['dataset']} / {results['arch']}: accuracy against latency")
-    save_figure(fig, path)
+    save_figure(fig, path, overwrite=overwrite)
     return True
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=results_directory, required=True, help="a finished run")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs edited by hand or not offsetjax's")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
     args = parser.parse_args(argv)
     workdir = args.workdir
+    outputs = ["latency.json", "latency.md", "latency.png"]
     try:
-        config, identity = load_config(workdir), run_id(workdir)
+        with studying(workdir, outputs, overwrite=args.overwrite) as identity:
+            config = load_config(workdir)
+            results = load_results(workdir)
+            ticks = results.get("latency_ticks")
+            if ticks is None:  # from the network's graph and the schedules: fresh weights do
+                model = oj.models.ARCHITECTURES[config.arch](data.NUM_CLASSES[config.dataset])
+                image_shape = data.take(load_splits(config)[1], np.arange(1))[0].shape[1:]
+                ann_variables = model.init(jax.random.key(0), jnp.zeros((1, *image_shape)))
+                rows = {name: method for name, method in methods(config).items() if name in results["snn"]}
+                ticks = latency_ticks(model, ann_variables, rows, image_shape)
+                report = {"run": identity, "command": command(__spec__.name, argv), "latency_ticks": ticks}
+                write_output(workdir, "latency.json", json.dumps(report, indent=2), overwrite=args.overwrite)
+            write_output(workdir, "latency.md", markdown(results, ticks), overwrite=args.overwrite)
+            if plot(results, ticks, workdir / "latency.png", overwrite=args.overwrite):
+                record(workdir, workdir / "latency.png")
     except RunError as error:
         parser.error(str(error))
-    results = load_results(workdir)
-    ticks = results.get("latency_ticks")
-    if ticks is None:  # from the network's graph and the schedules: fresh weights do
-        model = oj.models.ARCHITECTURES[config.arch](data.NUM_CLASSES[config.dataset])
-        image_shape = data.take(load_splits(config)[1], np.arange(1))[0].shape[1:]
-        ann_variables = model.init(jax.random.key(0), jnp.zeros((1, *image_shape)))
-        rows = {name: method for name, method in methods(config).items() if name in results["snn"]}
-        ticks = latency_ticks(model, ann_variables, rows, image_shape)
-        report = {"run": identity, "command": command(__spec__.name, argv), "latency_ticks": ticks}
-        write_output(workdir, "latency.json", json.dumps(report, indent=2))
-    write_output(workdir, "latency.md", markdown(results, ticks))
-    if plot(results, ticks, workdir / "latency.png"):
-        record(workdir, workdir / "latency.png")
     print(markdown(results, ticks))
     return ticks
 

@@ -22,6 +22,7 @@ import argparse
 import copy
 import importlib.metadata
 import json
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -29,8 +30,11 @@ import jax
 import numpy as np
 
 import offsetjax as oj
+from experiments import cli
+from experiments.cli import COUNT, STEPS, Directory
+from experiments.config import load_config
 from experiments.datasets import calibration_set
-from experiments.results import command, record, run_id, write_output
+from experiments.results import command, studying, write_output
 from experiments.runs import USER_ERRORS, load_finished
 from offsetjax.interop.nir import initial_potentials, to_nir
 from offsetjax.training import data
@@ -221,20 +225,45 @@ def compare(peer: np.ndarray, expected: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", type=Path, required=True, help="a finished run of an experiment")
-    parser.add_argument("--num-steps", type=int, nargs="+", default=[4, 32], help="the Ts compared")
-    parser.add_argument("--num-images", type=int, default=64, help="test images compared")
-    parser.add_argument("--batch-size", type=int, default=16, help="batch size the peers run at")
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", type=Directory(exists=True), required=True, help="a finished run of an experiment")
+    parser.add_argument("--num-steps", type=STEPS, nargs="+", default=[4, 32], help="the Ts compared")
+    parser.add_argument("--num-images", type=COUNT, default=64, help="test images compared")
+    parser.add_argument("--batch-size", type=COUNT, default=16, help="batch size the peers run at")
     parser.add_argument("--peers", nargs="+", default=list(LOADERS), choices=list(LOADERS))
-    args = parser.parse_args(argv)
-    import nir
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs edited by hand or not offsetjax's")
+    return parser
 
+
+#: The rows compared: name -> (uses the run's rho, k).
+METHODS = {"qcfs": False, "data_v0": False, "cos_k1": True}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    outputs = [f"nir/peers_{method}_T{t}.nir" for t in args.num_steps for method in METHODS]
+    outputs += ["nir_peers.json", "nir_peers.md"]
     try:
-        config, model, ann_variables, train_split, test_split = load_finished(args.workdir)
+        with studying(args.workdir, outputs, overwrite=args.overwrite) as identity:
+            presim_steps = load_config(args.workdir).presim_steps
+            if min(args.num_steps) < presim_steps:
+                parser.error(f"--num-steps {min(args.num_steps)} is below the run's presim-steps {presim_steps} (COS)")
+            report = compare_peers(args, identity)
+            report["command"] = command(__spec__.name, argv)
+            write_output(args.workdir, "nir_peers.json", json.dumps(report, indent=2), overwrite=args.overwrite)
+            write_output(args.workdir, "nir_peers.md", markdown(report), overwrite=args.overwrite)
     except USER_ERRORS as error:
         parser.error(str(error))
+    return report
+
+
+def compare_peers(args, identity: str) -> dict:
+    """Every method's file at every T run by every peer (the files written as they are made)."""
+    import nir
+
+    config, model, ann_variables, train_split, test_split = load_finished(args.workdir)
     count = min(args.num_images, data.num_examples(test_split))
     images, labels = data.take(test_split, np.arange(count))  # as the evaluation takes them
     images, labels = np.asarray(images, np.float32), np.asarray(labels)
@@ -242,27 +271,28 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "dataset": config.dataset,
         "arch": config.arch,
-        "run": run_id(args.workdir),
+        "run": identity,
         "num_images": len(images),
         "batch_size": args.batch_size,
         "versions": {peer: version(distribution) for peer, (_, distribution) in LOADERS.items()},
         "steps": {},
     }
     (args.workdir / "nir").mkdir(exist_ok=True)
-    methods = {"qcfs": (0, 0), "data_v0": (0, 0), "cos_k1": (config.presim_steps, 1)}
     for num_steps in args.num_steps:
         plain = oj.spiking_model(model, num_steps=num_steps)
         # offsetjax's own network without calibration: what a peer can reach from a COS file
         uncalibrated = np.asarray(oj.simulate(plain, oj.convert_variables(plain, ann_variables), images), np.float64)
         report["steps"][str(num_steps)] = by_method = {}
-        for method, (presim, iterations) in methods.items():
+        for method, calibrated in METHODS.items():
+            presim, iterations = (config.presim_steps, 1) if calibrated else (0, 0)
             snn = oj.spiking_model(model, num_steps=num_steps, presim_steps=presim, iterations=iterations)
             variables = oj.convert_variables(snn, ann_variables)
             if method == "data_v0":
                 variables = oj.data_potential(snn, ann_variables, calibration_set(config, train_split))
-            path = args.workdir / "nir" / f"peers_{method}_T{num_steps}.nir"
-            nir.write(path, to_nir(snn, variables, image_shape))
-            record(args.workdir, path)
+            with tempfile.TemporaryDirectory() as scratch:
+                nir.write(Path(scratch) / "graph.nir", to_nir(snn, variables, image_shape))
+                content = (Path(scratch) / "graph.nir").read_bytes()
+            path = write_output(args.workdir, f"nir/peers_{method}_T{num_steps}.nir", content, overwrite=args.overwrite)
             expected = np.asarray(oj.simulate(snn, variables, images), np.float64)
             by_method[method] = rows = {}
             for peer in args.peers:
@@ -271,9 +301,6 @@ def main(argv: list[str] | None = None) -> dict:
                     rows[peer]["vs_uncalibrated"] = compare(rows[peer].pop("outputs"), uncalibrated, labels)
                 rows[peer].pop("outputs", None)
                 print(f"T={num_steps}", method, peer, rows[peer], flush=True)
-    report["command"] = command(__spec__.name, argv)
-    write_output(args.workdir, "nir_peers.json", json.dumps(report, indent=2))
-    write_output(args.workdir, "nir_peers.md", markdown(report))
     return report
 
 

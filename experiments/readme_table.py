@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments import cli
+from experiments.cli import Name
 from experiments.latency import load_latency
 from experiments.latency import markdown as latency_markdown
 from experiments.report import equal_budget, equal_budget_lines
@@ -138,13 +140,20 @@ def budget_tables(paths: list[Path]) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     table = parser.add_mutually_exclusive_group()
     for flag in ("--budget", "--nir", "--energy", "--latency", "--seeds"):
         table.add_argument(flag, action="store_true", help=f"the {flag[2:]} table (default: accuracy)")
-    parser.add_argument("--methods", nargs="+", help="only these rows of the accuracy table (default: every row)")
+    parser.add_argument(
+        "--methods", nargs="+", type=Name(), help="only these rows of the accuracy table (default: every row)"
+    )
     parser.add_argument("runs", nargs="+", type=results_directory, help="finished runs (holding results.json)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     paths = args.runs
     if args.methods:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from experiments import latency
+from experiments import cli, latency
 from experiments.results import (
+    RunError,
     accuracy_cell,
     best_lines,
     load_results,
@@ -17,6 +18,7 @@ from experiments.results import (
     record,
     results_directory,
     save_figure,
+    studying,
     write_output,
 )
 from offsetjax.stats import PSI_BINS
@@ -117,7 +119,7 @@ def write_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_plots(results: dict, workdir: Path) -> list[Path]:
+def write_plots(results: dict, workdir: Path, *, overwrite: bool = False) -> list[Path]:
     """Accuracy vs T and vs total steps, |psi| per layer, zero ratio / MSE vs k. Returns the files."""
     plt = pyplot()
     if plt is None:
@@ -138,7 +140,7 @@ def write_plots(results: dict, workdir: Path) -> list[Path]:
     axes[0].set_ylabel("top-1 accuracy (%)")
     axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle(title)
-    written.append(save_figure(fig, workdir / "accuracy_vs_steps.png"))
+    written.append(save_figure(fig, workdir / "accuracy_vs_steps.png", overwrite=overwrite))
 
     per_layer = results["offset_per_layer"]
     names = list(per_layer)
@@ -159,7 +161,7 @@ def write_plots(results: dict, workdir: Path) -> list[Path]:
     axes[0][0].set_ylabel("% of neurons")
     axes.flat[len(names) - 1].legend(loc="lower right")
     fig.suptitle(f"{title}: |offset spike| per layer at T = L")
-    written.append(save_figure(fig, workdir / "psi_per_layer.png"))
+    written.append(save_figure(fig, workdir / "psi_per_layer.png", overwrite=overwrite))
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     snn = results["snn"]
@@ -181,7 +183,7 @@ def write_plots(results: dict, workdir: Path) -> list[Path]:
         axis.set_xlabel("calibration iterations k (0 = QCFS baseline)")
         axis.grid(alpha=0.3)
     fig.suptitle(title)
-    written.append(save_figure(fig, workdir / "offset_vs_iterations.png"))
+    written.append(save_figure(fig, workdir / "offset_vs_iterations.png", overwrite=overwrite))
 
     totals, by_total = equal_budget(results)
     fig, axis = plt.subplots(figsize=(7, 4.5))
@@ -209,7 +211,7 @@ def write_plots(results: dict, workdir: Path) -> list[Path]:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7, ncol=2)
     fig.suptitle(f"{title}: methods at equal total steps")
-    written.append(save_figure(fig, workdir / "equal_budget.png"))
+    written.append(save_figure(fig, workdir / "equal_budget.png", overwrite=overwrite))
 
     if results.get("operations"):
         fig, axis = plt.subplots(figsize=(6, 4))
@@ -228,7 +230,7 @@ def write_plots(results: dict, workdir: Path) -> list[Path]:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
         fig.suptitle(f"{title}: accuracy against energy")
-        written.append(save_figure(fig, workdir / "accuracy_vs_energy.png"))
+        written.append(save_figure(fig, workdir / "accuracy_vs_energy.png", overwrite=overwrite))
     if "latency_ticks" in results and latency.plot(
         results, results["latency_ticks"], workdir / "accuracy_vs_latency.png"
     ):
@@ -236,15 +238,37 @@ def write_plots(results: dict, workdir: Path) -> list[Path]:
     return written
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+#: The files :func:`write_markdown` and :func:`write_plots` write in a run's directory.
+REPORT_FILES = (
+    "results.md",
+    "accuracy_vs_steps.png",
+    "psi_per_layer.png",
+    "offset_vs_iterations.png",
+    "equal_budget.png",
+    "accuracy_vs_energy.png",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("workdirs", nargs="+", type=results_directory, help="finished runs (holding results.json)")
-    for workdir in parser.parse_args(argv).workdirs:
-        results = load_results(workdir)
-        write_output(workdir, "results.md", write_markdown(results))
-        plots = write_plots(results, workdir)
-        record(workdir, *plots)
-        print(workdir, [path.name for path in plots])
+    parser.add_argument("--overwrite", action="store_true", help="replace reports edited by hand or not offsetjax's")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        for workdir in args.workdirs:
+            with studying(workdir, REPORT_FILES, overwrite=args.overwrite):
+                results = load_results(workdir)
+                write_output(workdir, "results.md", write_markdown(results), overwrite=args.overwrite)
+                plots = write_plots(results, workdir, overwrite=args.overwrite)
+                record(workdir, *plots)
+                print(workdir, [path.name for path in plots])
+    except RunError as error:
+        parser.error(str(error))
 
 
 if __name__ == "__main__":

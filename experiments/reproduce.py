@@ -28,7 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from experiments.results import ROOT, load_results, results_directory
+from experiments import cli
+from experiments.results import OUTPUTS, ROOT, RunError, load_results, results_directory
 
 #: Fields that differ between two runs of the same command by design.
 UNCOMPARED = ("wall_time_seconds", "command")
@@ -56,12 +57,22 @@ def differences(committed, new, path: str = "") -> list[str]:
 DIRECTORY_FLAGS = ("--overwrite", "--resume", "--no-overwrite", "--no-resume")
 
 
+def check_reproducible(workdir: Path, *, from_weights: bool) -> list[str]:
+    """The recorded command's module and arguments, or a :class:`RunError` saying why the run in
+    ``workdir`` cannot be re-run here."""
+    command = load_results(workdir).get("command")
+    words = shlex.split(command) if isinstance(command, str) else []
+    if len(words) < 3 or words[:2] != ["python", "-m"] or not words[2].startswith("experiments."):
+        raise RunError(f"{workdir}/results.json records no experiments command ({command!r}): it cannot be re-run")
+    if (from_weights or "--eval-only" in words) and not (workdir / "checkpoints").is_dir():
+        raise RunError(f"{workdir} holds no checkpoints: it cannot be evaluated again from its weights here")
+    return words
+
+
 def rerun(workdir: Path, scratch: Path, *, from_weights: bool = False) -> dict:
     """Run ``workdir``'s recorded command into ``scratch`` (with ``--eval-only`` from its
     checkpoint when ``from_weights``); returns the new results."""
-    words = shlex.split(load_results(workdir)["command"])
-    if len(words) < 3 or words[:2] != ["python", "-m"] or not words[2].startswith("experiments."):
-        raise SystemExit(f"error: {workdir}/results.json's command is not an experiments module: {' '.join(words)}")
+    words = check_reproducible(workdir, from_weights=from_weights)
     arguments = [word for word in words[3:] if word not in DIRECTORY_FLAGS]
     if "--workdir" in arguments:
         index = arguments.index("--workdir")
@@ -69,12 +80,8 @@ def rerun(workdir: Path, scratch: Path, *, from_weights: bool = False) -> dict:
     if from_weights and "--eval-only" not in arguments:
         arguments.append("--eval-only")
     if "--eval-only" in arguments:
-        if not (workdir / "checkpoints").is_dir():
-            raise SystemExit(
-                f"error: {workdir} is an --eval-only run without its checkpoints: it cannot be re-run here"
-            )
         shutil.copytree(workdir / "checkpoints", scratch / "checkpoints")
-        for name in ("config.json", "train_log.jsonl"):
+        for name in ("config.json", "train_log.jsonl", OUTPUTS):
             shutil.copy2(workdir / name, scratch / name)
     command = [sys.executable, "-m", words[2], *arguments, "--workdir", str(scratch)]
     print("running", " ".join(command[1:]), flush=True)
@@ -82,14 +89,24 @@ def rerun(workdir: Path, scratch: Path, *, from_weights: bool = False) -> dict:
     return load_results(scratch)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=results_directory, help="committed runs (holding results.json)")
     parser.add_argument(
         "--from-weights", action="store_true", help="evaluate the committed checkpoint again instead of retraining"
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directories (printed)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    for workdir in args.runs:  # every run checked before any is re-run
+        try:
+            check_reproducible(workdir, from_weights=args.from_weights)
+        except RunError as error:
+            parser.error(str(error))
     failed = False
     for workdir in args.runs:
         scratch = Path(tempfile.mkdtemp(prefix="offsetjax-reproduce-"))

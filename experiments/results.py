@@ -12,15 +12,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
+import io
 import json
 import os
 import platform
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+#: A run directory's lock file: held exclusively (flock) by the run writing it, shared by studies.
+LOCK = ".lock"
 #: The record of every file offsetjax wrote in a run directory: ``{relative path: sha256}``.
 OUTPUTS = ".offsetjax-outputs.json"
 #: The T columns of the summary tables.
@@ -38,30 +44,89 @@ def digest(path: Path) -> str:
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write ``path`` through a temporary file and a rename."""
+    """Write ``path`` through a temporary file of its own (a unique name beside it, so that
+    processes writing the same file concurrently never share one) and a rename."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(text.encode() if isinstance(text, str) else text)
-    os.replace(tmp, path)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(text.encode() if isinstance(text, str) else text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+#: Names a script may not take for an output file it names after a flag: a run's own files.
+RESERVED_NAMES = ("results", "config", "train_log", "checkpoints", "nir", "nir_peers", "latency", "levels_sweep")
+
+
+def output_name(value: str) -> str:
+    """An ``argparse`` type: a file name (without extension) for a script's output, written inside
+    the run's directory: no path separator, no ``..``, not hidden, not one of the run's own
+    files (:data:`RESERVED_NAMES`)."""
+    if not value or "/" in value or "\\" in value or value.startswith(".") or value in RESERVED_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an output name: a plain file name (letters, digits, '_', '-'), no path, "
+            f"not hidden, not one of the run's own files ({', '.join(RESERVED_NAMES)})"
+        )
+    return value
+
+
+def inside(workdir: Path, name: str | Path) -> Path:
+    """``workdir / name``, refused (:class:`RunError`) unless it lies inside ``workdir``: a name
+    with ``..``, an absolute one, or one through a link leading out would write elsewhere."""
+    workdir, path = Path(workdir), Path(name)
+    path = path if path.is_absolute() or path.is_relative_to(workdir) else workdir / path
+    if (
+        not path.is_relative_to(workdir)
+        or ".." in path.relative_to(workdir).parts
+        or not path.resolve().is_relative_to(workdir.resolve())
+    ):
+        raise RunError(f"{name} is not inside {workdir}: offsetjax writes a run's files only in its directory")
+    return path
+
+
+def check_outputs(workdir: Path, names, *, overwrite: bool = False) -> None:
+    """Refuse (:class:`RunError`), before any work, to replace a file of ``names`` (relative to
+    ``workdir``) that offsetjax did not record writing there or that changed since it did (a hand
+    edit), unless ``overwrite``. A recorded, unchanged output is simply made again."""
+    recorded = recorded_outputs(workdir)
+    blocked = []
+    for name in names:
+        path = inside(workdir, name)
+        if path.exists() and not overwrite and recorded.get(Path(name).as_posix()) != digest(path):
+            blocked.append(Path(name).as_posix())
+    if blocked:
+        raise RunError(
+            f"{workdir} holds {', '.join(blocked)}, which offsetjax did not write or which changed since it wrote "
+            "them (edited by hand?): move them away, or pass --overwrite to replace them"
+        )
 
 
 def recorded_outputs(workdir: Path) -> dict[str, str]:
     """``{relative path: sha256}`` of the files offsetjax recorded writing in ``workdir``."""
     path = Path(workdir) / OUTPUTS
-    return json.loads(path.read_text()) if path.exists() else {}
+    outputs = json.loads(path.read_text()) if path.exists() else {}
+    # only names inside the directory: a record naming ../ (older versions wrote them) is never followed
+    return {name: sha for name, sha in outputs.items() if not (Path(name).is_absolute() or ".." in Path(name).parts)}
 
 
 def record(workdir: Path, *paths: Path) -> None:
     """Record ``paths`` (files in ``workdir`` or below) as offsetjax's outputs, with their digests now."""
     outputs = recorded_outputs(workdir)
     for path in paths:
-        outputs[Path(path).relative_to(workdir).as_posix()] = digest(path)
+        path = inside(workdir, path)
+        outputs[path.relative_to(workdir).as_posix()] = digest(path)
     write_atomic(Path(workdir) / OUTPUTS, json.dumps(outputs, indent=1, sort_keys=True))
 
 
-def write_output(workdir: Path, name: str, text: str | bytes) -> Path:
-    """:func:`write_atomic` ``workdir / name`` and :func:`record` it; returns the path."""
-    path = Path(workdir) / name
+def write_output(workdir: Path, name: str, text: str | bytes, *, overwrite: bool = False) -> Path:
+    """:func:`write_atomic` ``workdir / name`` and :func:`record` it; returns the path. Refuses a
+    name outside ``workdir`` and, unless ``overwrite``, an existing file :func:`check_outputs`
+    would not replace."""
+    check_outputs(workdir, [name], overwrite=overwrite)
+    path = inside(workdir, name)
     write_atomic(path, text)
     record(workdir, path)
     return path
@@ -126,6 +191,12 @@ def results_directory(value: str) -> Path:
         raise argparse.ArgumentTypeError(
             f"{value} holds no results.json (not a finished run of offsetjax's experiments)"
         )
+    try:
+        results = json.loads((path / "results.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(f"{value}/results.json cannot be read ({error}): make the run again") from None
+    if not isinstance(results, dict) or not {"dataset", "arch", "snn"} <= set(results):
+        raise argparse.ArgumentTypeError(f"{value}/results.json is not a run's results (no dataset, arch, snn)")
     return path
 
 
@@ -153,6 +224,41 @@ def check_derived(workdir: Path, name: str, module: str) -> dict:
     return report
 
 
+@contextlib.contextmanager
+def studying(workdir: Path, outputs=(), *, overwrite: bool = False):
+    """Hold the finished run in ``workdir`` for a script that studies it, and yield its run id.
+
+    Takes a shared lock on the run's ``.lock`` for the life of the script: other studies read
+    alongside, but a run that would retrain or overwrite the directory (which locks it
+    exclusively) is refused, and a study of a directory a run holds is refused. The run id is
+    read once, here, so a report records the run it was computed from. ``outputs`` (names in
+    ``workdir``) are checked before any work (:func:`~experiments.results.check_outputs`).
+    """
+    workdir = Path(workdir)
+    if not (workdir / "config.json").is_file():
+        raise RunError(f"--workdir {workdir} holds no run of offsetjax's experiments (no config.json)")
+    try:
+        lock = open(workdir / LOCK, "a+")  # noqa: SIM115 - held for the life of the study
+    except OSError as error:
+        raise RunError(f"cannot open {workdir / LOCK}: {error.strerror}") from None
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise RunError(
+                f"--workdir {workdir} is in use by a run (pid {holder}): study it once that run has finished"
+            ) from None
+        identity = run_id(workdir)
+        check_outputs(workdir, outputs, overwrite=overwrite)
+        if outputs and not os.access(workdir, os.W_OK | os.X_OK):
+            raise RunError(f"--workdir {workdir} is not writable")
+        yield identity
+    finally:
+        lock.close()
+
+
 def progress_bar(**options):
     """A tqdm bar that refreshes every :data:`PROGRESS_INTERVAL` and, in a log file, keeps its last line."""
     from tqdm.auto import tqdm
@@ -173,13 +279,16 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path: Path) -> Path:
-    """Write ``fig`` to ``path`` as a PNG, whole or not at all, and close it."""
-    fig.tight_layout()
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    fig.savefig(tmp, dpi=110, format="png")
-    os.replace(tmp, path)
+def save_figure(fig, path: Path, *, overwrite: bool = False) -> Path:
+    """Write ``fig`` to ``path`` as a PNG, whole or not at all, and close it (refusing, as
+    :func:`write_output`, a file of its directory offsetjax did not write, unless ``overwrite``)."""
     import matplotlib.pyplot as plt
 
+    path = Path(path)
+    check_outputs(path.parent, [path.name], overwrite=overwrite)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format="png")
     plt.close(fig)
-    return Path(path)
+    write_atomic(path, buffer.getvalue())
+    return path

@@ -48,15 +48,24 @@ from experiments.config import (
 )
 from experiments.datasets import check_data, load_splits
 from experiments.evaluation import evaluate_all
-from experiments.report import write_markdown, write_plots
-from experiments.results import OUTPUTS, RunError, command, digest, record, recorded_outputs, write_output
+from experiments.report import REPORT_FILES, write_markdown, write_plots
+from experiments.results import (
+    LOCK,
+    OUTPUTS,
+    RunError,
+    check_outputs,
+    command,
+    digest,
+    record,
+    recorded_outputs,
+    write_output,
+)
 from experiments.training import build_model, read_train_log, restore_trained, train_ann
 from offsetjax import parallel
 from offsetjax.training import checkpoint, data
 
 #: What a directory holding a run contains (any one of them).
 RUN_FILES = ("config.json", "train_log.jsonl", "results.json", "checkpoints")
-LOCK = ".lock"
 #: Where the pipeline keeps its checkpoints (each verified by its own manifest).
 CHECKPOINTS = "checkpoints"
 
@@ -203,6 +212,8 @@ def _run_locked(config: ExperimentConfig, workdir: Path, primary: bool, command_
     stored = read_config(workdir)
     if (config.resume or config.eval_only) and stored is not None:
         check_resumable(stored, dataclasses.asdict(config), TRAINING_FIELDS)
+    if primary and (config.eval_only or config.resume):  # before any work: hand edits of its reports survive
+        check_outputs(workdir, ["config.json", "results.json", *REPORT_FILES])
     began = time.perf_counter()
     train_split, test_split = load_splits(config)
     check_data(config, train_split, test_split)

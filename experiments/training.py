@@ -175,5 +175,6 @@ def read_train_log(path: Path, *, repair: bool = False) -> list[dict]:
             if number < len(lines):
                 raise RunError(f"{path} line {number} is not a JSON row: {line[:60]!r}") from None
             if repair:
-                write_output(path.parent, path.name, "".join(json.dumps(row) + "\n" for row in rows))
+                # our own log, a partial last line dropped (its digest no longer the recorded one)
+                write_output(path.parent, path.name, "".join(json.dumps(row) + "\n" for row in rows), overwrite=True)
     return rows

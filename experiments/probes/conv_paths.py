@@ -6,10 +6,13 @@ Prints milliseconds per call (mean of 3 after a warm-up) at VGG-16's feature-map
 batch 32, and the largest difference between the results.
 """
 
+import argparse
 import time
 
 import jax
 import jax.numpy as jnp
+
+from experiments import cli
 
 
 def mean_seconds(fn, *args, repeats=3):
@@ -20,7 +23,12 @@ def mean_seconds(fn, *args, repeats=3):
     return (time.perf_counter() - began) / repeats
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
+    return cli.ArgumentParser(description=__doc__.split("\n")[0])  # no options: prints its table
+
+
+def main(argv: list[str] | None = None) -> None:
+    build_parser().parse_args(argv)
     for batch, side, channels in [(32, 2, 512), (32, 4, 512), (32, 8, 256), (32, 16, 128), (32, 32, 64)]:
         x = jax.random.normal(jax.random.key(0), (batch, side, side, channels))
         kernel = jax.random.normal(jax.random.key(1), (3, 3, channels, channels)) * 0.01

@@ -117,19 +117,34 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    from experiments import cli
+    from experiments.cli import STEPS, Ints, Name, NewFile  # not in the workers: they import only offsetjax
+
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--networks", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--steps", nargs="+", type=int, default=[4, 8])
-    parser.add_argument("--images", type=int, default=256, help="calibration images (training split)")
-    parser.add_argument("--label", default="after", help="name of the library version measured")
-    parser.add_argument("--out", default="results/probes/data_calibration", help="output path without suffix")
+    parser.add_argument("--steps", nargs="+", type=STEPS, default=[4, 8])
+    parser.add_argument("--images", type=Ints(1, 60000), default=256, help="calibration images (training split)")
+    parser.add_argument("--label", type=Name(), default="after", help="name of the library version measured")
+    parser.add_argument(
+        "--out", type=NewFile(), default=Path("results/probes/data_calibration"), help="output path without suffix"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs edited by hand or not offsetjax's")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     import jax
 
-    from experiments.results import command, write_atomic  # not in the workers: they import only offsetjax
+    from experiments.results import RunError, check_outputs, command, write_output
 
     out = Path(args.out)
+    try:  # before any measurement
+        check_outputs(out.parent, [out.name + ".json", out.name + ".md"], overwrite=args.overwrite)
+    except RunError as error:
+        parser.error(str(error))
     path = out.with_suffix(".json")
     saved = json.loads(path.read_text()) if path.exists() else {"records": []}
     records = [r for r in saved["records"] if r["label"] != args.label]
@@ -156,16 +171,17 @@ def main(argv: list[str] | None = None) -> None:
     for record in records:
         for task in ("data_potential", "simulate"):
             record[task].pop("library_dir", None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(saved, indent=2))
+    write_output(out.parent, path.name, json.dumps(saved, indent=2), overwrite=args.overwrite)
     machines = "; ".join(
         f"{label}: offsetjax {m['library']}, `{m['command']}`, {m['backend']} ({m['cpu']}, {m['cores']} cores), "
         f"jax {m['jax']}"
         for label, m in saved["machines"].items()
     )
-    write_atomic(
-        out.with_suffix(".md"),
-        f"{table(records)}\n\nFirst calls in fresh processes; 'again' is the second call in the same process. "
+    write_output(
+        out.parent,
+        out.name + ".md",
+        overwrite=args.overwrite,
+        text=f"{table(records)}\n\nFirst calls in fresh processes; 'again' is the second call in the same process. "
         f"{machines}.\n",
     )
 

@@ -20,7 +20,9 @@ from pathlib import Path
 import jax
 
 import offsetjax as oj
-from experiments.results import command, machine, write_atomic
+from experiments import cli
+from experiments.cli import Ints, NewFile
+from experiments.results import RunError, check_outputs, command, machine, write_output
 
 NETWORKS = {"small_vgg": (8, 8, 1), "small_resnet": (28, 28, 1)}
 SCHEDULES = {"qcfs": {}, "cos_k1": {"presim_steps": 4, "iterations": 1}}
@@ -39,12 +41,25 @@ def seconds(call, repeats: int) -> tuple[float, float]:
     return first, statistics.median(again)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=Ints(1, 4096), default=64)
+    parser.add_argument("--repeats", type=Ints(1, 1000), default=3)
+    parser.add_argument(
+        "--out", type=NewFile(), default=Path("results/probes/executor_cost"), help="output path without suffix"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs edited by hand or not offsetjax's")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default="results/probes/executor_cost", help="output path without suffix")
+    parser = build_parser()
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    try:  # before any measurement
+        check_outputs(out.parent, [out.name + ".json", out.name + ".md"], overwrite=args.overwrite)
+    except RunError as error:
+        parser.error(str(error))
     records = []
     for name, shape in NETWORKS.items():
         model = oj.models.ARCHITECTURES[name](10)
@@ -69,10 +84,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 }
             )
             print(json.dumps(records[-1]), flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     report = {"command": command(__spec__.name, argv), "machine": machine(), "records": records}
-    write_atomic(out.with_suffix(".json"), json.dumps(report, indent=2))
+    write_output(out.parent, out.name + ".json", json.dumps(report, indent=2), overwrite=args.overwrite)
     lines = [
         "| network | method | batch | simulate: first s, again s | step by step: first s, again s "
         "| step by step / simulate: first, again |",
@@ -84,7 +97,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"{r['simulate_again_s']:.3f} | {r['step_by_step_first_s']:.2f}, {r['step_by_step_again_s']:.3f} "
             f"| {r['first_ratio']:.1f}, {r['again_ratio']:.1f} |"
         )
-    write_atomic(out.with_suffix(".md"), "\n".join(lines) + f"\n\nReproduce: `{report['command']}`\n")
+    text = "\n".join(lines) + f"\n\nReproduce: `{report['command']}`\n"
+    write_output(out.parent, out.name + ".md", text, overwrite=args.overwrite)
     print("\n".join(lines))
     return records
 

@@ -15,12 +15,14 @@ Prints, per network and T, the neurons (over all sites and images) whose spike t
 from the authors' and how many of the 4 images get the same prediction at each t.
 """
 
+import argparse
 import copy
 
 import jax
 import numpy as np
 import torch
 
+from experiments import cli
 from offsetjax import offset
 from tests.test_parity import PRESIM_STEPS, channels_last, offsetjax_run, reference_network
 from tests.torch_models import calibrated_snn
@@ -33,7 +35,12 @@ def round1_tolerance(v, theta, *, tolerance=None):
     return plain_floor(v, theta, tolerance=1e-4 if tolerance is None else tolerance)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    return cli.ArgumentParser(description=__doc__.split("\n")[0])  # no options: prints its table
+
+
+def main(argv: list[str] | None = None) -> None:
+    build_parser().parse_args(argv)
     print("network T convention differing_neurons/all same_prediction_per_t")
     for arch in ("vgg16", "resnet20"):
         model, images = reference_network(arch)

@@ -22,7 +22,9 @@ from pathlib import Path
 import jax
 
 import offsetjax as oj
-from experiments import benchmark
+from experiments import benchmark, cli
+from experiments.cli import STEPS, Ints, NewFile
+from experiments.results import RunError, check_outputs, write_output
 from offsetjax import simulation
 
 PRESIM_STEPS, ITERATIONS = 4, 1
@@ -63,15 +65,36 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def unroll_choice(text: str) -> str:
+    """``full``, ``auto`` or a positive integer."""
+    if text in ("full", "auto"):
+        return text
+    STEPS(text)
+    return text
+
+
+unroll_choice.__name__ = "unroll"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--networks", nargs="+", default=["vgg16", "resnet20"], choices=["vgg16", "resnet20"])
-    parser.add_argument("--steps", nargs="+", type=int, default=[4, 8, 16, 32, 64])
-    parser.add_argument("--unrolls", nargs="+", default=["full", "1", "auto"])
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path("results/probes/scan_unroll"))
-    args = parser.parse_args()
+    parser.add_argument("--steps", nargs="+", type=STEPS, default=[4, 8, 16, 32, 64])
+    parser.add_argument("--unrolls", nargs="+", type=unroll_choice, default=["full", "1", "auto"])
+    parser.add_argument("--batch", type=Ints(1, 4096), default=16)
+    parser.add_argument("--repeats", type=Ints(1, 1000), default=3)
+    parser.add_argument("--out", type=NewFile(), default=Path("results/probes/scan_unroll"))
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs edited by hand or not offsetjax's")
+    return parser
+
+
+def main(argv: list[str] | None = None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:  # before any measurement
+        check_outputs(args.out.parent, [args.out.name + ".json", args.out.name + ".md"], overwrite=args.overwrite)
+    except RunError as error:
+        parser.error(str(error))
     records = []
     for network in args.networks:
         model, variables, images = benchmark.jax_network(network, args.batch)
@@ -83,7 +106,6 @@ def main():
                 record.update(measure(model, variables, images, num_steps, unroll, args.repeats))
                 records.append(record)
                 print(json.dumps({k: v for k, v in record.items() if k != "runs_s"}), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "backend": jax.default_backend(),
         "machine": f"{platform.processor() or platform.machine()}, {len(jax.devices())} device(s)",
@@ -92,12 +114,13 @@ def main():
         "iterations": ITERATIONS,
         "jax": jax.__version__,
     }
-    Path(f"{args.out}.json").write_text(json.dumps({"meta": meta, "records": records}, indent=1) + "\n")
+    text = json.dumps({"meta": meta, "records": records}, indent=1) + "\n"
+    write_output(args.out.parent, args.out.name + ".json", text, overwrite=args.overwrite)
     header = (
         f"Backend {meta['backend']} ({meta['machine']}), jax {meta['jax']}, batch {args.batch}, "
         f"rho = {PRESIM_STEPS}, k = {ITERATIONS}.\n\n"
     )
-    Path(f"{args.out}.md").write_text(header + table(records))
+    write_output(args.out.parent, args.out.name + ".md", header + table(records), overwrite=args.overwrite)
     print(header + table(records))
 
 
