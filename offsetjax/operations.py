@@ -167,7 +167,7 @@ def layer_macs(model: nn.Module, image_shape: tuple[int, ...], batch_norm_eps: f
 
     >>> from offsetjax.models import VGG
     >>> layer_macs(VGG(features=(4, "M"), hidden=(), num_classes=3), (8, 8, 2))
-    {'conv0/Conv_0': 1568.0, 'classifier': 192.0}
+    {'conv0/Conv_0': 3872.0, 'classifier': 192.0}
     """
     ann = model.clone(activation=Activation(_PassThrough))
     image = jnp.ones((1, *image_shape), jnp.float32)
