@@ -14,6 +14,7 @@ import sys
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 import offsetjax as oj
 from offsetjax import parallel, training
@@ -27,9 +28,11 @@ def main(workdir: str) -> None:
     train = data.Split(data.normalize(splits["train"].images[:512], "digits"), splits["train"].labels[:512])
     test = data.Split(data.normalize(splits["test"].images[:90], "digits"), splits["test"].labels[:90])
     model = oj.models.small_vgg(10)
-    fit = functools.partial(training.fit, model, train, epochs=3, batch_size=32, learning_rate=0.1, seed=0)
-    local_state, _ = fit()
     mesh = parallel.data_mesh()
+    order_equal = same_batches_as_one_process(train)
+    gradient = one_step_gradients(model, train, mesh)
+    fit = functools.partial(training.fit, model, train, epochs=3, batch_size=32, learning_rate=0.1, seed=0)
+    local_state, local_log = fit()
     mesh_state, mesh_log = fit(mesh=mesh)
     train_diff = max(
         float(np.max(np.abs(parallel.local_value(a) - parallel.local_value(b))))
@@ -79,8 +82,11 @@ def main(workdir: str) -> None:
         print(
             json.dumps(
                 {
+                    "batch_order_equal": order_equal,
+                    **gradient,
                     "train_max_abs_diff": train_diff,
                     "train_loss": [row["train_loss"] for row in mesh_log],
+                    "train_loss_one_process": [row["train_loss"] for row in local_log],
                     "evaluations": evaluations,
                     "data_potential_max_abs_diff": potential_diff,
                     "ann_equal": ann_alone == ann_meshed,
@@ -90,6 +96,58 @@ def main(workdir: str) -> None:
             ),
             flush=True,
         )
+
+
+def same_batches_as_one_process(train: data.Split) -> bool:
+    """Whether the two processes' rows of every batch of three epochs, put side by side, are the
+    rows one process reads (the data split and order do not depend on the process count)."""
+    indexed = data.Split(train.images, np.arange(len(train.labels)))
+
+    def rows(index: int, count: int) -> np.ndarray:
+        return np.stack(
+            [
+                labels
+                for epoch in range(3)
+                for _, labels in data.batches(
+                    indexed, batch_size=32, seed=0, epoch=epoch, process_index=index, process_count=count
+                )
+            ]
+        )
+
+    gathered = multihost_utils.process_allgather(rows(jax.process_index(), 2))  # [processes, steps, 16]
+    return bool(np.array_equal(np.concatenate(list(gathered), axis=-1), rows(0, 1)))
+
+
+def one_step_gradients(model, train: data.Split, mesh) -> dict:
+    """The loss gradient of one global batch of 32 from one process and from the 2 x 2 mesh, and
+    the float32 bound on their difference (docs/multihost.md): the mesh reorders the sums over
+    the batch (gradient means, batch-norm statistics), at most N = 32 x 8 x 8 terms, and a sum of
+    N float32 terms in another order moves by at most gamma_N = N u / (1 - N u) (u = 2^-24) of the
+    sum of the terms' magnitudes; checked against gamma_N x the largest gradient entry of each
+    leaf (its terms' magnitudes summed are at least that)."""
+    tx = training.sgd_cosine(learning_rate=0.1, total_steps=1)
+    state = training.create_train_state(model, tx, train.images[:2], seed=0)
+    images, labels = next(data.batches(train, batch_size=32, seed=0, epoch=0))
+    mine = slice(16 * jax.process_index(), 16 * (jax.process_index() + 1))
+
+    def loss(params, batch_stats, images, labels):
+        logits, _ = model.apply(
+            {"params": params, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"]
+        )
+        return training.cross_entropy(logits, labels)
+
+    grad = jax.jit(jax.grad(loss))
+    alone = grad(state.params, state.batch_stats, images, labels)
+    replicated = parallel.replicate(mesh, (state.params, state.batch_stats))
+    meshed = grad(*replicated, *parallel.shard_batch(mesh, images[mine], labels[mine]))
+    terms = 32 * 8 * 8
+    gamma = terms * 2.0**-24 / (1 - terms * 2.0**-24)
+    ratios = [
+        float(np.max(np.abs(np.asarray(a) - parallel.local_value(b))) / np.max(np.abs(np.asarray(a))))
+        for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(meshed))
+        if np.max(np.abs(np.asarray(a))) > 0
+    ]
+    return {"gradient_max_relative_diff": max(ratios), "gradient_bound": gamma}
 
 
 if __name__ == "__main__":

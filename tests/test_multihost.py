@@ -37,8 +37,14 @@ def test_two_processes_train_evaluate_and_checkpoint_as_one(tmp_path):
         timeout_s=240,
     )
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    # Same global batch and seed, each process feeding its own rows: the same training.
-    assert report["train_max_abs_diff"] < 1e-5, report
+    # What is invariant across process counts: the data each step sees, one step's gradient up to
+    # float32 reordering of the batch sums (the bound's derivation: docs/multihost.md), and every
+    # evaluation of the same weights (below). Training then amplifies the rounding differences:
+    # on one CPU the parameters stayed within 1e-5 after three epochs, on another they moved by
+    # 0.14, so only the loss curve is bounded, not the parameters (docs/multihost.md).
+    assert report["batch_order_equal"], report
+    assert report["gradient_max_relative_diff"] <= report["gradient_bound"], report
+    np.testing.assert_allclose(report["train_loss"], report["train_loss_one_process"], atol=0.05)
     assert report["train_loss"][-1] < report["train_loss"][0], report
     for iterations, row in report["evaluations"].items():
         assert row["accuracy_equal"], (iterations, row)  # every t = 1..8, padded batches included
