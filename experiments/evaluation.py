@@ -13,7 +13,6 @@ from experiments.latency import latency_ticks
 from experiments.methods import Method, methods, snn_for
 from experiments.results import STEPS, progress_bar
 from offsetjax import evaluate, parallel
-from offsetjax.site import CALIBRATED_FOR
 from offsetjax.training import data
 
 
@@ -67,7 +66,7 @@ def evaluate_all(config: ExperimentConfig, model, variables, train_split, test_s
                 snn_variables = calibration(method, num_steps)
                 if num_steps < method.presim_steps:
                     # made for T, run in the longer network of rho steps on purpose (snn_for)
-                    snn_variables = {k: v for k, v in snn_variables.items() if k != CALIBRATED_FOR}
+                    snn_variables = oj.data_calibration.without_calibration_record(snn_variables)
             return evaluate.evaluate_snn(
                 snn, snn_variables, test_split, batch_size=config.eval_batch_size, mesh=mesh, **options
             )

@@ -80,20 +80,69 @@ def check_finite(name: str, value) -> None:
         raise ValueError(f"{name} must be finite, found {bad} NaN or Inf values")
 
 
-def check_image_batch(images, axis: str = "B"):
-    """Check and return ``images``: a batch ``[B, ...]`` with B >= 1, floating and finite (a
-    NumPy batch is checked on the host, a device array on its device)."""
+#: What an integer input is refused with: offsetjax never guesses a scale for raw pixels.
+CAST_HINT = (
+    "cast and normalise them as the network was trained on them, e.g. "
+    "(images.astype(np.float32) / 255 - mean) / std; offsetjax does not guess the scale of integer inputs"
+)
+
+
+def check_image_batch(images, axis: str = "B", name: str = "images"):
+    """Check and return ``images``: a batch ``[B, ...]`` with B >= 1, floating (integer inputs
+    are refused, :data:`CAST_HINT`) and finite (a NumPy batch is checked on the host, a device
+    array on its device; a tracer only by shape and dtype)."""
     if images.ndim < 2 or images.shape[0] < 1:
-        raise ValueError(f"images must be a batch [{axis}, ...] with {axis} >= 1, got shape {images.shape}")
-    check_float("images", images)
-    check_finite("images", images)
+        raise ValueError(f"{name} must be a batch [{axis}, ...] with {axis} >= 1, got shape {images.shape}")
+    check_float(name, images, hint=CAST_HINT)
+    check_finite(name, images)
     return images
 
 
-def check_float(name: str, value) -> None:
-    """Check that an array has a floating dtype."""
+def check_float(name: str, value, hint: str = "") -> None:
+    """Check that an array has a floating dtype; ``hint`` says what to do instead."""
     if not jnp.issubdtype(value.dtype, jnp.floating):
-        raise ValueError(f"{name} must have a floating dtype, got {value.dtype}")
+        raise ValueError(f"{name} must have a floating dtype, got {value.dtype}" + (f": {hint}" if hint else ""))
+
+
+def compute_dtype(model, params) -> np.dtype:
+    """The dtype ``model`` computes in: its ``dtype`` field when the user set one (e.g.
+    ``jnp.bfloat16``), else the widest floating dtype of ``params`` (float32 normally). Never
+    inferred from the images."""
+    chosen = getattr(model, "dtype", None)
+    if chosen is not None:
+        return jnp.dtype(chosen)
+    dtypes = [jnp.dtype(jnp.result_type(leaf)) for leaf in jax.tree.leaves(params)]
+    floating = [dtype for dtype in dtypes if jnp.issubdtype(dtype, jnp.floating)]
+    return max(floating, key=lambda dtype: dtype.itemsize) if floating else jnp.dtype(jnp.float32)
+
+
+def widen_half(images, dtype):
+    """``images`` cast up to ``dtype`` when they are of a narrower floating dtype below 32 bits
+    (float16, bfloat16): half-precision inputs never turn a float32 network into a half-precision
+    one. Other images are returned as they are (NumPy stays NumPy)."""
+    dtype = jnp.dtype(dtype)
+    if images.dtype.itemsize < min(4, dtype.itemsize) and jnp.issubdtype(dtype, jnp.floating):
+        return images.astype(dtype)
+    return images
+
+
+def leaf_label(name: str, collection: str, path) -> str:
+    """``variables['params']['conv0']['Conv_0']['kernel']``: a leaf as the user indexes it;
+    ``path`` is a tuple of keys or a ``"a/b"`` string."""
+    keys = path.split("/") if isinstance(path, str) else path
+    return f"{name}[{collection!r}]" + "".join(f"[{key!r}]" for key in keys)
+
+
+def nonfinite(value) -> str | None:
+    """``None`` when every element of the concrete array ``value`` is finite, else what it holds
+    (``"NaN"``, ``"3 inf"``...). Read on the host (no program compiled); ``None`` for a tracer."""
+    array = concrete_value(value)
+    if array is None or not jnp.issubdtype(array.dtype, jnp.inexact) or bool(np.all(np.isfinite(array))):
+        return None
+    nans = int(np.count_nonzero(np.isnan(array)))
+    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    kinds = " and ".join(kind for count, kind in ((nans, "NaN"), (bad - nans, "inf")) if count)
+    return kinds if array.size == 1 else f"{kinds} ({bad} of {array.size} values)"
 
 
 def check_broadcastable(name: str, shape: tuple[int, ...], target: tuple[int, ...], target_name: str):
@@ -125,10 +174,12 @@ def images_must_fit(run, images, what: str = "the network"):
 
 class TracedNetwork(NamedTuple):
     """What one abstract ``init`` of a network shows: its variables' shapes,
-    ``{collection: {"a/b/name": shape}}``, and the module paths of its IF sites in call order."""
+    ``{collection: {"a/b/name": shape}}``, the module paths of its IF sites in call order, and
+    the shape of its output (``None`` when it is not one array)."""
 
     variables: dict[str, dict[str, tuple[int, ...]]]
     sites: tuple[str, ...]
+    output: tuple[int, ...] | None = None
 
 
 @functools.lru_cache(maxsize=128)
@@ -151,7 +202,7 @@ def trace_network(model, input_shape: tuple[int, ...]) -> TracedNetwork:
 
     example = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
     with nn.intercept_methods(record):
-        shapes = jax.eval_shape(functools.partial(model.init, jax.random.key(0)), example)
+        output, shapes = jax.eval_shape(functools.partial(model.init_with_output, jax.random.key(0)), example)
     variables = {
         collection: {
             "/".join(path): tuple(leaf.shape)
@@ -160,7 +211,8 @@ def trace_network(model, input_shape: tuple[int, ...]) -> TracedNetwork:
         }
         for collection, tree in shapes.items()
     }
-    return TracedNetwork(variables, tuple(sites))
+    output = tuple(output.shape) if isinstance(output, jax.ShapeDtypeStruct) else None
+    return TracedNetwork(variables, tuple(sites), output)
 
 
 def check_same_tree(name: str, actual, expected: dict[str, tuple[int, ...]], what: str, *, shapes: bool = True) -> None:

@@ -8,6 +8,7 @@ new collection ``initial_potential`` holds v(0) = theta/2 per neuron of every si
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import flax.linen as nn
@@ -18,12 +19,13 @@ from jaxtyping import ArrayLike
 
 from offsetjax._checks import (
     check_choice,
-    check_finite,
+    check_float,
     check_positive,
     check_same_tree,
     check_steps,
-    concrete_value,
     is_abstract,
+    leaf_label,
+    nonfinite,
     trace_network,
 )
 from offsetjax.activation import at_least_float32
@@ -110,6 +112,26 @@ SCHEDULE = {
 }
 
 
+def _check_named_sites(snn: nn.Module, params: dict) -> None:
+    """Refuse ANN params whose activation sites flax named after their class (``QCFS_0``): the
+    SNN's sites would be named ``IFActivation_0``, and find no threshold."""
+    ann = getattr(getattr(snn, "activation", None), "ann", None)
+    module = getattr(ann, "module", None)
+    if module is None:
+        return
+    pattern = re.compile(rf"{re.escape(module.__name__)}_\d+")
+    unnamed = sorted(
+        {"/".join(path[:-1]) for path in params if path[-1] == "threshold" and pattern.fullmatch(path[-2])}
+    )
+    if unnamed:
+        raise ValueError(
+            f"the network creates activation sites without a name ({', '.join(unnamed)}): flax names an unnamed "
+            f"module after its class, so the ANN's {unnamed[0]} becomes another site in the SNN "
+            "(IFActivation_0) and its threshold is lost; create every site with a name, "
+            "self.activation(name='act1')(x)"
+        )
+
+
 def schedule(snn: nn.Module) -> dict[str, Any]:
     """The schedule ``snn`` carries: ``num_steps`` (T), ``presim_steps`` (rho), ``iterations``
     (k), ``eps``, ``saturated``, ``srp_steps`` (tau) and ``unroll``, as given to
@@ -152,8 +174,10 @@ def convert_variables(snn_model: nn.Module, ann_variables: Any, *, example_image
       over its neurons (a per-neuron array of the neuron shape works too).
 
     Raises:
-      ValueError: when the ANN's params do not match the network's, or a threshold is not
-        finite and > 0.
+      ValueError: when the ANN's params do not match the network's (checked with
+        ``example_images``), a leaf of ``params`` or ``batch_stats`` is not floating and finite
+        (named by its path), a threshold is not a finite scalar > 0, or the network's activation
+        sites were created without a name.
     """
     activation = getattr(snn_model, "activation", None)
     if isinstance(activation, Activation) and not issubclass(activation.module, IFActivation):
@@ -164,17 +188,36 @@ def convert_variables(snn_model: nn.Module, ann_variables: Any, *, example_image
     ann_variables = dict(ann_variables)
     if "params" not in ann_variables:
         raise ValueError(f"ann_variables must hold 'params', got collections {sorted(ann_variables)}")
+    params = traverse_util.flatten_dict(ann_variables["params"])
+    _check_named_sites(snn_model, params)
     if example_images is not None:
         expected = trace_network(snn_model, (1, *np.shape(example_images)))  # [T = 1, B, ...]
         what = f"this {type(snn_model).__name__} on images of shape {tuple(np.shape(example_images))}"
-        check_same_tree("ann_variables['params']", ann_variables["params"], expected.variables["params"], what)
-    params = traverse_util.flatten_dict(ann_variables["params"])
+        for collection in ("params", "batch_stats"):
+            if collection in expected.variables or collection in ann_variables:
+                check_same_tree(
+                    f"ann_variables[{collection!r}]",
+                    ann_variables.get(collection, {}),
+                    expected.variables.get(collection, {}),
+                    what,
+                )
     potentials = {}
+    for collection in ("params", "batch_stats"):
+        for path, leaf in traverse_util.flatten_dict(dict(ann_variables.get(collection) or {})).items():
+            label = leaf_label("ann_variables", collection, path)
+            check_float(label, jnp.asarray(leaf) if not hasattr(leaf, "dtype") else leaf)
+            # Checked on the host: a device reduction would compile a program per parameter shape.
+            if problem := nonfinite(leaf):
+                raise ValueError(
+                    f"ann_variables[{collection!r}] at {'/'.join(path)} must be finite: {label} holds {problem}"
+                )
     for path, leaf in params.items():
-        # Checked on the host: a device reduction would compile a program per parameter shape.
-        if (value := concrete_value(leaf)) is not None:
-            check_finite("ann_variables['params'] at " + "/".join(path), value)
         if path[-1] == "threshold":
+            if np.shape(leaf) != ():
+                raise ValueError(
+                    f"{leaf_label('ann_variables', 'params', path)} must be a scalar (one threshold per site), "
+                    f"got shape {np.shape(leaf)}"
+                )
             check_positive("threshold at " + "/".join(path[:-1]), leaf)
             theta = jnp.asarray(leaf)
             dtype = at_least_float32(theta.dtype)

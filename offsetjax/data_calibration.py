@@ -31,9 +31,13 @@ Two solvers (``solver=``):
   step's edge would let float round-off in the currents move spikes).
 
 Both depend on T: calibrate once per number of steps, with the network you will run
-(``data_potential(snn, ...)`` for ``snn = spiking_model(model, num_steps=T, ...)``); the
-variables record T and a network of another T refuses them. They compose with COS (a network
-with ``presim_steps, iterations > 0`` pre-simulates from the calibrated v0: ``warm_cos``).
+(``data_potential(snn, ...)`` for ``snn = spiking_model(model, num_steps=T, ...)``). Each
+calibrated site entry records T beside its value (``initial_potential[site]["num_steps"]``
+beside ``v0``, ``bias_correction[site]["num_steps"]`` beside ``b``), so T travels with the values
+through any merge, and a network of another T refuses them, naming the site and both T. To run a
+calibration at another T on purpose, drop the records with :func:`without_calibration_record`.
+They compose with COS (a network with ``presim_steps, iterations > 0`` pre-simulates from the
+calibrated v0: ``warm_cos``).
 """
 
 from __future__ import annotations
@@ -51,12 +55,12 @@ from jaxtyping import Array, ArrayLike, Float
 
 from offsetjax import parallel
 from offsetjax._batching import device_batch, on_mesh, padded
-from offsetjax._checks import check_choice, check_image_batch, images_must_fit, is_abstract
+from offsetjax._checks import check_choice, check_image_batch, images_must_fit, is_abstract, widen_half
 from offsetjax.activation import QCFS, at_least_float32
 from offsetjax.convert import ann_model, convert_variables, schedule, spiking_model
 from offsetjax.neuron import scan_unroll
-from offsetjax.simulation import check_network
-from offsetjax.site import BIAS_CORRECTION, CALIBRATED_FOR, INITIAL_POTENTIAL, IFActivation
+from offsetjax.simulation import check_ann_variables, check_model, check_network, input_dtype
+from offsetjax.site import BIAS_CORRECTION, CALIBRATED_FOR, CALIBRATED_STEPS, INITIAL_POTENTIAL, IFActivation
 
 SOLVERS = ("bisect", "linear")
 #: Halvings of each bisection: the bracket's width over 2**24, below float32's resolution of it.
@@ -91,11 +95,19 @@ def data_potential(
       mesh: shard the calibration set over this device mesh (same result as on one device).
 
     Returns:
-      SNN variables for ``snn`` whose ``initial_potential`` leaves are per neuron (the site's
-      neuron shape, no batch axis), and a ``calibrated_for`` collection recording T: simulating
-      them in a network of another T is refused. Memory: the whole calibration set is one
-      batch, so a layer's activations for all of it, ``T * N * neurons`` floats, are held at
-      once (as when simulating a batch of N images).
+      SNN variables for ``snn`` whose ``initial_potential`` entries are per neuron (``v0`` of the
+      site's neuron shape, no batch axis), each beside ``num_steps``, the T it was calibrated
+      for (:data:`offsetjax.site.CALIBRATED_STEPS`): simulating them in a network of another T
+      is refused. Memory: the whole calibration set is one batch, so a layer's activations for
+      all of it, ``T * N * neurons`` floats, are held at once (as when simulating a batch of N
+      images).
+
+    Raises:
+      ValueError: before anything runs, naming the leaf: ``ann_variables`` (or ``snn_variables``)
+        not this network's, of a non-floating dtype or not finite; ``snn_variables`` with a
+        per-sample v(0) or calibrated for another T; images not a non-empty, floating, finite
+        batch (half precision is cast up to the network's compute dtype, as in
+        :func:`offsetjax.simulate`).
     """
     return _calibrate_sites(snn, ann_variables, images, solver, snn_variables, mesh, per_channel=False)
 
@@ -116,7 +128,7 @@ def data_bias(
     Returns:
       SNN variables for ``snn`` with a ``bias_correction`` collection: per site ``b`` of shape
       ``[C]`` (the last axis of the neuron shape), added to the site's input current at every
-      step; and ``calibrated_for`` (T), as :func:`data_potential`.
+      step, beside ``num_steps`` (T), as :func:`data_potential`.
     """
     return _calibrate_sites(snn, ann_variables, images, solver, snn_variables, mesh, per_channel=True)
 
@@ -128,16 +140,23 @@ def _calibrate_sites(snn, ann_variables, images, solver, snn_variables, mesh, *,
     model = ann_model(snn)
     num_steps = options["num_steps"]
     plain = spiking_model(model, num_steps=num_steps, unroll=options["unroll"])
+    check_model(plain, images)
+    check_ann_variables(model, ann_variables, images, name="ann_variables")
+    refused = "a data-level calibration starts from one v(0) per neuron for the whole calibration set"
     variables = convert_variables(plain, ann_variables) if snn_variables is None else dict(snn_variables)
-    variables.pop(CALIBRATED_FOR, None)
-    check_network(plain, variables, images)
+    name = "variables" if snn_variables is None else "snn_variables"
+    check_network(plain, variables, images, per_sample_refused=refused, name=name)
+    collection = BIAS_CORRECTION if per_channel else INITIAL_POTENTIAL
+    old_format = variables.pop(CALIBRATED_FOR, None) is not None
+    if collection in variables:  # the values calibrated here replace these, and their records
+        variables[collection] = _records(variables[collection], None)
+    images = widen_half(images, input_dtype(plain, variables))
     # The whole calibration set is one batch (padded to a multiple of the mesh's devices): each
     # site's solution needs every image's currents, so batching would re-run the network per site.
     count = images.shape[0]
     size = device_batch(count, mesh)
     placed_images, placed_mask = on_mesh(mesh, padded(images, size), np.arange(size) < count)
     placed = (ann_variables, variables) if mesh is None else parallel.replicate(mesh, (ann_variables, variables))
-    collection = BIAS_CORRECTION if per_channel else INITIAL_POTENTIAL
     corrected = images_must_fit(
         lambda: _calibrated_pass(
             model,
@@ -153,7 +172,32 @@ def _calibrate_sites(snn, ann_variables, images, solver, snn_variables, mesh, *,
     )
     if jax.process_count() > 1:  # replicated over the processes: each keeps its own copy
         corrected = jax.tree.map(lambda leaf: jnp.asarray(parallel.local_value(leaf)), corrected)
-    return {**variables, collection: corrected, CALIBRATED_FOR: {"num_steps": np.int32(num_steps)}}
+    result = {**variables, collection: _records(corrected, num_steps)}
+    other = INITIAL_POTENTIAL if per_channel else BIAS_CORRECTION
+    if old_format and other in result:  # the old collection's T, now beside the values it was for
+        result[other] = _records(result[other], num_steps)
+    return result
+
+
+def _records(tree: Any, num_steps: int | None) -> dict:
+    """``tree`` (a collection of per-site entries) with each entry's calibration record
+    (:data:`CALIBRATED_STEPS`) set to ``num_steps``, or removed when ``None``."""
+    flat = {path: leaf for path, leaf in traverse_util.flatten_dict(dict(tree)).items() if path[-1] != CALIBRATED_STEPS}
+    if num_steps is not None:
+        flat.update({(*path[:-1], CALIBRATED_STEPS): np.int32(num_steps) for path in list(flat)})
+    return traverse_util.unflatten_dict(flat)
+
+
+def without_calibration_record(variables: Any) -> dict:
+    """``variables`` without the T their data-level calibration recorded (each site's
+    ``num_steps`` beside its ``v0`` or ``b``, and the old ``calibrated_for`` collection): an
+    explicit override, to run a calibration made for one T in a network of another T on purpose
+    (e.g. COS at T < rho runs rho steps and reads the logits at T). Values are unchanged."""
+    variables = {key: value for key, value in dict(variables).items() if key != CALIBRATED_FOR}
+    for collection in (INITIAL_POTENTIAL, BIAS_CORRECTION):
+        if collection in variables:
+            variables[collection] = _records(variables[collection], None)
+    return variables
 
 
 def _checked_host_images(images) -> np.ndarray:

@@ -20,10 +20,10 @@ from jaxtyping import Array, ArrayLike, Float
 
 from offsetjax import parallel
 from offsetjax._batching import device_batch, on_mesh, padded_batches, to_host
-from offsetjax._checks import images_must_fit, trace_network
+from offsetjax._checks import compute_dtype, images_must_fit, widen_half
 from offsetjax.convert import schedule
 from offsetjax.operations import per_image, with_fan_out
-from offsetjax.simulation import check_call, check_images, check_variables_fit, simulate_collecting
+from offsetjax.simulation import check_ann_variables, check_call, check_images, input_dtype, simulate_collecting
 from offsetjax.splits import Split, StreamingSource, num_examples
 from offsetjax.stats import OffsetStatistics, accumulate, summarize
 
@@ -48,14 +48,14 @@ def predict(model: nn.Module, variables: Any, images: Float[ArrayLike, "B ..."])
     """ANN logits in eval mode (running batch-norm statistics).
 
     ``images`` must be a non-empty, floating, finite batch (normalised as in training; raw
-    ``uint8`` images are refused).
+    ``uint8`` images are refused); half-precision images are cast up to the network's compute
+    dtype (its ``dtype`` field, else its parameters'), as in :func:`offsetjax.simulate`. The
+    variables are checked before anything runs: every leaf of ``params`` and ``batch_stats`` by
+    name, shape and dtype, and finite (not under a caller's ``jit``, where they are tracers).
     """
     images = check_images(images)
-    if not hasattr(variables, "keys") or "params" not in variables:
-        raise ValueError("variables must be a mapping with 'params' (the trained ANN's variables)")
-    traced = images_must_fit(lambda: trace_network(model, (1, *images.shape[1:])), images)
-    what = f"this {type(model).__name__} on images of shape {tuple(images.shape)}"
-    check_variables_fit(variables, traced.variables, ("params", "batch_stats"), what)
+    check_ann_variables(model, variables, images)
+    images = widen_half(images, compute_dtype(model, variables["params"]))
     return images_must_fit(lambda: _predict(model, variables, images), images)
 
 
@@ -73,14 +73,24 @@ def _predict(model: nn.Module, variables: Any, images: Array) -> Array:
 def ann_accuracy(
     model: nn.Module, variables: Any, split: Split | StreamingSource, *, batch_size: int, mesh: Mesh | None = None
 ) -> float:
-    """Top-1 accuracy of the ANN in eval mode, in [0, 1]; batches sharded over ``mesh`` if given."""
+    """Top-1 accuracy of the ANN in eval mode, in [0, 1]; batches sharded over ``mesh`` if given.
+    The variables are checked once, as :func:`predict` checks them; every batch's images."""
     correct = 0
-    variables = variables if mesh is None else parallel.replicate(mesh, variables)
-    for images, labels, mask in padded_batches(split, device_batch(batch_size, mesh)):
+    for index, (images, labels, mask) in enumerate(padded_batches(split, device_batch(batch_size, mesh))):
         (images,) = on_mesh(mesh, images)
-        logits = to_host(predict(model, variables, images), mesh)
+        images = check_images(images)
+        if index == 0:
+            check_ann_variables(model, variables, images)
+            dtype = compute_dtype(model, variables["params"])
+            variables = variables if mesh is None else parallel.replicate(mesh, variables)
+        images = widen_half(images, dtype)
+        logits = to_host(images_must_fit(lambda x=images, v=variables: _predict(model, v, x), images), mesh)
         correct += int(np.sum((logits.argmax(-1) == labels) & mask))
     return correct / num_examples(split)
+
+
+#: Why :func:`evaluate_snn` refuses a per-sample v(0).
+PER_SPLIT = "evaluate_snn runs one v(0) over every batch of the split"
 
 
 def evaluate_snn(
@@ -100,7 +110,10 @@ def evaluate_snn(
       snn: the network (:func:`offsetjax.spiking_model`), carrying its schedule: T, rho, k,
         eps, the saturation rule, SRP's tau and the scan unroll.
       variables: its variables: :func:`offsetjax.convert_variables` of the trained ANN's, or a
-        data-level calibration's (:func:`offsetjax.data_potential`, made for this T).
+        data-level calibration's (:func:`offsetjax.data_potential`, made for this T). Checked
+        once, before anything runs, as :func:`offsetjax.simulate` checks them; a per-sample v(0)
+        (:func:`offsetjax.calibrate_network`'s, for one batch) is refused: it cannot serve every
+        batch of a split.
       split: evaluation data, already normalised.
       batch_size: samples per simulated batch, rounded up to a multiple of the mesh's devices.
       statistics: also return the Table-3 statistics (psi against QCFS with L = T).
@@ -122,12 +135,13 @@ def evaluate_snn(
     for index, (images, labels, mask) in enumerate(padded_batches(split, device_batch(batch_size, mesh))):
         sharded_images, sharded_mask = on_mesh(mesh, images, mask)
         if index == 0:  # the network and its variables once (reading them to the host), then placed
-            sharded_images = check_call(snn, variables, sharded_images)
+            sharded_images = check_call(snn, variables, sharded_images, per_sample_refused=PER_SPLIT)
+            dtype = input_dtype(snn, variables)
             if operations:
                 variables, input_macs, dense_macs = with_fan_out(snn, variables, images.shape[1:])
             variables = variables if mesh is None else parallel.replicate(mesh, variables)
         else:  # every batch's images
-            sharded_images = check_images(sharded_images)
+            sharded_images = widen_half(check_images(sharded_images), dtype)
         logits, per_site, ops = to_host(
             simulate_collecting(snn, variables, sharded_images, sharded_mask if statistics else None, operations),
             mesh,

@@ -17,9 +17,9 @@ With a per-layer delay ``delay`` (d, 0 or 1) a spike reaches the next site d tic
 emitted. Where paths of different lags meet (a residual addition) the earlier path is held in
 a delay line until the later one arrives. All of it is static, fixed by the network and the
 schedule, so a step is a pure function: :func:`step_by_step` traces the network once and
-returns a :class:`StepProgram` whose ``init(batch_size)`` and ``step(state, frame)`` work under
+returns a :class:`StepProgram` whose ``init()`` and ``step(state, frame)`` work under
 ``jit`` and ``lax.scan``; :func:`run_step_by_step` scans it and returns the outputs beside the
-tick at which each appeared.
+tick at which each appeared (it jits too, with the network and its options static).
 """
 
 from __future__ import annotations
@@ -36,13 +36,22 @@ import numpy as np
 from jax.extend import core as jex
 from jaxtyping import Array, ArrayLike, Float
 
-from offsetjax._checks import check_choice, check_image_batch
+from offsetjax._checks import (
+    CAST_HINT,
+    check_choice,
+    check_finite,
+    check_float,
+    check_image_batch,
+    check_int,
+    is_abstract,
+    widen_half,
+)
 from offsetjax._trace import site_p, trace_sites
 from offsetjax.activation import at_least_float32
 from offsetjax.convert import schedule
 from offsetjax.neuron import if_initial_state, if_step
 from offsetjax.offset import calibration_round, presim_magnitude, srp_keep
-from offsetjax.simulation import check_frames, check_network
+from offsetjax.simulation import check_frames, check_network, input_dtype
 from offsetjax.site import add_bias_current
 
 #: Per-layer delays the chip model supports: 0 (a spike is used in the tick it is emitted) or 1.
@@ -68,7 +77,11 @@ class StepProgram:
     Attributes:
       init: ``init()`` -> the state before tick 1 (a pytree of arrays).
       step: ``step(state, frame)`` -> ``(state, StepOutput)``: one tick; ``frame`` is this
-        tick's input ``[B, H, W, C]`` (the same image every tick for a static input).
+        tick's input ``[B, H, W, C]`` (the same image every tick for a static input), of the
+        batch size and image shape the program was traced for and a floating dtype (cast to
+        the program's); a frame of another shape is refused with a ``ValueError`` naming both
+        shapes, and a concrete frame holding NaN or inf too (under ``jit`` or ``lax.scan`` its
+        values cannot be read: only its shape and dtype are checked).
       sites: each site's :class:`SiteTiming`, in network order.
       output_lag: the network's ``k`` th output appears at tick ``output_lag + k``.
       num_outputs: outputs the network emits (``T``, or ``tau + T`` with SRP).
@@ -87,7 +100,7 @@ class StepProgram:
 
     @property
     def step(self) -> Callable[[Any, Array], tuple[Any, StepOutput]]:
-        return functools.partial(self.plan.step, self.variables)
+        return functools.partial(_checked_step, self.plan, self.variables)
 
     @property
     def sites(self) -> tuple[SiteTiming, ...]:
@@ -108,6 +121,30 @@ class StepProgram:
     @property
     def num_ticks(self) -> int:
         return self.plan.num_ticks
+
+
+# A pytree (the variables' leaves its children, the traced plan static), so that a jitted
+# run_step_by_step can return the program it ran.
+jax.tree_util.register_pytree_node(
+    StepProgram,
+    lambda program: (program.variables, program.plan),
+    lambda plan, leaves: StepProgram(plan, tuple(leaves)),
+)
+
+
+def _checked_step(plan: _Plan, leaves: tuple, state, frame):
+    """``plan.step`` on ``frame`` checked: the traced shape, a floating dtype, finite values
+    (where they can be read)."""
+    frame = jnp.asarray(frame)
+    if tuple(frame.shape) != plan.frame_shape:
+        raise ValueError(
+            f"frame must have shape {plan.frame_shape}, [batch_size, *image_shape] as step_by_step traced this "
+            f"program, got {tuple(frame.shape)}: trace another program, step_by_step(..., image_shape, "
+            "batch_size=...), for other frames"
+        )
+    check_float("frame", frame, hint=CAST_HINT)
+    check_finite("frame", frame)
+    return plan.step(leaves, state, frame)
 
 
 class StepOutput(NamedTuple):
@@ -151,8 +188,16 @@ def step_by_step(
     dtype: Any = jnp.float32,
 ) -> StepProgram:
     """Trace ``snn`` (from :func:`offsetjax.spiking_model`, with its variables) for the
-    step-by-step executor, for batches of ``batch_size`` images of ``image_shape`` (e.g.
-    ``(H, W, C)``) of ``dtype`` and a per-layer delay ``delay`` of 0 or 1 tick.
+    step-by-step executor, for batches of ``batch_size`` (an int >= 1) images of
+    ``image_shape`` (one image's shape, e.g. ``(H, W, C)``, without the batch axis) of ``dtype``
+    and a per-layer delay ``delay`` of 0 or 1 tick.
+
+    ``dtype`` is the frames' dtype and must be floating: an integer dtype is refused (each frame
+    is cast to it, which would truncate it). A half-precision dtype (float16, bfloat16) is
+    widened to the network's compute dtype (its ``dtype`` field, else its parameters'), as
+    :func:`offsetjax.simulate` casts half-precision images: the frames never choose the
+    network's precision. The variables are checked as :func:`offsetjax.simulate` checks them,
+    for a batch of ``batch_size`` (a per-sample v(0) must be for that many images).
 
     Any Flax network built of linear layers and :class:`offsetjax.IFActivation` sites is
     traced: the sites become state machines, everything else runs once per tick on what the
@@ -161,13 +206,26 @@ def step_by_step(
     second call (other variables of the same network, the next batch) compiles nothing new.
     ``program.step`` closes over these variables.
     """
+    _check_static(snn=snn, batch_size=batch_size, delay=delay)
     check_choice("delay", delay, DELAYS)
-    image_shape = tuple(int(n) for n in image_shape)
-    dtype = jnp.dtype(dtype)
-    check_network(snn, variables, jnp.zeros((1, *image_shape), dtype))
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    if not isinstance(image_shape, (tuple, list)) or not image_shape:
+        raise ValueError(f"image_shape must be one image's shape, e.g. (H, W, C), got {image_shape!r}")
+    image_shape = tuple(check_int("image_shape's sizes", n, minimum=1) for n in image_shape)
+    try:
+        dtype = jnp.dtype(dtype)
+    except TypeError as error:
+        raise ValueError(f"dtype must be a floating dtype (the frames'), got {dtype!r}") from error
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"dtype must be a floating dtype (the frames'), got {dtype}: each frame is cast to it, and an integer "
+            "dtype would truncate the frames; pass frames of a floating dtype"
+        )
+    check_network(snn, variables, jax.ShapeDtypeStruct((batch_size, *image_shape), dtype), images_name="image_shape")
+    dtype = widen_half(np.empty(0, dtype), input_dtype(snn, variables)).dtype
     leaves, treedef = jax.tree.flatten(variables)
     structure = (treedef, tuple((jnp.shape(leaf), jnp.result_type(leaf)) for leaf in leaves))
-    return StepProgram(_plan(snn, structure, image_shape, int(batch_size), delay, dtype), tuple(leaves))
+    return StepProgram(_plan(snn, structure, image_shape, batch_size, delay, dtype), tuple(leaves))
 
 
 def run_step_by_step(
@@ -185,13 +243,29 @@ def run_step_by_step(
     Returns:
       :class:`StepRun`: its ``logits`` equal :func:`offsetjax.simulate`'s (same spikes at every
       site), and ``output_ticks`` is the latency of every output.
+
+    Raises:
+      ValueError: images or variables as :func:`offsetjax.simulate` refuses them (checked before
+        anything is compiled; half-precision images are cast up to the network's compute dtype).
+      MemoryError: before anything runs, when the record of the run (every tick's output and
+        every site's emission, ``ticks x B x neurons``, :func:`record_bytes`) would not fit in the
+        memory left on the device (:func:`available_memory`), where the run would otherwise
+        thrash or wait: run fewer steps or a smaller batch, or drive ``program.step`` yourself.
+
+    Under ``jit`` the network and the options are static: ``jax.jit(run_step_by_step,
+    static_argnums=0, static_argnames=("frames", "delay"))``; there the variables' values are
+    not checked (:func:`offsetjax.simulation.check_network`). To jit one tick, jit
+    ``step_by_step(...).step``.
     """
+    _check_static(snn=snn, frames=frames, delay=delay)
     images = check_frames(snn, images) if frames else check_image_batch(jnp.asarray(images))
     image_shape = images.shape[2:] if frames else images.shape[1:]
     batch_size = images.shape[1] if frames else images.shape[0]
     program = step_by_step(snn, variables, image_shape, batch_size=batch_size, delay=delay, dtype=images.dtype)
+    check_memory(program.plan, images)
     outputs = _scan(program.plan, program.variables, images, frames)
-    ticks = np.flatnonzero(np.asarray(outputs.valid)) + 1
+    # the network's k-th output appears at tick output_lag + k: fixed by the network and schedule
+    ticks = np.arange(program.output_lag + 1, program.num_ticks + 1)
     read = slice(program.readout_start, None)
     out = outputs.output[ticks - 1][read]
     steps = jnp.arange(1, out.shape[0] + 1, dtype=out.dtype).reshape(-1, 1, 1)
@@ -213,6 +287,75 @@ def _scan(plan: _Plan, leaves: tuple, images: Array, frames: bool) -> StepOutput
     return outputs
 
 
+def _check_static(**arguments) -> None:
+    """The network and options are Python values: under ``jax.jit`` they must be static."""
+    for name, value in arguments.items():
+        if isinstance(value, jax.core.Tracer) or (name == "snn" and not isinstance(value, nn.Module)):
+            raise TypeError(
+                f"{name} must be a static Python value (the network: a flax Module), got {type(value).__name__}: "
+                "to jit run_step_by_step, make the network and its options static, jax.jit(run_step_by_step, "
+                "static_argnums=0, static_argnames=('frames', 'delay')), or jit one tick, step_by_step(...).step"
+            )
+
+
+def record_bytes(plan: _Plan) -> int:
+    """Bytes :func:`run_step_by_step` records over the run: every tick's :class:`StepOutput`."""
+    return plan.num_ticks * plan.tick_bytes
+
+
+def check_memory(plan: _Plan, images) -> None:
+    """Refuse a run whose record (twice: the scan's output and the per-site slices taken from
+    it) exceeds the memory left on the images' device, before anything is compiled."""
+    needed = 2 * record_bytes(plan)
+    devices = getattr(images, "devices", None)
+    device = next(iter(images.devices())) if callable(devices) and not is_abstract(images) else jax.devices()[0]
+    left = available_memory(device)
+    if left is not None and needed > left:
+        raise MemoryError(
+            f"run_step_by_step would record {plan.num_ticks} ticks of every site's output for a batch of "
+            f"{plan.frame_shape[0]}: about {needed / 2**30:.2f} GiB, more than the {max(left, 0) / 2**30:.2f} GiB "
+            f"left on {device.platform}: run fewer steps or a smaller batch, or drive step_by_step(...).step yourself "
+            "(lax.scan or a loop), keeping only what you need (offsetjax.simulate keeps only the logits)"
+        )
+
+
+def available_memory(device) -> int | None:
+    """Bytes still free on ``device``, or ``None`` when unknown. An accelerator reports its own
+    (``memory_stats``); on the CPU, the host's available memory and, under an address-space limit
+    (``ulimit -v``), what the limit leaves this process."""
+    if device.platform != "cpu":
+        try:
+            stats = device.memory_stats()
+        except (RuntimeError, NotImplementedError, AttributeError):
+            return None
+        if not stats or "bytes_limit" not in stats:
+            return None
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    left = [value for value in (_proc_kib("/proc/meminfo", "MemAvailable:"),) if value is not None]
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, ValueError):
+        soft = None
+    if soft is not None and soft != resource.RLIM_INFINITY:
+        used = _proc_kib("/proc/self/status", "VmSize:")
+        left.append(soft - (used or 0))
+    return min(left) if left else None
+
+
+def _proc_kib(path: str, key: str) -> int | None:
+    """A ``kB`` entry of a ``/proc`` file in bytes, or ``None``."""
+    try:
+        with open(path) as file:
+            for line in file:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def _site_lag(options: dict) -> int:
     """Ticks a site's output lags its input: COS buffers k * rho inputs; the others none."""
     return options["presim_steps"] * options["iterations"]
@@ -228,6 +371,8 @@ class _Plan:
     output_lag: int
     num_outputs: int
     readout_start: int
+    frame_shape: tuple[int, ...]  # [B, ...], one tick's frame
+    tick_bytes: int  # one tick's StepOutput
 
     @property
     def num_ticks(self) -> int:
@@ -336,7 +481,19 @@ def _program(closed, num_leaves: int, options: dict, delay: int) -> _Plan:
         state = {"tick": tick, "lines": new_lines, "sites": new_sites}
         return state, StepOutput(env[output_var][0], valid, emitted, spikes)
 
-    return _Plan(init, step, tuple(sites), output_lag, steps, options["srp_steps"])
+    def nbytes(aval) -> int:
+        return int(np.prod(aval.shape, dtype=np.int64)) * jnp.dtype(aval.dtype).itemsize
+
+    tick_bytes = (
+        nbytes(output_var.aval)
+        + 1
+        + sum(  # output, valid, each site's emission and spike count
+            nbytes(aval) + aval.shape[1] * jnp.dtype(at_least_float32(aval.dtype)).itemsize
+            for aval in site_inputs.values()
+        )
+    )
+    frame_shape = tuple(frame_var.aval.shape[1:])
+    return _Plan(init, step, tuple(sites), output_lag, steps, options["srp_steps"], frame_shape, tick_bytes)
 
 
 def _site_init(currents, options: dict, delay: int) -> dict:

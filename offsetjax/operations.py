@@ -194,6 +194,8 @@ def count_operations(snn: nn.Module, variables: Any, images: Float[ArrayLike, "B
       snn: the spiking network (:func:`offsetjax.spiking_model`).
       variables: its variables (:func:`offsetjax.convert_variables`).
       images: ``[B, H, W, C]``, as for :func:`offsetjax.simulate`.
+
+    Images and variables are checked before anything runs, as :func:`offsetjax.simulate` checks them.
     """
     images = check_call(snn, variables, images)
     with_fans, input_macs, dense_macs = with_fan_out(snn, variables, tuple(images.shape[1:]))

@@ -36,10 +36,16 @@ FAN_OUT = "fan_out"
 #: Optional collection holding a current ``b`` added to a site's input at every step, per channel
 #: (or per neuron): the SNN-side bias correction of :func:`offsetjax.data_bias`.
 BIAS_CORRECTION = "bias_correction"
-#: Collection that records, in variables from :func:`offsetjax.data_potential` and
-#: :func:`offsetjax.data_bias`, the ``num_steps`` they were calibrated for (read by no site: the
-#: simulator refuses a network of another T).
+#: Old format (offsetjax <= 0.2): a collection recording the ``num_steps`` that variables from
+#: :func:`offsetjax.data_potential` and :func:`offsetjax.data_bias` were calibrated for. Still
+#: read (a network of another T refuses it), no longer written: a merge of the calibrated
+#: collection alone dropped it. See :data:`CALIBRATED_STEPS`.
 CALIBRATED_FOR = "calibrated_for"
+#: The leaf, beside a site's calibrated ``v0`` (``initial_potential``) or ``b``
+#: (``bias_correction``), recording the ``num_steps`` T the value was calibrated for (an int32
+#: scalar, read by no site): it travels with the value through any merge, and the simulator
+#: refuses it in a network of another T.
+CALIBRATED_STEPS = "num_steps"
 
 
 class IFActivation(nn.Module):

@@ -194,6 +194,7 @@ def one_error_line(status: int, err: str, *fragments: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow  # a training run as fixture: the slow tier
 def test_a_record_naming_another_directory_is_never_followed(run_dir, tmp_path):
     """Row 1: an output record holding ``../`` paths (as older versions wrote) neither lets
     --overwrite delete another run's files nor counts them as this run's."""
@@ -215,6 +216,7 @@ def test_a_record_naming_another_directory_is_never_followed(run_dir, tmp_path):
             write_output(run_dir, name, "x")
 
 
+@pytest.mark.slow  # a training run as fixture: the slow tier
 def test_reports_refuse_to_discard_a_hand_edit_and_overwrite_replaces_it(run_dir):
     """Row 3: a generated report edited by hand is not silently rewritten (report, the pipeline's
     --eval-only); --overwrite says to."""
@@ -227,6 +229,7 @@ def test_reports_refuse_to_discard_a_hand_edit_and_overwrite_replaces_it(run_dir
     assert "my notes" not in (run_dir / "results.md").read_text()
 
 
+@pytest.mark.slow  # a training run as fixture: the slow tier
 def test_study_scripts_share_the_runs_lock(run_dir):
     """Row 4: a study is refused while a run holds the directory, and a run is refused while a
     study reads it; concurrent writers of one file never share a temporary file."""
@@ -257,11 +260,13 @@ def test_study_scripts_share_the_runs_lock(run_dir):
     assert not list(run_dir.glob("*.tmp")) and not list(run_dir.glob(".*.tmp"))
 
 
+@pytest.mark.slow  # a training run as fixture: the slow tier
 def test_an_unknown_method_row_is_named(run_dir):
     """Row 9: readme_table --methods cos (the row is cos_k1) is an error listing the rows."""
     one_error_line(*run("experiments.readme_table", [str(run_dir), "--methods", "cos"]), "cos_k1")
 
 
+@pytest.mark.slow  # a training run as fixture: the slow tier
 def test_refusals_that_need_the_run_come_before_anything_is_written(run_dir, tmp_path):
     """Row 10: a T below the run's rho (nir_export), a run without its command (reproduce), a new
     run with a bad seed: refused, and nothing was written."""

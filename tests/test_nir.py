@@ -187,4 +187,7 @@ def test_bad_images_graphs_and_shapes_are_one_clear_error():
     for message, call in refused.items():
         with pytest.raises(ValueError, match=message):
             call()
-    assert run_nir(graph(metadata=False), images, semantics="nir").shape == (1, 2, 3)  # NIR's IF needs no metadata
+    # NIR's IF needs no metadata, but T is not guessed (it ran T = 1 before): a graph without it is told T
+    assert run_nir(graph(metadata=False), images, semantics="nir", num_steps=1).shape == (1, 2, 3)
+    with pytest.raises(ValueError, match=r"records no num_steps .* num_steps=T"):
+        run_nir(graph(metadata=False), images, semantics="nir")

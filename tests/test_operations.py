@@ -132,7 +132,7 @@ def jaxpr_macs(model, image_shape) -> float:
     return total
 
 
-@pytest.mark.parametrize("image_shape", [(8, 8, 1), (28, 28, 1)])
+@pytest.mark.parametrize("image_shape", [(8, 8, 1), pytest.param((28, 28, 1), marks=pytest.mark.slow)])
 @pytest.mark.parametrize(
     "model",
     [small_vgg(10), small_resnet(10), VGG_NET, RESNET_NET, OwnNet()],

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from offsetjax._checks import check_choice, check_image_batch, check_int
+from offsetjax._checks import check_choice, check_image_batch, check_int, nonfinite, widen_half
 from offsetjax._trace import trace_sites
 from offsetjax.convert import schedule, spiking_model
 from offsetjax.interop._nir_graph import GraphWriter, _Signal
@@ -68,7 +68,8 @@ def to_nir(snn: nn.Module, variables: Any, image_shape: tuple[int, int, int]):
       variables: its variables (:func:`offsetjax.convert_variables`, or calibrated by
         :func:`offsetjax.data_potential` / :func:`offsetjax.data_bias`: the per-neuron v(0)
         goes into each IF node's ``v_init``, a per-channel bias current into the bias of the
-        layer before the site).
+        layer before the site), checked as :func:`offsetjax.simulate` checks them (a per-sample
+        v(0) is refused: a graph holds one per neuron).
       image_shape: ``(H, W, C)`` of one input image.
 
     Returns:
@@ -85,7 +86,12 @@ def to_nir(snn: nn.Module, variables: Any, image_shape: tuple[int, int, int]):
     for axis, size in zip("HWC", image_shape):
         check_int(f"image_shape's {axis}", size, minimum=1)
     image_shape = tuple(int(n) for n in image_shape)
-    check_network(snn, variables, np.empty((1, *image_shape), np.float32))
+    check_network(
+        snn,
+        variables,
+        jax.ShapeDtypeStruct((1, *image_shape), jnp.float32),
+        per_sample_refused="a NIR graph holds one v_init per neuron",
+    )
     if options["srp_steps"]:
         raise ValueError("to_nir cannot write SRP's silencing mask (srp_steps > 0): NIR's IF node has no such field")
     site = {key: options[key] for key in SCHEDULE_KEYS}
@@ -228,7 +234,9 @@ def from_nir(graph, *, num_steps: int | None = None) -> tuple[nn.Module, dict]:
     :func:`offsetjax.simulate`, :func:`offsetjax.run_step_by_step` or any offsetjax function.
 
     Raises:
-      ValueError: the graph was not written by :func:`to_nir`, or holds a node it cannot run.
+      ValueError: the graph was not written by :func:`to_nir` (its metadata lacks the
+        schedule), holds a node it cannot run (named), or a weight, bias, threshold or v_init that
+        is not finite (named with its node).
     """
     nir = _nir()
     return _network(nir, graph, _check_graph(nir, graph, "offsetjax"), num_steps)
@@ -278,7 +286,14 @@ def _network(nir, graph, incoming: dict[str, list[str]], num_steps: int | None) 
         elif not isinstance(node, nir.Output):
             raise ValueError(f"from_nir does not run {kind} nodes ({name})")
         nodes.append((name, kind, tuple(sorted(attributes.items()))))
-    site = {key: meta[key] for key in SCHEDULE_KEYS}
+    missing = [key for key in SCHEDULE_KEYS if key not in meta and not (key == "num_steps" and num_steps is not None)]
+    if missing:
+        raise ValueError(
+            f"graph metadata lacks {', '.join(missing)}, the schedule to_nir records: from_nir rebuilds graphs "
+            "offsetjax.interop.nir.to_nir wrote (run_nir(graph, images, semantics='nir', num_steps=...) runs "
+            "any graph with NIR's literal IF)"
+        )
+    site = {key: meta.get(key, num_steps) for key in SCHEDULE_KEYS}
     network = GraphNetwork(tuple(nodes), tuple((str(s), str(t)) for s, t in graph.edges))
     snn = spiking_model(
         network,
@@ -324,6 +339,13 @@ def run_nir(
 
     Returns:
       The running mean of the output over steps, ``[T, B, classes]``, as :func:`offsetjax.simulate`.
+
+    The graph's input is an image ``(C, H, W)`` (images ``[B, H, W, C]``) or a vector ``(F,)``
+    (inputs ``[B, F]``). T is ``num_steps``, else the graph's ``num_steps`` metadata; a graph with
+    neither (one another tool wrote) is refused rather than run for a guessed T. Images are
+    checked as :func:`offsetjax.simulate` checks them (integer inputs refused, half precision
+    cast up to float32, or float64 under ``jax_enable_x64``); the graph's weights, biases,
+    thresholds and v_init are checked finite, naming the node.
     """
     check_choice("semantics", semantics, SEMANTICS)
     if from_v_init and semantics != "nir":
@@ -331,13 +353,39 @@ def run_nir(
     nir = _nir()
     incoming = _check_graph(nir, graph, semantics)
     meta = dict(graph.metadata)
-    num_steps = check_int("num_steps", int(meta.get("num_steps", 1)) if num_steps is None else num_steps, minimum=1)
-    images = check_image_batch(jnp.asarray(images))
-    channels, height, width = (int(n) for n in np.asarray(graph.nodes["input"].input_type["input"]))
-    if images.ndim != 4 or tuple(images.shape[1:]) != (height, width, channels):
+    if num_steps is None and "num_steps" not in meta:
         raise ValueError(
-            f"images must be one batch [B, H, W, C] = [B, {height}, {width}, {channels}] for this graph (its input "
-            f"is C, H, W = {channels}, {height}, {width}), got shape {tuple(images.shape)}"
+            "graph records no num_steps in its metadata (a graph offsetjax did not write?): pass "
+            "run_nir(graph, images, num_steps=T)"
+        )
+    num_steps = check_int(
+        "num_steps", int(np.asarray(meta["num_steps"])) if num_steps is None else num_steps, minimum=1
+    )
+    if from_v_init:
+        unmarked = sorted(
+            n for n, node in graph.nodes.items() if isinstance(node, nir.IF) and "v_init" not in node.metadata
+        )
+        if unmarked:
+            raise ValueError(f"from_v_init=True starts each IF node from its v_init metadata, which {unmarked} lack")
+    images = check_image_batch(jnp.asarray(images))
+    images = widen_half(images, jnp.zeros((), float).dtype)
+    shape = tuple(int(n) for n in np.asarray(graph.nodes["input"].input_type["input"]).reshape(-1))
+    if len(shape) == 3:
+        channels, height, width = shape
+        if images.ndim != 4 or tuple(images.shape[1:]) != (height, width, channels):
+            raise ValueError(
+                f"images must be one batch [B, H, W, C] = [B, {height}, {width}, {channels}] for this graph (its "
+                f"input is C, H, W = {channels}, {height}, {width}), got shape {tuple(images.shape)}"
+            )
+    elif len(shape) == 1:
+        if images.ndim != 2 or images.shape[1] != shape[0]:
+            raise ValueError(
+                f"images must be one batch [B, F] = [B, {shape[0]}] for this graph (its input is a vector of "
+                f"{shape[0]}), got shape {tuple(images.shape)}"
+            )
+    else:
+        raise ValueError(
+            f"run_nir runs graphs whose input is an image (C, H, W) or a vector (F,); this graph's input has shape {shape}"
         )
     if semantics == "offsetjax":
         snn, variables = _network(nir, graph, incoming, num_steps)
@@ -349,7 +397,8 @@ def run_nir(
             return values[name]
         node = graph.nodes[name]
         if isinstance(node, nir.Input):
-            out = jnp.transpose(jnp.asarray(images), (0, 3, 1, 2))[None]  # [1, B, C, H, W]
+            x = jnp.asarray(images)
+            out = (jnp.transpose(x, (0, 3, 1, 2)) if x.ndim == 4 else x)[None]  # [1, B, C, H, W] or [1, B, F]
         else:
             inputs = [compute(source) for source in incoming[name]]
             steps = max(x.shape[0] for x in inputs)
@@ -382,6 +431,13 @@ def _check_graph(nir, graph, semantics: str) -> dict[str, list[str]]:
     unfed = sorted(name for name in graph.nodes if name != "input" and name not in incoming)
     if unfed:
         raise ValueError(f"graph nodes {unfed} have no incoming edge: every node but 'input' needs one")
+    for name, node in graph.nodes.items():
+        if isinstance(node, nir.Conv2d) and isinstance(node.padding, str):
+            raise ValueError(
+                f"graph node {name} is a Conv2d padded {node.padding!r}: offsetjax runs Conv2d nodes with integer "
+                "padding (the pads on each side), as NIR's other readers do"
+            )
+        _check_node_values(name, node)
     if semantics == "offsetjax":
         unmarked = sorted(
             name for name, node in graph.nodes.items() if isinstance(node, nir.IF) and "v_init" not in node.metadata
@@ -404,6 +460,18 @@ def _check_graph(nir, graph, semantics: str) -> dict[str, list[str]]:
                 "semantics='nir' runs any graph with NIR's literal IF"
             )
     return incoming
+
+
+def _check_node_values(name: str, node) -> None:
+    """Every floating array a node holds (weights, biases, scales, thresholds, v_init) is finite."""
+    fields = dict(vars(node))
+    fields.update({f"metadata['{key}']": value for key, value in dict(fields.pop("metadata", {}) or {}).items()})
+    for field, value in fields.items():
+        if isinstance(value, (np.ndarray, jax.Array, float)) and (problem := nonfinite(np.asarray(value))):
+            raise ValueError(
+                f"graph node {name} ({type(node).__name__}) holds {problem} in {field}: its weights, biases, "
+                "thresholds and v_init must be finite"
+            )
 
 
 def _apply_literal(nir, node, x, num_steps: int, from_v_init: bool):
