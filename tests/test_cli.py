@@ -58,17 +58,25 @@ def flags(name: str) -> list[argparse.Action]:
 ENTRY_POINTS = entry_points()
 
 
-def _flag_cases() -> list:
-    cases = []
+def every_flag():
+    """``(entry point, action)`` for every value-taking flag of every entry point that imports here."""
     for name in ENTRY_POINTS:
         try:
             actions = flags(name)
         except pytest.skip.Exception:
             continue
-        for action in actions:
-            label = action.option_strings[0] if action.option_strings else action.dest
-            cases.append(pytest.param(name, label, id=f"{name.removeprefix('experiments.')}:{label}"))
-    return cases
+        yield from ((name, action) for action in actions)
+
+
+def label(action: argparse.Action) -> str:
+    return action.option_strings[0] if action.option_strings else action.dest
+
+
+def _flag_cases() -> list:
+    return [
+        pytest.param(name, label(action), id=f"{name.removeprefix('experiments.')}:{label(action)}")
+        for name, action in every_flag()
+    ]
 
 
 def bad_values(action: argparse.Action, tmp: Path) -> st.SearchStrategy[str]:
@@ -138,20 +146,15 @@ def run(name: str, argv: list[str]) -> tuple[int, str]:
 
 def test_every_entry_point_is_found_and_every_flag_has_a_domain(tmp_path):
     assert {"experiments.quickstart", "experiments.benchmark", "experiments.calibration_sweep"} <= set(ENTRY_POINTS)
-    for name in ENTRY_POINTS:
-        try:
-            actions = flags(name)
-        except pytest.skip.Exception:
-            continue
-        for action in actions:
-            bad_values(action, tmp_path)  # raises for a flag without a declared domain
+    for _, action in every_flag():
+        bad_values(action, tmp_path)  # raises for a flag without a declared domain
 
 
 @pytest.mark.parametrize(("name", "flag"), _flag_cases())
 @settings(max_examples=5, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
 @given(data=st.data())
 def test_a_bad_value_of_any_flag_is_one_error_line_and_writes_nothing(name, flag, data, tmp_path):
-    action = next(a for a in flags(name) if (a.option_strings[0] if a.option_strings else a.dest) == flag)
+    action = next(a for a in flags(name) if label(a) == flag)
     value = data.draw(bad_values(action, tmp_path), label="value")
     argv = [flag, value] if action.option_strings else [value]
     if action.option_strings and value.startswith("-") and not _number(value):

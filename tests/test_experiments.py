@@ -429,3 +429,26 @@ def test_reproduce_names_every_differing_field_and_ignores_wall_times():
         "snn.cos_k1.accuracy.1: missing",
         f"snn.cos_k1.accuracy.2: 0.75 -> {0.75 + 2**-40!r}",
     ]
+
+
+def test_from_weights_tolerates_only_data_level_rows_within_the_measured_bound():
+    """Only the rows of data-level calibrations may move from weights (docs/results.md, "What
+    reproduces where"), by at most 3 test images and 0.5 % of an operation count."""
+    from experiments.reproduce import differences, within_tolerance
+
+    committed = {
+        "num_test_examples": 359,
+        "snn": {
+            "data_v0": {"family": "data_v0", "accuracy": {"1": 200 / 359, "2": 300 / 359}},
+            "qcfs": {"family": "qcfs", "accuracy": {"1": 0.5}},
+        },
+        "operations": {"data_v0": {"synops": {"1": 1000.0}}, "qcfs": {"synops": {"1": 1000.0}}},
+    }
+    moved = json.loads(json.dumps(committed))
+    moved["snn"]["data_v0"]["accuracy"]["1"] = 202 / 359  # two images: within
+    moved["snn"]["data_v0"]["accuracy"]["2"] = 304 / 359  # four images: beyond
+    moved["operations"]["data_v0"]["synops"]["1"] = 1004.0  # 0.4 %: within
+    moved["snn"]["qcfs"]["accuracy"]["1"] = 0.5 + 1 / 359  # an uncalibrated row: never tolerated
+    beyond, within = within_tolerance(committed, moved, differences(committed, moved))
+    assert sorted(p.split(":")[0] for p in within) == ["operations.data_v0.synops.1", "snn.data_v0.accuracy.1"]
+    assert sorted(p.split(":")[0] for p in beyond) == ["snn.data_v0.accuracy.2", "snn.qcfs.accuracy.1"]
