@@ -7,9 +7,7 @@ under tracing the shapes are still checked.
 
 from __future__ import annotations
 
-import functools
 import numbers
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -170,49 +168,6 @@ def images_must_fit(run, images, what: str = "the network"):
             f"images of shape {tuple(images.shape)} do not fit {what}: expected one batch [B, H, W, C], "
             f"channels last, of the size it was built for (channels first? one unbatched image?): {error!r}"
         ) from error
-
-
-class TracedNetwork(NamedTuple):
-    """What one abstract ``init`` of a network shows: its variables' shapes,
-    ``{collection: {"a/b/name": shape}}``, the module paths of its IF sites in call order, and
-    the shape of its output (``None`` when it is not one array)."""
-
-    variables: dict[str, dict[str, tuple[int, ...]]]
-    sites: tuple[str, ...]
-    output: tuple[int, ...] | None = None
-
-
-@functools.lru_cache(maxsize=128)
-def trace_network(model, input_shape: tuple[int, ...]) -> TracedNetwork:
-    """``model.init`` traced abstractly for a float32 input of ``input_shape`` (nothing is
-    compiled), cached per network and shape."""
-    import flax.linen as nn
-    from flax import traverse_util
-
-    from offsetjax.site import IFActivation
-
-    sites: list[str] = []
-
-    def record(next_fun, args, kwargs, context):
-        if isinstance(context.module, IFActivation) and context.method_name == "__call__":
-            name = "/".join(context.module.path)
-            if name not in sites:
-                sites.append(name)
-        return next_fun(*args, **kwargs)
-
-    example = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-    with nn.intercept_methods(record):
-        output, shapes = jax.eval_shape(functools.partial(model.init_with_output, jax.random.key(0)), example)
-    variables = {
-        collection: {
-            "/".join(path): tuple(leaf.shape)
-            for path, leaf in traverse_util.flatten_dict(tree).items()
-            if hasattr(leaf, "shape")  # (sown values are tuples)
-        }
-        for collection, tree in shapes.items()
-    }
-    output = tuple(output.shape) if isinstance(output, jax.ShapeDtypeStruct) else None
-    return TracedNetwork(variables, tuple(sites), output)
 
 
 def check_same_tree(name: str, actual, expected: dict[str, tuple[int, ...]], what: str, *, shapes: bool = True) -> None:

@@ -8,11 +8,13 @@ the site's ``path`` and ``has_bias``), everything else stays as JAX traced it.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 from jax.extend import core as jex
 
 from offsetjax.models.layers import xla_convolutions
@@ -52,3 +54,41 @@ def trace_sites(snn: nn.Module, treedef: Any, leaves: list, frame: Any, *, convo
             return snn.apply(jax.tree.unflatten(treedef, leaves), frame)
 
     return jax.make_jaxpr(forward)(leaves, frame)
+
+
+class TracedNetwork(NamedTuple):
+    """What one abstract ``init`` of a network shows: its variables' shapes,
+    ``{collection: {"a/b/name": shape}}``, the module paths of its IF sites in call order, and
+    the shape of its output (``None`` when it is not one array)."""
+
+    variables: dict[str, dict[str, tuple[int, ...]]]
+    sites: tuple[str, ...]
+    output: tuple[int, ...] | None = None
+
+
+@functools.lru_cache(maxsize=128)
+def trace_network(model, input_shape: tuple[int, ...]) -> TracedNetwork:
+    """``model.init`` traced abstractly for a float32 input of ``input_shape`` (nothing is
+    compiled), cached per network and shape."""
+    sites: list[str] = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, IFActivation) and context.method_name == "__call__":
+            name = "/".join(context.module.path)
+            if name not in sites:
+                sites.append(name)
+        return next_fun(*args, **kwargs)
+
+    example = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+    with nn.intercept_methods(record):
+        output, shapes = jax.eval_shape(functools.partial(model.init_with_output, jax.random.key(0)), example)
+    variables = {
+        collection: {
+            "/".join(path): tuple(leaf.shape)
+            for path, leaf in traverse_util.flatten_dict(tree).items()
+            if hasattr(leaf, "shape")  # (sown values are tuples)
+        }
+        for collection, tree in shapes.items()
+    }
+    output = tuple(output.shape) if isinstance(output, jax.ShapeDtypeStruct) else None
+    return TracedNetwork(variables, tuple(sites), output)

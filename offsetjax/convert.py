@@ -26,8 +26,8 @@ from offsetjax._checks import (
     is_abstract,
     leaf_label,
     nonfinite,
-    trace_network,
 )
+from offsetjax._trace import trace_network
 from offsetjax.activation import at_least_float32
 from offsetjax.models.layers import Activation
 from offsetjax.neuron import resolve_unroll

@@ -36,10 +36,10 @@ from offsetjax._checks import (
     images_must_fit,
     leaf_label,
     nonfinite,
-    trace_network,
     widen_half,
 )
 from offsetjax._linear_layers import INPUT_EVENTS, count_input_events
+from offsetjax._trace import trace_network
 from offsetjax.convert import schedule
 from offsetjax.site import (
     BIAS_CORRECTION,
