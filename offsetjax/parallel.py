@@ -5,7 +5,7 @@ change to the model or the simulator: place the batch with :func:`shard_batch` a
 variables with :func:`replicate`, and XLA partitions the work (batch-norm statistics in
 training become cross-device means; the per-sample calibration of the SNN shards with the
 batch). Multi-host: call :func:`initialize_distributed` first; each process then reads only
-its own rows of every global batch (``offsetjax.data.batches(..., process_index=,
+its own rows of every global batch (``offsetjax.training.data.batches(..., process_index=,
 process_count=)``) and :func:`shard_batch` assembles the global array.
 """
 
