@@ -61,18 +61,6 @@ def write_atomic(path: Path, text: str | bytes) -> None:
 RESERVED_NAMES = ("results", "config", "train_log", "checkpoints", "nir", "nir_peers", "latency", "levels_sweep")
 
 
-def output_name(value: str) -> str:
-    """An ``argparse`` type: a file name (without extension) for a script's output, written inside
-    the run's directory: no path separator, no ``..``, not hidden, not one of the run's own
-    files (:data:`RESERVED_NAMES`)."""
-    if not value or "/" in value or "\\" in value or value.startswith(".") or value in RESERVED_NAMES:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not an output name: a plain file name (letters, digits, '_', '-'), no path, "
-            f"not hidden, not one of the run's own files ({', '.join(RESERVED_NAMES)})"
-        )
-    return value
-
-
 def inside(workdir: Path, name: str | Path) -> Path:
     """``workdir / name``, refused (:class:`RunError`) unless it lies inside ``workdir``: a name
     with ``..``, an absolute one, or one through a link leading out would write elsewhere."""
