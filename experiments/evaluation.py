@@ -64,7 +64,7 @@ def evaluate_all(config: ExperimentConfig, model, variables, train_split, test_s
                 snn_variables = oj.convert_variables(snn, variables)
             else:
                 snn_variables = calibration(method, num_steps)
-                if num_steps < method.presim_steps:
+                if num_steps < method.schedule.presim_steps:
                     # made for T, run in the longer network of rho steps on purpose (snn_for)
                     snn_variables = oj.data_calibration.without_calibration_record(snn_variables)
             return evaluate.evaluate_snn(
@@ -88,9 +88,9 @@ def evaluate_all(config: ExperimentConfig, model, variables, train_split, test_s
         steps = sorted(per_step)
         results["snn"][name] = {
             "family": method.family,
-            "presim_steps": method.presim_steps + method.srp_steps,
-            "iterations": method.iterations or int(method.srp_steps > 0),
-            "saturated": method.saturated if method.iterations else None,
+            "presim_steps": method.schedule.presim_steps + method.schedule.srp_steps,
+            "iterations": method.schedule.iterations or int(method.schedule.srp_steps > 0),
+            "saturated": method.schedule.saturated if method.schedule.iterations else None,
             "calibration_images": 0 if images is None or not method.calibration else len(images),
             "accuracy": {str(t): float(per_step[t][0]) for t in steps},
             "total_steps": {str(t): t + method.extra_steps for t in steps},

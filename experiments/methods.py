@@ -26,24 +26,29 @@ CALIBRATIONS = {"data_v0": oj.data_potential, "data_bias": oj.data_bias}
 class Method:
     """One row of results: how the SNN is calibrated and at which T it is evaluated.
 
-    ``calibration`` is a data-level correction computed once per T on training images
-    (:func:`offsetjax.data_potential` or :func:`offsetjax.data_bias`), so the row is evaluated at
-    every T = 1..``max_steps`` separately; without one, a single run of ``max_steps`` steps gives
-    every T.
+    ``schedule`` is the SNN's at the row's largest T, ``max_steps`` (at least rho steps: see
+    :func:`snn_for`). ``calibration`` is a data-level correction computed once per T on training
+    images (:func:`offsetjax.data_potential` or :func:`offsetjax.data_bias`), so the row is
+    evaluated at every T = 1..``max_steps`` separately; without one, a single run of
+    ``max_steps`` steps gives every T.
     """
 
     family: str
     max_steps: int
-    presim_steps: int = 0
-    iterations: int = 0
-    saturated: str = "fire"
-    srp_steps: int = 0
+    schedule: oj.Schedule
     calibration: Callable | None = None
 
     @property
     def extra_steps(self) -> int:
         """Steps each sample spends before its T steps: rho * k (COS), tau (SRP)."""
-        return self.presim_steps * self.iterations + self.srp_steps
+        return self.schedule.latency_steps - self.schedule.num_steps
+
+
+def method(family: str, max_steps: int, calibration: Callable | None = None, **schedule) -> Method:
+    """A :class:`Method` of ``family`` evaluated up to T = ``max_steps``; ``schedule``: the
+    :class:`offsetjax.Schedule` fields other than T."""
+    num_steps = max(max_steps, schedule.get("presim_steps", 0))
+    return Method(family, max_steps, oj.Schedule(num_steps=num_steps, **schedule), calibration)
 
 
 def methods(config: ExperimentConfig) -> dict[str, Method]:
@@ -51,41 +56,37 @@ def methods(config: ExperimentConfig) -> dict[str, Method]:
     total budget of the equal-budget table, ``max_steps + presim_steps``."""
     budget = config.max_steps + config.presim_steps
     per_t = min(config.max_steps, config.data_max_steps)  # data-level rows: one calibration per T
-    rows = {"qcfs": Method("qcfs", budget)}
+    rows = {"qcfs": method("qcfs", budget)}
     families = set(config.methods)
     if "cos" in families:
         for rule in config.saturated:
             suffix = "" if rule == "fire" else f"_{rule}"
             rows.update(
                 {
-                    f"cos_k{k}{suffix}": Method("cos", config.max_steps, config.presim_steps, k, rule)
+                    f"cos_k{k}{suffix}": method(
+                        "cos", config.max_steps, presim_steps=config.presim_steps, iterations=k, saturated=rule
+                    )
                     for k in config.iterations
                 }
             )
     if "data_v0" in families:
-        rows["data_v0"] = Method("data_v0", per_t, calibration=CALIBRATIONS["data_v0"])
+        rows["data_v0"] = method("data_v0", per_t, CALIBRATIONS["data_v0"])
     if "data_bias" in families:
-        rows["data_bias"] = Method("data_bias", per_t, calibration=CALIBRATIONS["data_bias"])
+        rows["data_bias"] = method("data_bias", per_t, CALIBRATIONS["data_bias"])
     if "warm_cos" in families:
         rows.update(
             {
-                f"warm_cos_r{rho}": Method("warm_cos", per_t, rho, 1, calibration=CALIBRATIONS["data_v0"])
+                f"warm_cos_r{rho}": method("warm_cos", per_t, CALIBRATIONS["data_v0"], presim_steps=rho, iterations=1)
                 for rho in config.warm_presim_steps
             }
         )
     if "srp" in families:
-        rows["srp"] = Method("srp", config.max_steps, srp_steps=config.srp_steps)
+        rows["srp"] = method("srp", config.max_steps, srp_steps=config.srp_steps)
     return rows
 
 
-def snn_for(model, method: Method, num_steps: int):
-    """The SNN that evaluates ``method`` at T = ``num_steps``. COS needs rho <= T: at T < rho the
+def snn_for(model, row: Method, num_steps: int):
+    """The SNN that evaluates ``row`` at T = ``num_steps``. COS needs rho <= T: at T < rho the
     network runs rho steps and is read at t = T (the steps after T change nothing before it)."""
-    return oj.spiking_model(
-        model,
-        num_steps=max(num_steps, method.presim_steps),
-        presim_steps=method.presim_steps,
-        iterations=method.iterations,
-        saturated=method.saturated,
-        srp_steps=method.srp_steps,
-    )
+    schedule = row.schedule
+    return oj.spiking_model(model, schedule=schedule.replace(num_steps=max(num_steps, schedule.presim_steps)))

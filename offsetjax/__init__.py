@@ -26,6 +26,7 @@ from offsetjax.offset import (
     shift_initial_potential,
 )
 from offsetjax.operations import Operations, count_operations, energy
+from offsetjax.schedule import Schedule
 from offsetjax.simulation import calibrate_network, simulate, simulate_with_statistics
 from offsetjax.site import IFActivation
 from offsetjax.stats import PSI_BINS, OffsetStatistics, accumulate, offset_statistics, summarize
@@ -40,6 +41,7 @@ __all__ = [
     "OffsetStatistics",
     "Operations",
     "SNNEvaluation",
+    "Schedule",
     "accumulate",
     "ann_accuracy",
     "ann_model",

@@ -35,7 +35,7 @@ def check_int(name: str, value, *, minimum: int, maximum: int | None = None) -> 
     return int(value)
 
 
-def check_steps(*, num_steps: int, presim_steps: int, iterations: int) -> None:
+def check_steps(*, num_steps, presim_steps, iterations) -> None:
     """Check a simulation schedule: T >= 1, 0 <= rho <= T, k >= 0, rho > 0 when k > 0."""
     check_int("num_steps", num_steps, minimum=1)
     check_int("presim_steps", presim_steps, minimum=0, maximum=num_steps)

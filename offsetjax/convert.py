@@ -18,11 +18,9 @@ from flax import traverse_util
 from jaxtyping import ArrayLike
 
 from offsetjax._checks import (
-    check_choice,
     check_float,
     check_positive,
     check_same_tree,
-    check_steps,
     is_abstract,
     leaf_label,
     nonfinite,
@@ -30,86 +28,50 @@ from offsetjax._checks import (
 from offsetjax._trace import trace_network
 from offsetjax.activation import at_least_float32
 from offsetjax.models.layers import Activation
-from offsetjax.neuron import resolve_unroll
-from offsetjax.offset import SATURATION_RULES
-from offsetjax.site import INITIAL_POTENTIAL, IFActivation, check_srp
+from offsetjax.schedule import Schedule
+from offsetjax.site import INITIAL_POTENTIAL, IFActivation
 
 
-def spiking_model(
-    model: nn.Module,
-    *,
-    num_steps: int,
-    presim_steps: int = 0,
-    iterations: int = 0,
-    eps: float = 1e-3,
-    saturated: str = "fire",
-    srp_steps: int = 0,
-    unroll: int | None = None,
-) -> nn.Module:
-    """The same network with every activation site an :class:`IFActivation`.
+def spiking_model(model: nn.Module, *, schedule: Schedule | None = None, **options: Any) -> nn.Module:
+    """The same network with every activation site an :class:`IFActivation` running ``schedule``.
 
     Args:
       model: a Flax network with an ``activation`` field (every model in ``offsetjax.models``).
-      num_steps: T >= 1.
-      presim_steps: rho, 0 <= rho <= T.
-      iterations: k >= 0; ``presim_steps=0, iterations=0`` is the uncalibrated baseline
-        (``presim_steps > 0`` needs ``iterations >= 1``: refused otherwise).
-      eps: relative margin of Theorem 2.
-      saturated: rule (ii) for a neuron that fired at every pre-simulation step: ``"fire"``
-        (default, as the authors' code: it fires at every later step) or ``"hold"`` (left
-        unshifted); see :func:`offsetjax.shift_initial_potential`.
-      srp_steps: tau of SRP (:class:`offsetjax.IFActivation`), 0 (default): off; excludes
-        ``iterations``. The network then runs tau + T steps and its logits are the last T's.
-      unroll: scan unroll of each site's time loops, an int >= 1; ``None`` (default):
-        :func:`offsetjax.scan_unroll` of the loop's length, chosen to bound compile time.
+      schedule: the :class:`offsetjax.Schedule` the SNN carries; or give its fields as keywords
+        instead, ``spiking_model(model, num_steps=4, presim_steps=2, iterations=1)`` (T, rho, k,
+        ``eps``, ``saturated``, ``srp_steps``, ``unroll``; defaults and meaning in
+        :class:`offsetjax.Schedule`).
+
+    Raises:
+      ValueError: both or neither of ``schedule`` and its fields given, an unknown field, a field
+        out of its domain (:class:`offsetjax.Schedule` names it), or a ``model`` without an
+        ``activation`` field.
     """
-    check_steps(num_steps=num_steps, presim_steps=presim_steps, iterations=iterations)
-    if presim_steps > 0 and iterations == 0:
+    if schedule is None:
+        schedule = Schedule.from_options(options, name="spiking_model's keywords")
+    elif options:
         raise ValueError(
-            f"presim_steps={presim_steps} with iterations=0 calibrates nothing: the network would run "
-            "uncalibrated; pass iterations >= 1 (COS) or presim_steps=0 (the uncalibrated baseline)"
+            f"spiking_model takes schedule= or the schedule's fields as keywords, not both: got schedule and "
+            f"{', '.join(sorted(options))}; use schedule.replace({', '.join(f'{k}=...' for k in sorted(options))})"
         )
-    check_choice("saturated", saturated, SATURATION_RULES)
-    check_srp(srp_steps, iterations)
-    resolve_unroll(unroll, num_steps)
+    elif not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule must be an offsetjax.Schedule, got {type(schedule).__name__}")
     if not hasattr(model, "activation"):
         raise ValueError(f"model must have an `activation` field to swap, got {type(model).__name__}")
-    site = SpikingSites(
-        model.activation,
-        num_steps=num_steps,
-        presim_steps=presim_steps,
-        iterations=iterations,
-        eps=eps,
-        saturated=saturated,
-        unroll=unroll,
-        **({"srp_steps": srp_steps} if srp_steps else {}),
-    )
-    return model.clone(activation=site)
+    return model.clone(activation=SpikingSites(model.activation, schedule))
 
 
 @dataclasses.dataclass(frozen=True, init=False)
 class SpikingSites(Activation):
     """The IF sites of a network from :func:`spiking_model`: an :class:`Activation` of
-    :class:`IFActivation` with the SNN's schedule as options, remembering ``ann``, the
-    activation factory of the ANN it was converted from (:func:`ann_model`)."""
+    :class:`IFActivation` with the SNN's :class:`Schedule` as its one option, remembering
+    ``ann``, the activation factory of the ANN it was converted from (:func:`ann_model`)."""
 
     ann: Any
 
-    def __init__(self, ann: Any, **options: Any):
-        super().__init__(IFActivation, **options)
+    def __init__(self, ann: Any, schedule: Schedule):
+        super().__init__(IFActivation, schedule=schedule)
         object.__setattr__(self, "ann", ann)
-
-
-#: The schedule options of :func:`spiking_model` and their defaults.
-SCHEDULE = {
-    "num_steps": None,
-    "presim_steps": 0,
-    "iterations": 0,
-    "eps": 1e-3,
-    "saturated": "fire",
-    "srp_steps": 0,
-    "unroll": None,
-}
 
 
 def _check_named_sites(snn: nn.Module, params: dict) -> None:
@@ -132,10 +94,9 @@ def _check_named_sites(snn: nn.Module, params: dict) -> None:
         )
 
 
-def schedule(snn: nn.Module) -> dict[str, Any]:
-    """The schedule ``snn`` carries: ``num_steps`` (T), ``presim_steps`` (rho), ``iterations``
-    (k), ``eps``, ``saturated``, ``srp_steps`` (tau) and ``unroll``, as given to
-    :func:`spiking_model`.
+def schedule(snn: nn.Module) -> Schedule:
+    """The :class:`Schedule` ``snn`` carries (T, rho, k, eps, saturation rule, SRP's tau,
+    unroll), as given to :func:`spiking_model`.
 
     Raises:
       ValueError: ``snn`` is not a network with IF sites (e.g. the ANN).
@@ -146,7 +107,7 @@ def schedule(snn: nn.Module) -> dict[str, Any]:
             f"snn must be the spiking network from offsetjax.spiking_model(model, num_steps=...), got a "
             f"{type(snn).__name__} with activation {activation!r}"
         )
-    return {**SCHEDULE, **dict(activation.options)}
+    return dict(activation.options)["schedule"]
 
 
 def ann_model(snn: nn.Module) -> nn.Module:

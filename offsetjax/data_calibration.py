@@ -59,6 +59,7 @@ from offsetjax._checks import check_choice, check_image_batch, images_must_fit, 
 from offsetjax.activation import QCFS, at_least_float32
 from offsetjax.convert import ann_model, convert_variables, schedule, spiking_model
 from offsetjax.neuron import scan_unroll
+from offsetjax.schedule import Schedule
 from offsetjax.simulation import check_ann_variables, check_model, check_network, input_dtype
 from offsetjax.site import BIAS_CORRECTION, CALIBRATED_FOR, CALIBRATED_STEPS, INITIAL_POTENTIAL, IFActivation
 
@@ -134,12 +135,12 @@ def data_bias(
 
 
 def _calibrate_sites(snn, ann_variables, images, solver, snn_variables, mesh, *, per_channel: bool) -> dict:
-    options = schedule(snn)
+    plan = schedule(snn)
     check_choice("solver", solver, SOLVERS)
     images = _checked_host_images(images)
     model = ann_model(snn)
-    num_steps = options["num_steps"]
-    plain = spiking_model(model, num_steps=num_steps, unroll=options["unroll"])
+    num_steps = plan.num_steps
+    plain = spiking_model(model, schedule=Schedule(num_steps=num_steps, unroll=plan.unroll))
     check_model(plain, images)
     check_ann_variables(model, ann_variables, images, name="ann_variables")
     refused = "a data-level calibration starts from one v(0) per neuron for the whole calibration set"
@@ -242,7 +243,7 @@ def _calibrated_pass(
                 targets["/".join(site.path)],
                 mask,
                 count,
-                site.num_steps,
+                site.schedule.num_steps,
                 solver=solver,
                 per_channel=per_channel,
             )

@@ -127,7 +127,7 @@ def evaluate_snn(
       :class:`SNNEvaluation` with ``accuracy`` ``[T]`` (after t = 1..T steps) and, when asked,
       ``statistics`` and ``operations``.
     """
-    num_steps = schedule(snn)["num_steps"]
+    num_steps = schedule(snn).num_steps
     correct = np.zeros(num_steps, np.int64)
     totals: dict[str, OffsetStatistics] = {}
     events = {name: np.zeros(num_steps) for name in ("spikes", "synops", "effective_acs", "effective_macs")}

@@ -51,6 +51,7 @@ from offsetjax.activation import at_least_float32
 from offsetjax.convert import schedule
 from offsetjax.neuron import if_initial_state, if_step
 from offsetjax.offset import calibration_round, presim_magnitude, srp_keep
+from offsetjax.schedule import Schedule
 from offsetjax.simulation import check_frames, check_network, input_dtype
 from offsetjax.site import add_bias_current
 
@@ -356,11 +357,6 @@ def _proc_kib(path: str, key: str) -> int | None:
     return None
 
 
-def _site_lag(options: dict) -> int:
-    """Ticks a site's output lags its input: COS buffers k * rho inputs; the others none."""
-    return options["presim_steps"] * options["iterations"]
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class _Plan:
     """The traced network's step for given variable shapes: ``step(leaves, state, frame)``."""
@@ -389,11 +385,11 @@ def _plan(snn: nn.Module, structure, image_shape: tuple[int, ...], batch_size: i
     return _program(closed, len(shapes), schedule(snn), delay)
 
 
-def _program(closed, num_leaves: int, options: dict, delay: int) -> _Plan:
+def _program(closed, num_leaves: int, sched: Schedule, delay: int) -> _Plan:
     """Lags of every value of the traced network, then the step function over them. The
     jaxpr's inputs are the variables' ``num_leaves`` leaves, then the frame."""
     jaxpr = closed.jaxpr
-    steps = options["srp_steps"] + options["num_steps"]
+    steps = sched.input_steps
     leaf_vars, frame_var = jaxpr.invars[:num_leaves], jaxpr.invars[num_leaves]
     lags: dict[Any, int | None] = {var: None for var in (*jaxpr.constvars, *leaf_vars)}
     lags[frame_var] = 0
@@ -417,7 +413,7 @@ def _program(closed, num_leaves: int, options: dict, delay: int) -> _Plan:
         if equation.primitive is site_p:
             if lag is None:
                 raise ValueError(f"site {equation.params['path']} is fed by no input")
-            out_lag = lag + _site_lag(options) + delay
+            out_lag = lag + sched.site_lag + delay
             site = len(sites)
             sites.append(SiteTiming(equation.params["path"], lag, out_lag, steps))
             lag = out_lag
@@ -434,7 +430,7 @@ def _program(closed, num_leaves: int, options: dict, delay: int) -> _Plan:
         return {
             "tick": jnp.zeros((), jnp.int32),
             "lines": {key: jnp.zeros((ticks, *var.aval.shape), var.aval.dtype) for key, (var, ticks) in lines.items()},
-            "sites": {path: _site_init(aval, options, delay) for path, aval in site_inputs.items()},
+            "sites": {path: _site_init(aval, sched, delay) for path, aval in site_inputs.items()},
         }
 
     def step(leaves, state, frame):
@@ -463,7 +459,7 @@ def _program(closed, num_leaves: int, options: dict, delay: int) -> _Plan:
                     v0,
                     bias,
                     tick - timing.input_lag,
-                    options,
+                    sched,
                     delay,
                     equation.params["has_bias"],
                 )
@@ -493,16 +489,16 @@ def _program(closed, num_leaves: int, options: dict, delay: int) -> _Plan:
         )
     )
     frame_shape = tuple(frame_var.aval.shape[1:])
-    return _Plan(init, step, tuple(sites), output_lag, steps, options["srp_steps"], frame_shape, tick_bytes)
+    return _Plan(init, step, tuple(sites), output_lag, steps, sched.srp_steps, frame_shape, tick_bytes)
 
 
-def _site_init(currents, options: dict, delay: int) -> dict:
+def _site_init(currents, sched: Schedule, delay: int) -> dict:
     """A site's state before tick 1; ``currents`` is the abstract value of its input ``[1, B, ...]``."""
     neuron_shape = currents.shape[1:]
     dtype = at_least_float32(currents.dtype)
     zeros = jnp.zeros(neuron_shape, dtype)
     state = {"run": if_initial_state(zeros), "shifted": zeros, "magnitude": zeros, "keep": zeros}
-    buffered = _site_lag(options)
+    buffered = sched.site_lag
     if buffered:
         state["buffer"] = jnp.zeros((buffered, *neuron_shape), currents.dtype)
     if delay:
@@ -510,7 +506,7 @@ def _site_init(currents, options: dict, delay: int) -> dict:
     return state
 
 
-def _site_step(state, currents, theta, v0, bias, token, options, delay, has_bias):
+def _site_step(state, currents, theta, v0, bias, token, sched: Schedule, delay, has_bias):
     """One tick of a site; ``token`` is the index (from 1) of the input arriving this tick."""
     dtype = at_least_float32(currents.dtype)
     theta = theta.astype(dtype)
@@ -520,8 +516,8 @@ def _site_step(state, currents, theta, v0, bias, token, options, delay, has_bias
     neuron_shape = x.shape
     theta = jnp.broadcast_to(theta, neuron_shape)
     v0 = jnp.broadcast_to(jnp.asarray(v0, dtype), neuron_shape)
-    rho, rounds, tau = options["presim_steps"], options["iterations"], options["srp_steps"]
-    num_steps = options["num_steps"]
+    rho, rounds, tau = sched.presim_steps, sched.iterations, sched.srp_steps
+    num_steps = sched.num_steps
     buffered = rho * rounds
     op = token - 1  # ops run one per tick from the first input on
     state = dict(state)
@@ -555,8 +551,8 @@ def _site_step(state, currents, theta, v0, bias, token, options, delay, has_bias
                 magnitude,
                 first_round=first_round,
                 presim_steps=rho,
-                eps=options["eps"],
-                saturated=options["saturated"],
+                eps=sched.eps,
+                saturated=sched.saturated,
             )
             for first_round in (True, False)[:rounds]
         ]

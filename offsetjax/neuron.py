@@ -135,7 +135,7 @@ def scan_unroll(num_steps: int) -> int:
     return num_steps if num_steps <= FULL_UNROLL_STEPS else 1
 
 
-def resolve_unroll(unroll: int | None, num_steps: int) -> int:
+def resolve_unroll(unroll, num_steps: int) -> int:
     """``unroll`` checked (an int >= 1), or :func:`scan_unroll` of ``num_steps`` when None."""
     if unroll is None:
         return scan_unroll(num_steps)

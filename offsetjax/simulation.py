@@ -95,12 +95,12 @@ def simulate(
 def check_frames(model: nn.Module, frames) -> Array:
     """``frames`` checked: a sequence ``[steps, B, ...]`` of batches, one per step the network runs."""
     frames = jnp.asarray(frames)
-    options = schedule(model)
-    steps = options["srp_steps"] + options["num_steps"]
+    plan = schedule(model)
+    steps = plan.input_steps
     if frames.ndim < 3 or frames.shape[0] != steps or frames.shape[1] < 1:
         raise ValueError(
             f"frames must be one batch per step, [steps, B, ...] with steps = {steps} for this network "
-            f"(num_steps={options['num_steps']}, srp_steps={options['srp_steps']}) and B >= 1, got shape "
+            f"(num_steps={plan.num_steps}, srp_steps={plan.srp_steps}) and B >= 1, got shape "
             f"{frames.shape}"
         )
     return check_image_batch(frames, axis="steps")
@@ -247,7 +247,7 @@ def check_network(
     check_variables_fit(variables, traced.variables, ("params", "batch_stats"), what, name)
     neurons = {path.rpartition("/")[0]: leaf for path, leaf in traced.variables[INITIAL_POTENTIAL].items()}
     check_site_leaves(variables, neurons, shape[0], per_sample_refused, name, what)
-    check_calibrated_steps(variables, schedule(model)["num_steps"], name)
+    check_calibrated_steps(variables, schedule(model).num_steps, name)
     check_variable_values(variables, name)
 
 
@@ -513,7 +513,7 @@ def _apply(
             collections[STATISTICS],
             is_leaf=lambda x: isinstance(x, tuple) and not isinstance(x, OffsetStatistics),
         )
-    srp_steps = schedule(model)["srp_steps"]
+    srp_steps = schedule(model).srp_steps
     ops = jax.tree.map(lambda x: x[0], collections.get(OPERATIONS, {}), is_leaf=lambda x: isinstance(x, tuple))
     if operations:  # the linear layers' events, every layer's [T' or 1, B] summed as [T, B]
         steps_run = (out.shape[0], out.shape[1])

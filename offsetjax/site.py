@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from offsetjax._checks import check_choice, check_int, check_steps
 from offsetjax.activation import DEFAULT_THRESHOLD, at_least_float32
-from offsetjax.neuron import if_simulate, resolve_unroll
-from offsetjax.offset import SATURATION_RULES, calibrate_counting_spikes, srp_presimulate
+from offsetjax.neuron import if_simulate
+from offsetjax.offset import calibrate_counting_spikes, srp_presimulate
+from offsetjax.schedule import Schedule
 from offsetjax.stats import offset_statistics
 
 #: Variable collection holding each site's initial potential v(0) (per neuron, no batch axis).
@@ -55,51 +55,39 @@ class IFActivation(nn.Module):
     ``initial_potential`` collection (theta/2 at init).
 
     Attributes:
-      num_steps: T, the number of simulated steps.
-      presim_steps: rho, the pre-simulation length of calibration (0: none).
-      iterations: k, calibration rounds (0: the uncalibrated QCFS baseline).
-      eps: relative margin of Theorem 2.
-      saturated: rule (ii) for a neuron that never stayed silent in the pre-simulation:
-        ``"fire"`` (the authors' code, default) or ``"hold"``
-        (:func:`offsetjax.shift_initial_potential`).
-      srp_steps: tau of SRP (Hao et al., AAAI 2023; ``docs/method.md`` section 8), 0: off. The
-        site then takes ``tau + T`` steps of currents: it simulates the first tau from v(0),
-        silences the neurons whose residual potential v(tau) is <= ``offsetjax.offset.SRP_RESIDUAL_MARGIN *
-        theta``, restarts from v(0) and simulates T steps with them silenced. It emits all
-        ``tau + T`` steps (the next site pre-simulates on the first tau);
-        :func:`offsetjax.simulate` reads the logits of the last T. Excludes COS (``iterations``).
-      unroll: ``jax.lax.scan`` unroll of the T-step simulation and of each pre-simulation, an
-        int >= 1; ``None`` (default): :func:`offsetjax.scan_unroll` of each scan's length.
+      schedule: the network's :class:`offsetjax.Schedule`: T, COS's rho, k, eps and saturation
+        rule, SRP's tau, the scans' unroll. With SRP (``srp_steps`` tau > 0) the site takes
+        ``tau + T`` steps of currents: it simulates the first tau from v(0), silences the neurons
+        whose residual potential v(tau) is <= ``offsetjax.offset.SRP_RESIDUAL_MARGIN * theta``,
+        restarts from v(0) and simulates T steps with them silenced. It emits all ``tau + T``
+        steps (the next site pre-simulates on the first tau); :func:`offsetjax.simulate` reads
+        the logits of the last T.
       threshold_init: initial threshold, as QCFS's.
 
     An optional ``bias_correction`` collection (``b``, broadcastable to the neuron shape) adds a
     constant current at every step (:func:`offsetjax.data_bias`).
     """
 
-    num_steps: int
-    presim_steps: int = 0
-    iterations: int = 0
-    eps: float = 1e-3
-    saturated: str = "fire"
-    srp_steps: int = 0
-    unroll: int | None = None
+    schedule: Schedule
     threshold_init: float = DEFAULT_THRESHOLD
 
     def __post_init__(self):
-        check_steps(num_steps=self.num_steps, presim_steps=self.presim_steps, iterations=self.iterations)
-        check_srp(self.srp_steps, self.iterations)
-        check_choice("saturated", self.saturated, SATURATION_RULES)
-        resolve_unroll(self.unroll, self.num_steps)
+        if not isinstance(self.schedule, Schedule):
+            raise ValueError(
+                f"IFActivation's schedule must be an offsetjax.Schedule, got {type(self.schedule).__name__}: "
+                "IFActivation(schedule=Schedule(num_steps=4))"
+            )
         super().__post_init__()
 
     @nn.compact
     def __call__(self, currents: Float[Array, "Tp B ..."]) -> Float[Array, "T B ..."]:
         """Spike outputs ``theta * s(t)``, ``[T, B, ...]`` (``[tau + T, B, ...]`` with SRP), from
         currents of that length or 1 along the time axis."""
-        steps = self.srp_steps + self.num_steps
+        schedule = self.schedule
+        steps = schedule.input_steps
         if currents.ndim < 2 or currents.shape[0] not in (1, steps):
             raise ValueError(
-                f"an IFActivation with num_steps={self.num_steps}, srp_steps={self.srp_steps} needs "
+                f"an IFActivation with num_steps={schedule.num_steps}, srp_steps={schedule.srp_steps} needs "
                 f"time-major currents [{steps} or 1, batch, ...], got shape {currents.shape}; run the "
                 "network through offsetjax.simulate"
             )
@@ -110,23 +98,25 @@ class IFActivation(nn.Module):
         if self.has_variable(BIAS_CORRECTION, "b"):
             currents = add_bias_current(currents, self.get_variable(BIAS_CORRECTION, "b"), theta.dtype)
         currents = jnp.broadcast_to(currents, (steps, *currents.shape[1:]))
-        if self.srp_steps:
-            presim_out, presim_spikes, keep = srp_presimulate(currents[: self.srp_steps], theta, v0, unroll=self.unroll)
-            currents, calibrated = currents[self.srp_steps :], v0
+        if schedule.srp_steps:
+            presim_out, presim_spikes, keep = srp_presimulate(
+                currents[: schedule.srp_steps], theta, v0, unroll=schedule.unroll
+            )
+            currents, calibrated = currents[schedule.srp_steps :], v0
         else:
             calibrated, presim_spikes = calibrate_counting_spikes(
                 currents,
                 theta,
                 v0,
-                presim_steps=self.presim_steps,
-                iterations=self.iterations,
-                eps=self.eps,
-                saturated=self.saturated,
-                unroll=self.unroll,
+                presim_steps=schedule.presim_steps,
+                iterations=schedule.iterations,
+                eps=schedule.eps,
+                saturated=schedule.saturated,
+                unroll=schedule.unroll,
             )
-        spikes, state = if_simulate(currents, theta, calibrated, unroll=self.unroll)
+        spikes, state = if_simulate(currents, theta, calibrated, unroll=schedule.unroll)
         count = state.count
-        if self.srp_steps:
+        if schedule.srp_steps:
             spikes = spikes * keep[None]
             count = jnp.sum(spikes.astype(theta.dtype), axis=0)
         if self.is_mutable_collection(STATISTICS):
@@ -144,18 +134,9 @@ class IFActivation(nn.Module):
             self.sow(OPERATIONS, "synops", jnp.sum(events * fan[None, None], axis=per_step))
             self.sow(OPERATIONS, "presim_spikes", jnp.sum(presim_spikes, axis=per_sample))
             self.sow(OPERATIONS, "presim_synops", jnp.sum(presim_spikes * fan[None], axis=per_sample))
-        if self.srp_steps:  # the next site pre-simulates on the first tau steps
+        if schedule.srp_steps:  # the next site pre-simulates on the first tau steps
             spikes = jnp.concatenate([presim_out, spikes])
         return (spikes * theta).astype(currents.dtype)
-
-
-def check_srp(srp_steps: int, iterations: int) -> None:
-    """SRP's tau is an int >= 0 and excludes COS's calibration rounds."""
-    check_int("srp_steps", srp_steps, minimum=0)
-    if srp_steps and iterations:
-        raise ValueError(
-            f"srp_steps={srp_steps} and iterations={iterations}: SRP and COS are separate methods, set one of them to 0"
-        )
 
 
 def add_bias_current(currents: Array, bias: ArrayLike, dtype) -> Array:

@@ -227,7 +227,7 @@ def test_nan_or_inf_parameters_are_rejected_before_simulation():
 
 
 def test_if_site_rejects_wrong_time_axis():
-    site = oj.IFActivation(num_steps=4)
+    site = oj.IFActivation(schedule=oj.Schedule(num_steps=4))
     with pytest.raises(ValueError, match=r"needs time-major currents \[4 or 1, batch"):
         site.init(jax.random.key(0), jnp.ones((3, 2, 5)))
 

@@ -40,11 +40,13 @@ from offsetjax._trace import trace_sites
 from offsetjax.convert import schedule, spiking_model
 from offsetjax.interop._nir_graph import GraphWriter, _Signal
 from offsetjax.models.layers import qcfs_l4
+from offsetjax.schedule import Schedule
 from offsetjax.simulation import check_network, simulate
 from offsetjax.site import INITIAL_POTENTIAL
 
 SEMANTICS = ("offsetjax", "nir")
-#: The schedule keys every IF node's metadata (and the graph's) records.
+#: The :class:`offsetjax.Schedule` fields every IF node's metadata (and the graph's) records
+#: (SRP is refused; ``unroll`` is the simulator's choice, not the network's).
 SCHEDULE_KEYS = ("num_steps", "presim_steps", "iterations", "eps", "saturated")
 #: Samples in the traced frame (a prime, so that no neuron axis is mistaken for the batch).
 _TRACE_BATCH = 7
@@ -80,7 +82,7 @@ def to_nir(snn: nn.Module, variables: Any, image_shape: tuple[int, int, int]):
         with the layer it is in), or SRP (``srp_steps > 0``: NIR has no silencing mask).
     """
     nir = _nir()
-    options = schedule(snn)
+    snn_schedule = schedule(snn)
     if not isinstance(image_shape, (tuple, list)) or len(image_shape) != 3:
         raise ValueError(f"image_shape must be (H, W, C) of one image, three ints >= 1, got {image_shape!r}")
     for axis, size in zip("HWC", image_shape):
@@ -92,9 +94,9 @@ def to_nir(snn: nn.Module, variables: Any, image_shape: tuple[int, int, int]):
         jax.ShapeDtypeStruct((1, *image_shape), jnp.float32),
         per_sample_refused="a NIR graph holds one v_init per neuron",
     )
-    if options["srp_steps"]:
+    if snn_schedule.srp_steps:
         raise ValueError("to_nir cannot write SRP's silencing mask (srp_steps > 0): NIR's IF node has no such field")
-    site = {key: options[key] for key in SCHEDULE_KEYS}
+    site = {key: value for key, value in snn_schedule.as_dict().items() if key in SCHEDULE_KEYS}
     leaves, treedef = jax.tree.flatten(variables)
     with jax.enable_x64(True):
         leaves = [
@@ -286,6 +288,15 @@ def _network(nir, graph, incoming: dict[str, list[str]], num_steps: int | None) 
         elif not isinstance(node, nir.Output):
             raise ValueError(f"from_nir does not run {kind} nodes ({name})")
         nodes.append((name, kind, tuple(sorted(attributes.items()))))
+    network = GraphNetwork(tuple(nodes), tuple((str(s), str(t)) for s, t in graph.edges))
+    snn = spiking_model(network, schedule=_metadata_schedule(meta, num_steps))
+    as_arrays = lambda tree: jax.tree.map(jnp.asarray, tree)  # noqa: E731
+    return snn, {"params": as_arrays(params), INITIAL_POTENTIAL: as_arrays(potentials)}
+
+
+def _metadata_schedule(meta: dict, num_steps: int | None) -> Schedule:
+    """The :class:`offsetjax.Schedule` a graph's metadata records (the one place it is read),
+    ``num_steps`` replacing its T when given."""
     missing = [key for key in SCHEDULE_KEYS if key not in meta and not (key == "num_steps" and num_steps is not None)]
     if missing:
         raise ValueError(
@@ -293,18 +304,13 @@ def _network(nir, graph, incoming: dict[str, list[str]], num_steps: int | None) 
             "offsetjax.interop.nir.to_nir wrote (run_nir(graph, images, semantics='nir', num_steps=...) runs "
             "any graph with NIR's literal IF)"
         )
-    site = {key: meta.get(key, num_steps) for key in SCHEDULE_KEYS}
-    network = GraphNetwork(tuple(nodes), tuple((str(s), str(t)) for s, t in graph.edges))
-    snn = spiking_model(
-        network,
-        num_steps=int(site["num_steps"]) if num_steps is None else check_int("num_steps", num_steps, minimum=1),
-        presim_steps=int(site["presim_steps"]),
-        iterations=int(site["iterations"]),
-        eps=float(site["eps"]),
-        saturated=_text(site["saturated"]),
+    return Schedule(
+        num_steps=int(meta["num_steps"]) if num_steps is None else check_int("num_steps", num_steps, minimum=1),
+        presim_steps=int(meta["presim_steps"]),
+        iterations=int(meta["iterations"]),
+        eps=float(meta["eps"]),
+        saturated=_text(meta["saturated"]),
     )
-    as_arrays = lambda tree: jax.tree.map(jnp.asarray, tree)  # noqa: E731
-    return snn, {"params": as_arrays(params), INITIAL_POTENTIAL: as_arrays(potentials)}
 
 
 def _topological(graph, incoming: dict[str, list[str]]) -> list[str]:
