@@ -37,13 +37,8 @@ from experiments.datasets import calibration_set
 from experiments.results import command, studying, write_output
 from experiments.runs import USER_ERRORS, load_finished
 from offsetjax.interop.nir import initial_potentials, to_nir
+from offsetjax.simulation import running_mean
 from offsetjax.training import data
-
-
-def _running_mean(outputs: np.ndarray) -> np.ndarray:
-    """``[T, B, classes]`` outputs per step -> their running mean, as ``offsetjax.simulate``."""
-    outputs = np.asarray(outputs, np.float64)
-    return np.cumsum(outputs, axis=0) / np.arange(1, outputs.shape[0] + 1)[:, None, None]
 
 
 def run_sinabs(graph, images: np.ndarray, num_steps: int) -> np.ndarray:
@@ -62,7 +57,7 @@ def run_sinabs(graph, images: np.ndarray, num_steps: int) -> np.ndarray:
     with torch.no_grad():  # sinabs' squeezed layers take [B * T, ...], sample-major
         out = model(x)
     out = out[0] if isinstance(out, tuple) else out
-    return _running_mean(out.reshape(batch, num_steps, -1).transpose(0, 1).numpy())
+    return running_mean(np.asarray(out.reshape(batch, num_steps, -1).transpose(0, 1).numpy(), np.float64))
 
 
 def sinabs_model(graph, batch: int):
@@ -103,7 +98,7 @@ def run_norse(graph, images: np.ndarray, num_steps: int) -> np.ndarray:
         for _ in range(num_steps):
             out, state = model(x, state)
             outputs.append(out.numpy())
-    return _running_mean(np.stack(outputs))
+    return running_mean(np.stack(outputs).astype(np.float64))
 
 
 def _writable(graph):
@@ -162,7 +157,7 @@ def _run_spyx(graph, images: np.ndarray, num_steps: int) -> np.ndarray:
     for frame in x:
         out, state = model(jnp.asarray(frame), state)
         outputs.append(np.asarray(out))
-    return _running_mean(np.stack(outputs)[layers:])
+    return running_mean(np.stack(outputs)[layers:].astype(np.float64))
 
 
 def _is_if(node) -> bool:

@@ -52,7 +52,7 @@ from offsetjax.convert import schedule
 from offsetjax.neuron import if_initial_state, if_step
 from offsetjax.offset import calibration_round, presim_magnitude, srp_keep
 from offsetjax.schedule import Schedule
-from offsetjax.simulation import check_frames, check_network, input_dtype
+from offsetjax.simulation import check_frames, check_network, input_dtype, running_mean
 from offsetjax.site import add_bias_current
 
 #: Per-layer delays the chip model supports: 0 (a spike is used in the tick it is emitted) or 1.
@@ -269,13 +269,12 @@ def run_step_by_step(
     ticks = np.arange(program.output_lag + 1, program.num_ticks + 1)
     read = slice(program.readout_start, None)
     out = outputs.output[ticks - 1][read]
-    steps = jnp.arange(1, out.shape[0] + 1, dtype=out.dtype).reshape(-1, 1, 1)
     site_outputs = {
         timing.path: outputs.sites[timing.path][timing.output_lag : timing.output_lag + timing.num_outputs]
         for timing in program.sites
     }
     site_spikes = {path: jnp.sum(fired, axis=0) for path, fired in outputs.spikes.items()}
-    return StepRun(jnp.cumsum(out, axis=0) / steps, ticks[read], site_outputs, site_spikes, program)
+    return StepRun(running_mean(out), ticks[read], site_outputs, site_spikes, program)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))

@@ -534,5 +534,12 @@ def _apply(
             },
         )
     out = out[srp_steps:]  # SRP's pre-simulation steps are not read out
-    steps = jnp.arange(1, out.shape[0] + 1, dtype=out.dtype).reshape((-1,) + (1,) * (out.ndim - 1))
-    return jnp.cumsum(out, axis=0) / steps, stats, ops
+    return running_mean(out), stats, ops
+
+
+def running_mean(outputs: Float[ArrayLike, "T ..."]) -> Float[ArrayLike, "T ..."]:
+    """The readout of every spiking network here: at each step t, the mean of the outputs of
+    steps 1..t (a NumPy array in, a NumPy array out, in its dtype)."""
+    xp = np if isinstance(outputs, np.ndarray) else jnp
+    steps = xp.arange(1, outputs.shape[0] + 1, dtype=outputs.dtype).reshape((-1,) + (1,) * (outputs.ndim - 1))
+    return xp.cumsum(outputs, axis=0) / steps

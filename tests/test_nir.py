@@ -191,3 +191,36 @@ def test_bad_images_graphs_and_shapes_are_one_clear_error():
     assert run_nir(graph(metadata=False), images, semantics="nir", num_steps=1).shape == (1, 2, 3)
     with pytest.raises(ValueError, match=r"records no num_steps .* num_steps=T"):
         run_nir(graph(metadata=False), images, semantics="nir")
+
+
+def test_the_literal_semantics_read_every_node_as_from_nir_does():
+    """run_nir(semantics="nir") is GraphNetwork with NIR's own IF: it runs nir.Linear nodes and
+    flattens only the dimensions a Flatten node names, checked against NumPy step by step."""
+    rng = np.random.default_rng(0)
+    w1, w2, b2 = rng.normal(size=(4, 9)), rng.normal(size=(3, 8)), rng.normal(size=3)
+    theta, r = np.full(8, 0.5), np.full(8, 1.5)
+    nodes = {
+        "input": nir.Input({"input": np.array([2, 3, 3])}),
+        "rows": nir.Flatten({"input": np.array([2, 3, 3])}, start_dim=1, end_dim=2),  # (2, 9): H, W only
+        "mix": nir.Linear(w1),  # (2, 4)
+        "flat": nir.Flatten({"input": np.array([2, 4])}, start_dim=0, end_dim=1),  # (8,)
+        "if": nir.IF(r=r, v_threshold=theta, v_reset=np.full(8, -0.25)),
+        "head": nir.Affine(w2, b2),
+        "output": nir.Output({"output": np.array([3])}),
+    }
+    order = list(nodes)
+    graph = nir.NIRGraph(nodes, list(zip(order, order[1:])), metadata={}, type_check=False)
+    images = rng.normal(size=(5, 3, 3, 2)).astype(np.float32)  # [B, H, W, C]
+    num_steps = 4
+    got = np.asarray(run_nir(graph, images, semantics="nir", num_steps=num_steps))
+
+    chw = np.transpose(images.astype(np.float64), (0, 3, 1, 2))  # [B, C, H, W]
+    current = (chw.reshape(5, 2, 9) @ w1.T).reshape(5, 8)
+    v, outputs = np.zeros((5, 8)), []
+    for _ in range(num_steps):
+        v = v + r * current
+        fired = v > theta
+        v = np.where(fired, -0.25, v)
+        outputs.append(fired @ w2.T + b2)
+    expected = np.cumsum(outputs, axis=0) / np.arange(1, num_steps + 1)[:, None, None]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

@@ -39,9 +39,9 @@ from offsetjax._checks import check_choice, check_image_batch, check_int, nonfin
 from offsetjax._trace import trace_sites
 from offsetjax.convert import schedule, spiking_model
 from offsetjax.interop._nir_graph import GraphWriter, _Signal
-from offsetjax.models.layers import qcfs_l4
+from offsetjax.models.layers import Activation, qcfs_l4
 from offsetjax.schedule import Schedule
-from offsetjax.simulation import check_network, simulate
+from offsetjax.simulation import check_network, running_mean, simulate
 from offsetjax.site import INITIAL_POTENTIAL
 
 SEMANTICS = ("offsetjax", "nir")
@@ -147,8 +147,9 @@ def initial_potentials(graph) -> dict[str, np.ndarray]:
 class GraphNetwork(nn.Module):
     """A network read from a NIR graph (:func:`from_nir`), computed in NIR's layout: images
     ``[*lead, H, W, C]`` are moved to ``[*lead, C, H, W]`` and each node runs as NIR defines it;
-    each IF node is a site ``activation(name=node)`` (an :class:`offsetjax.IFActivation` once
-    :func:`offsetjax.spiking_model` has swapped it in), its output theta * s divided by theta.
+    each IF node is a site ``activation(name=node)``: an :class:`offsetjax.IFActivation` once
+    :func:`offsetjax.spiking_model` has swapped it in (its output theta * s divided by theta), or
+    a :class:`LiteralIF` (NIR's own IF, for ``run_nir(semantics="nir")``).
 
     Attributes:
       nodes: ``(name, kind, attributes)`` in an order where every node follows its sources;
@@ -201,11 +202,43 @@ class GraphNetwork(nn.Module):
                 start, end = (d + rank if d < 0 else d for d in (a["start_dim"], a["end_dim"]))
                 lead = y.ndim - rank
                 y = y.reshape(*y.shape[: lead + start], -1, *y.shape[lead + end + 1 :])
-            elif kind == "IF":  # the site emits theta * s, NIR's IF node s
-                y = self.activation(name=name)(y)
-                y = y / self.get_variable("params", name)["threshold"].astype(y.dtype)
+            elif kind == "IF":
+                site = self.activation(name=name)
+                y = site(y)
+                if not isinstance(site, LiteralIF):  # an offsetjax site emits theta * s, NIR's IF node s
+                    y = y / self.get_variable("params", name)["threshold"].astype(y.dtype)
             values[name] = y
         return values["output"]
+
+
+class LiteralIF(nn.Module):
+    """NIR's IF node read literally, the ``semantics="nir"`` of :func:`run_nir`: per step
+    v <- v + r * I, a spike where v > v_threshold, then v <- v_reset where it fired; v(0) = 0,
+    or the node's ``v_init`` with ``from_v_init``. Its parameters are the node's own arrays
+    (``v_threshold``, ``v_reset``, ``r``, ``v_init``; NIR's C, H, W layout). Takes currents
+    ``[1 or T, B, ...]``, emits the spikes s in {0, 1}, ``[T, B, ...]``.
+    """
+
+    num_steps: int
+    from_v_init: bool = False
+
+    @nn.compact
+    def __call__(self, currents):
+        node = self.param("node", lambda key: {})
+        currents = jnp.broadcast_to(currents, (self.num_steps, *currents.shape[1:]))
+        neurons = currents.shape[1:]
+        theta, reset, r = (
+            jnp.broadcast_to(jnp.asarray(node[k], currents.dtype), neurons) for k in ("v_threshold", "v_reset", "r")
+        )
+        v0 = jnp.asarray(node["v_init"], currents.dtype) if self.from_v_init else jnp.zeros((), currents.dtype)
+
+        def step(v, current):
+            v = v + r * current
+            fired = v > theta
+            return jnp.where(fired, reset, v), fired.astype(currents.dtype)
+
+        _, spikes = jax.lax.scan(step, jnp.broadcast_to(v0, neurons), currents)
+        return spikes
 
 
 def _lead(array, lead: int, like):
@@ -244,8 +277,11 @@ def from_nir(graph, *, num_steps: int | None = None) -> tuple[nn.Module, dict]:
     return _network(nir, graph, _check_graph(nir, graph, "offsetjax"), num_steps)
 
 
-def _network(nir, graph, incoming: dict[str, list[str]], num_steps: int | None) -> tuple[nn.Module, dict]:
-    """:func:`from_nir` of a graph :func:`_check_graph` passed (``incoming``: its sources)."""
+def _network(
+    nir, graph, incoming: dict[str, list[str]], num_steps: int | None, *, literal: LiteralIF | None = None
+) -> tuple[nn.Module, dict]:
+    """:func:`from_nir` of a graph :func:`_check_graph` passed (``incoming``: its sources); with
+    ``literal`` (a :class:`LiteralIF` holding T), the same network with NIR's own IF nodes."""
     meta = dict(graph.metadata)
     order = _topological(graph, incoming)
     nodes, params, potentials = [], {}, {}
@@ -279,6 +315,10 @@ def _network(nir, graph, incoming: dict[str, list[str]], num_steps: int | None) 
         elif isinstance(node, nir.Flatten):
             rank = len(np.asarray(node.input_type["input"]))
             attributes.update(start_dim=int(node.start_dim), end_dim=int(node.end_dim), rank=rank)
+        elif isinstance(node, nir.IF) and literal is not None:
+            v_init = node.metadata.get("v_init", 0.0) if literal.from_v_init else 0.0
+            arrays = {"v_threshold": node.v_threshold, "v_reset": node.v_reset, "r": node.r, "v_init": v_init}
+            params[name] = {"node": {key: np.asarray(value) for key, value in arrays.items()}}
         elif isinstance(node, nir.IF):
             theta, r = np.asarray(node.v_threshold), np.asarray(node.r)
             if np.any(r != 1) or np.any(theta != theta.flat[0]):
@@ -289,8 +329,11 @@ def _network(nir, graph, incoming: dict[str, list[str]], num_steps: int | None) 
             raise ValueError(f"from_nir does not run {kind} nodes ({name})")
         nodes.append((name, kind, tuple(sorted(attributes.items()))))
     network = GraphNetwork(tuple(nodes), tuple((str(s), str(t)) for s, t in graph.edges))
-    snn = spiking_model(network, schedule=_metadata_schedule(meta, num_steps))
     as_arrays = lambda tree: jax.tree.map(jnp.asarray, tree)  # noqa: E731
+    if literal is not None:
+        sites = Activation(LiteralIF, num_steps=literal.num_steps, from_v_init=literal.from_v_init)
+        return network.clone(activation=sites), {"params": as_arrays(params)}
+    snn = spiking_model(network, schedule=_metadata_schedule(meta, num_steps))
     return snn, {"params": as_arrays(params), INITIAL_POTENTIAL: as_arrays(potentials)}
 
 
@@ -396,27 +439,10 @@ def run_nir(
     if semantics == "offsetjax":
         snn, variables = _network(nir, graph, incoming, num_steps)
         return simulate(snn, variables, images)
-    values: dict[str, jax.Array] = {}
-
-    def compute(name: str) -> jax.Array:
-        if name in values:
-            return values[name]
-        node = graph.nodes[name]
-        if isinstance(node, nir.Input):
-            x = jnp.asarray(images)
-            out = (jnp.transpose(x, (0, 3, 1, 2)) if x.ndim == 4 else x)[None]  # [1, B, C, H, W] or [1, B, F]
-        else:
-            inputs = [compute(source) for source in incoming[name]]
-            steps = max(x.shape[0] for x in inputs)
-            x = sum(jnp.broadcast_to(v, (steps, *v.shape[1:])) for v in inputs)
-            out = _apply_literal(nir, node, x, num_steps, from_v_init)
-        values[name] = out
-        return out
-
-    out = compute("output")
-    out = jnp.broadcast_to(out, (num_steps, *out.shape[1:]))
-    steps = jnp.arange(1, num_steps + 1, dtype=out.dtype).reshape(-1, 1, 1)
-    return jnp.cumsum(out, axis=0) / steps
+    literal = LiteralIF(num_steps=num_steps, from_v_init=from_v_init)
+    network, variables = _network(nir, graph, incoming, num_steps, literal=literal)
+    out = network.apply(variables, images[None])  # [1 or T, B, classes]
+    return running_mean(jnp.broadcast_to(out, (num_steps, *out.shape[1:])))
 
 
 def _check_graph(nir, graph, semantics: str) -> dict[str, list[str]]:
@@ -478,50 +504,3 @@ def _check_node_values(name: str, node) -> None:
                 f"graph node {name} ({type(node).__name__}) holds {problem} in {field}: its weights, biases, "
                 "thresholds and v_init must be finite"
             )
-
-
-def _apply_literal(nir, node, x, num_steps: int, from_v_init: bool):
-    lead = x.shape[:2]
-    if isinstance(node, nir.Conv2d):
-        stride = tuple(np.broadcast_to(node.stride, 2))
-        pad = tuple(int(p) for p in np.broadcast_to(node.padding, 2))
-        folded = x.reshape(-1, *x.shape[2:])
-        y = (
-            jax.lax.conv_general_dilated(
-                folded,
-                jnp.asarray(node.weight, x.dtype),
-                stride,
-                [(pad[0], pad[0]), (pad[1], pad[1])],
-                rhs_dilation=_ints(node.dilation),
-                dimension_numbers=("NCHW", "OIHW", "NCHW"),
-                feature_group_count=int(node.groups),
-            )
-            + jnp.asarray(node.bias, x.dtype)[None, :, None, None]
-        )
-        return y.reshape(*lead, *y.shape[1:])
-    if isinstance(node, nir.SumPool2d):
-        k, s, p = _ints(node.kernel_size), _ints(node.stride), _ints(node.padding)
-        padding = [(0, 0)] * 3 + [(n, n) for n in p]
-        return jax.lax.reduce_window(x, jnp.zeros((), x.dtype), jax.lax.add, (1, 1, 1, *k), (1, 1, 1, *s), padding)
-    if isinstance(node, nir.Flatten):
-        return x.reshape(*lead, -1)
-    if isinstance(node, nir.Affine):
-        return x @ jnp.asarray(node.weight, x.dtype).T + jnp.asarray(node.bias, x.dtype)[None, None]
-    if isinstance(node, nir.Scale):
-        return x * jnp.asarray(node.scale, x.dtype)[None, None]
-    if isinstance(node, nir.IF):
-        currents = jnp.broadcast_to(x, (num_steps, *x.shape[1:]))
-        theta = jnp.broadcast_to(jnp.asarray(node.v_threshold, x.dtype), currents.shape[1:])
-        reset = jnp.broadcast_to(jnp.asarray(node.v_reset, x.dtype), currents.shape[1:])
-
-        def step(v, current):
-            v = v + current
-            fired = v > theta
-            return jnp.where(fired, reset, v), fired.astype(x.dtype)
-
-        v0 = jnp.asarray(node.metadata["v_init"], x.dtype) if from_v_init else jnp.zeros((), x.dtype)
-        _, spikes = jax.lax.scan(step, jnp.broadcast_to(v0, currents.shape[1:]), currents)
-        return spikes
-    if isinstance(node, nir.Output):
-        return x
-    raise ValueError(f"run_nir does not run {type(node).__name__} nodes")
