@@ -13,10 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from offsetjax import _jax_internals as internals
+
 
 def is_abstract(x) -> bool:
     """Whether ``x``'s values cannot be read here: a tracer, or an array other processes hold parts of."""
-    return isinstance(x, jax.core.Tracer) or (isinstance(x, jax.Array) and not x.is_fully_addressable)
+    return isinstance(x, internals.Tracer) or (isinstance(x, jax.Array) and not x.is_fully_addressable)
 
 
 def concrete_value(x) -> np.ndarray | None:

@@ -15,13 +15,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import traverse_util
-from jax.extend import core as jex
 
+from offsetjax import _jax_internals as internals
 from offsetjax.models.layers import xla_convolutions
 from offsetjax.site import BIAS_CORRECTION, INITIAL_POTENTIAL, IFActivation
 
-site_p = jex.Primitive("offsetjax_if_site")
-site_p.def_abstract_eval(lambda currents, theta, v0, bias, **_: jax.core.ShapedArray(currents.shape, currents.dtype))
+site_p = internals.Primitive("offsetjax_if_site")
+site_p.def_abstract_eval(lambda currents, theta, v0, bias, **_: internals.ShapedArray(currents.shape, currents.dtype))
 
 
 def _mark_sites(next_fun, args, kwargs, context):

@@ -33,9 +33,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend import core as jex
 from jaxtyping import Array, ArrayLike, Float
 
+from offsetjax import _jax_internals as internals
 from offsetjax._checks import (
     CAST_HINT,
     check_choice,
@@ -290,7 +290,7 @@ def _scan(plan: _Plan, leaves: tuple, images: Array, frames: bool) -> StepOutput
 def _check_static(**arguments) -> None:
     """The network and options are Python values: under ``jax.jit`` they must be static."""
     for name, value in arguments.items():
-        if isinstance(value, jax.core.Tracer) or (name == "snn" and not isinstance(value, nn.Module)):
+        if isinstance(value, internals.Tracer) or (name == "snn" and not isinstance(value, nn.Module)):
             raise TypeError(
                 f"{name} must be a static Python value (the network: a flax Module), got {type(value).__name__}: "
                 "to jit run_step_by_step, make the network and its options static, jax.jit(run_step_by_step, "
@@ -396,14 +396,14 @@ def _program(closed, num_leaves: int, sched: Schedule, delay: int) -> _Plan:
     sites: list[SiteTiming] = []
     plan = []  # per equation: (equation, input reads, site index or None)
     for equation in jaxpr.eqns:
-        for sub in jex.jaxprs_in_params(equation.params):
+        for sub in internals.sub_jaxprs(equation):
             if any(inner.primitive is site_p for inner in sub.eqns):
                 raise ValueError("an IF site inside a nested transformation cannot be run step by step")
-        known = [lags[v] for v in equation.invars if isinstance(v, jex.Var) and lags[v] is not None]
+        known = [lags[v] for v in equation.invars if isinstance(v, internals.Var) and lags[v] is not None]
         lag = max(known) if known else None
         reads = []
         for v in equation.invars:
-            if isinstance(v, jex.Var) and lags[v] is not None and lags[v] < lag:
+            if isinstance(v, internals.Var) and lags[v] is not None and lags[v] < lag:
                 key = delay_lines.setdefault((v, lag - lags[v]), f"line{len(delay_lines)}")
                 reads.append((v, key))
             else:
@@ -440,7 +440,7 @@ def _program(closed, num_leaves: int, sched: Schedule, delay: int) -> _Plan:
         new_lines, new_sites, emitted, spikes = {}, {}, {}, {}
 
         def read(v, key):
-            if isinstance(v, jex.Literal):
+            if isinstance(v, internals.Literal):
                 return v.val
             if key is None:
                 return env[v]
@@ -465,7 +465,7 @@ def _program(closed, num_leaves: int, sched: Schedule, delay: int) -> _Plan:
                 emitted[timing.path] = out[0]
                 outs = [out]
             else:
-                outs = equation.primitive.bind(*values, **equation.primitive.get_bind_params(equation.params))
+                outs = equation.primitive.bind(*values, **internals.bind_params(equation))
                 outs = outs if equation.primitive.multiple_results else [outs]
             for v, value in zip(equation.outvars, outs):
                 env[v] = value

@@ -23,8 +23,8 @@ import math
 from typing import Any
 
 import numpy as np
-from jax.extend import core as jex
 
+from offsetjax import _jax_internals as internals
 from offsetjax._trace import site_p
 
 #: Operations that only move values between the time and batch axes, or change nothing.
@@ -136,7 +136,7 @@ class GraphWriter:
         layout = self.layouts[node]
         channels = _nir_channels(scale, layout)
         if channels is None:  # a scale per neuron: only NIR's Scale node holds it
-            return self.add(f"{node}_scale", self.nir.Scale(_nir_layout(scale, layout)), [node], layout)
+            return self.add(f"{node}_scale", self.nir.Scale(scale=_nir_layout(scale, layout)), [node], layout)
         if self._foldable(node):
             weights = self.nodes[node]
             weights.weight = weights.weight * channels.reshape(-1, *([1] * (weights.weight.ndim - 1)))
@@ -147,9 +147,9 @@ class GraphWriter:
         # read no Scale node (an identity shortcut's theta is one).
         diagonal, zeros = np.diag(channels), np.zeros(len(channels))
         if len(layout.shape) == 3:
-            diagonal = self.nir.Conv2d(layout.shape[:2], diagonal[:, :, None, None], 1, 0, 1, 1, zeros)
+            diagonal = self._conv(layout.shape[:2], diagonal[:, :, None, None], 1, 0, 1, 1, zeros)
         else:
-            diagonal = self.nir.Affine(diagonal, zeros)
+            diagonal = self.nir.Affine(weight=diagonal, bias=zeros)
         return self.add(f"{node}_scale", diagonal, [node], layout)
 
     def common_scale(self, signal: _Signal, per_channel: bool) -> tuple[list[str], np.ndarray]:
@@ -162,6 +162,18 @@ class GraphWriter:
             return self.materialize(signal, ""), np.ones(signal.shape)
         return [node for node, _ in signal.terms], common
 
+    def _conv(self, input_shape, weight, stride, padding, dilation, groups, bias):
+        """A ``nir.Conv2d`` node, its fields named (NIR's order is not relied on)."""
+        return self.nir.Conv2d(
+            input_shape=input_shape,
+            weight=weight,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+        )
+
     # -- the jaxpr ---------------------------------------------------------------------------
 
     def run(self, closed, inputs: list, scope: str = "") -> list:
@@ -170,14 +182,14 @@ class GraphWriter:
         env.update(zip(jaxpr.invars, inputs))
 
         def read(v):
-            return v.val if isinstance(v, jex.Literal) else env[v]
+            return v.val if isinstance(v, internals.Literal) else env[v]
 
         for equation in jaxpr.eqns:
             values = [read(v) for v in equation.invars]
-            where = "/".join(part for part in (scope, str(equation.source_info.name_stack)) if part)
+            where = "/".join(part for part in (scope, internals.name_stack(equation)) if part)
             where = where.partition("/")[2] if not scope else where  # the top module's name is not a layer's
             if not any(isinstance(value, _Signal) for value in values):
-                params = equation.primitive.get_bind_params(equation.params)
+                params = internals.bind_params(equation)
                 outs = equation.primitive.bind(*values, **params)
                 outs = outs if equation.primitive.multiple_results else [outs]
             else:
@@ -285,7 +297,7 @@ class GraphWriter:
     def flatten(self, signal: _Signal, lead: int, where: str) -> _Signal:
         sources, scale = self.common_scale(signal, per_channel=False)
         height, width, channels = signal.shape
-        node = self.nir.Flatten({"input": np.array([channels, height, width])}, -3, -1)
+        node = self.nir.Flatten(input_type={"input": np.array([channels, height, width])}, start_dim=-3, end_dim=-1)
         order = np.arange(channels * height * width).reshape(channels, height, width).transpose(1, 2, 0).reshape(-1)
         flat = _Signal([], np.zeros(order.size), lead, (order.size,), order)
         name = self.add(f"{where}/flatten" if where else "flatten", node, sources, flat)
@@ -301,7 +313,9 @@ class GraphWriter:
         v_init = _nir_layout(np.asarray(v0, np.float64), signal)
         shape = v_init.shape
         metadata = {"reset": "subtract", "v_init": v_init, "fire": "v >= v_threshold", **self.site_metadata}
-        node = self.nir.IF(np.ones(shape), np.full(shape, theta), np.zeros(shape), metadata=metadata)
+        node = self.nir.IF(
+            r=np.ones(shape), v_threshold=np.full(shape, theta), v_reset=np.zeros(shape), metadata=metadata
+        )
         sources = self.materialize(signal, where)
         name = self.add(equation.params["path"], node, sources, signal)
         return signal.replace(terms=[(name, np.full(signal.shape, theta))], bias=np.zeros(signal.shape))
@@ -340,7 +354,7 @@ class GraphWriter:
             full[np.arange(weight.shape[0])[:, None], index] = weight
             weight, groups = full, 1
         height, width = signal.shape[:2]
-        node = self.nir.Conv2d(
+        node = self._conv(
             (height, width),
             weight,
             tuple(int(s) for s in params["window_strides"]),
@@ -363,13 +377,13 @@ class GraphWriter:
         out_shape = tuple(equation.outvars[0].aval.shape)
         if len(signal.shape) == 3:  # a dense layer over channels: a 1x1 convolution
             height, width = signal.shape[:2]
-            node = self.nir.Conv2d((height, width), weight.T[:, :, None, None], 1, 0, 1, 1, np.zeros(weight.shape[1]))
+            node = self._conv((height, width), weight.T[:, :, None, None], 1, 0, 1, 1, np.zeros(weight.shape[1]))
             return self._linear_out(where, node, sources, signal, out_shape)
         if signal.order is not None:
             rows = np.empty_like(weight)
             rows[signal.order] = weight
             weight = rows
-        node = self.nir.Affine(np.ascontiguousarray(weight.T), np.zeros(weight.shape[1]))
+        node = self.nir.Affine(weight=np.ascontiguousarray(weight.T), bias=np.zeros(weight.shape[1]))
         return self._linear_out(where, node, sources, signal, out_shape)
 
     def _linear_out(self, where: str, node, sources: list[str], signal: _Signal, out_shape: tuple) -> _Signal:
@@ -413,7 +427,7 @@ class GraphWriter:
         if bias is None:
             raise ValueError(f"to_nir: the offset pooled in {where or 'the network'} varies over space")
         sources, scale = self.common_scale(signal.replace(bias=np.zeros(signal.shape)), per_channel=True)
-        node = self.nir.SumPool2d(np.array(kernel), np.array(stride), np.array(pad))
+        node = self.nir.SumPool2d(kernel_size=np.array(kernel), stride=np.array(stride), padding=np.array(pad))
         out = _Signal([], np.broadcast_to(bias * math.prod(kernel), neurons), signal.lead, neurons)
         name = self.add(f"{where}/pool" if where else "pool", node, sources, out)
         return out.replace(terms=[(name, np.broadcast_to(_per_channel(scale), neurons))])
