@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from offsetjax._checks import check_int, check_positive
+from offsetjax._deprecation import keyword_only_since
 
 #: The threshold every activation site starts from (``docs/method.md`` section 1).
 DEFAULT_THRESHOLD = 8.0
@@ -38,7 +39,8 @@ def straight_through_floor(x: Array) -> Array:
     return x + jax.lax.stop_gradient(jnp.floor(x) - x)
 
 
-def qcfs(z: Float[ArrayLike, "..."], theta: Float[ArrayLike, "..."], levels: int) -> Float[Array, "..."]:
+@keyword_only_since("0.2")
+def qcfs(z: Float[ArrayLike, "..."], theta: Float[ArrayLike, "..."], *, levels: int) -> Float[Array, "..."]:
     """QCFS activation with threshold ``theta`` and ``levels`` quantization steps.
 
     Args:
@@ -80,4 +82,4 @@ class QCFS(nn.Module):
         """QCFS of ``z``, computed in float32 at least and returned in ``z``'s dtype."""
         threshold = self.param("threshold", nn.initializers.constant(self.threshold_init), (), jnp.float32)
         wide = at_least_float32(z.dtype)
-        return qcfs(z.astype(wide), threshold.astype(wide), self.levels).astype(z.dtype)
+        return qcfs(z.astype(wide), threshold.astype(wide), levels=self.levels).astype(z.dtype)

@@ -25,6 +25,7 @@ from offsetjax._checks import (
     leaf_label,
     nonfinite,
 )
+from offsetjax._deprecation import renamed_argument
 from offsetjax._trace import trace_network
 from offsetjax.activation import at_least_float32
 from offsetjax.models.layers import Activation
@@ -119,11 +120,12 @@ def ann_model(snn: nn.Module) -> nn.Module:
     return snn.clone(activation=snn.activation.ann)
 
 
-def convert_variables(snn_model: nn.Module, ann_variables: Any, *, example_images: ArrayLike | None = None) -> dict:
+@renamed_argument("snn_model", "snn", since="0.2")
+def convert_variables(snn: nn.Module, ann_variables: Any, *, example_images: ArrayLike | None = None) -> dict:
     """SNN variables from trained ANN variables.
 
     Args:
-      snn_model: the network from :func:`spiking_model`.
+      snn: the network from :func:`spiking_model`.
       ann_variables: ``{"params": ..., "batch_stats": ...}`` of the trained QCFS ANN.
       example_images: optional input batch ``[B, ...]`` (only its shape is used); when given,
         the ANN's params are checked against the network built for that input, so a mismatch
@@ -140,20 +142,20 @@ def convert_variables(snn_model: nn.Module, ann_variables: Any, *, example_image
         (named by its path), a threshold is not a finite scalar > 0, or the network's activation
         sites were created without a name.
     """
-    activation = getattr(snn_model, "activation", None)
+    activation = getattr(snn, "activation", None)
     if isinstance(activation, Activation) and not issubclass(activation.module, IFActivation):
         raise ValueError(
-            f"snn_model has {activation!r} sites, not IFActivation: pass the spiking network, "
+            f"snn has {activation!r} sites, not IFActivation: pass the spiking network, "
             "offsetjax.spiking_model(model, num_steps=...), not the ANN"
         )
     ann_variables = dict(ann_variables)
     if "params" not in ann_variables:
         raise ValueError(f"ann_variables must hold 'params', got collections {sorted(ann_variables)}")
     params = traverse_util.flatten_dict(ann_variables["params"])
-    _check_named_sites(snn_model, params)
+    _check_named_sites(snn, params)
     if example_images is not None:
-        expected = trace_network(snn_model, (1, *np.shape(example_images)))  # [T = 1, B, ...]
-        what = f"this {type(snn_model).__name__} on images of shape {tuple(np.shape(example_images))}"
+        expected = trace_network(snn, (1, *np.shape(example_images)))  # [T = 1, B, ...]
+        what = f"this {type(snn).__name__} on images of shape {tuple(np.shape(example_images))}"
         for collection in ("params", "batch_stats"):
             if collection in expected.variables or collection in ann_variables:
                 check_same_tree(

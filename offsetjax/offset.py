@@ -13,14 +13,17 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from offsetjax._checks import check_choice, check_positive, check_steps, concrete_value
+from offsetjax._deprecation import keyword_only_since
 from offsetjax.activation import at_least_float32
 from offsetjax.neuron import IFState, if_simulate
 
 
+@keyword_only_since("0.2")
 def offset_spike(
     activation: Float[ArrayLike, "..."],
     count: Float[ArrayLike, "..."],
     theta: Float[ArrayLike, "..."],
+    *,
     num_steps: int,
 ) -> Float[Array, "..."]:
     """Offset spike by Definition 1: ``psi = a * T / theta - count``.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -38,6 +38,7 @@ from offsetjax._checks import (
     nonfinite,
     widen_half,
 )
+from offsetjax._deprecation import renamed_argument
 from offsetjax._linear_layers import INPUT_EVENTS, count_input_events
 from offsetjax._trace import trace_network
 from offsetjax.convert import schedule
@@ -54,13 +55,14 @@ from offsetjax.site import (
 from offsetjax.stats import OffsetStatistics, masked_total
 
 
+@renamed_argument("model", "snn", since="0.2")
 def simulate(
-    model: nn.Module, variables: Any, images: Float[ArrayLike, "..."], *, frames: bool = False
+    snn: nn.Module, variables: Any, images: Float[ArrayLike, "..."], *, frames: bool = False
 ) -> Float[Array, "T B C"]:
     """Run a spiking network and return its time-averaged accumulated logits.
 
     Args:
-      model: a network whose activation is :class:`IFActivation` (``offsetjax.spiking_model``).
+      snn: a network whose activation is :class:`IFActivation` (``offsetjax.spiking_model``).
       variables: SNN variables (``offsetjax.convert_variables``).
       images: a batch of inputs ``[B, ...]`` (e.g. ``[B, H, W, C]``), presented at every step;
         with ``frames=True``, inputs that change every step, one frame per step,
@@ -83,12 +85,12 @@ def simulate(
     caller's ``jit`` the variables' values are not checked (:func:`check_network`).
     """
     if frames:
-        images = check_frames(model, images)
-        check_network(model, variables, images[0])
-        images = widen_half(images, input_dtype(model, variables))
+        images = check_frames(snn, images)
+        check_network(snn, variables, images[0])
+        images = widen_half(images, input_dtype(snn, variables))
     else:
-        images = check_call(model, variables, images)
-    logits, _, _ = images_must_fit(lambda: _apply(model, variables, images, None, frames=frames), images)
+        images = check_call(snn, variables, images)
+    logits, _, _ = images_must_fit(lambda: _apply(snn, variables, images, None, frames=frames), images)
     return logits
 
 
@@ -106,28 +108,43 @@ def check_frames(model: nn.Module, frames) -> Array:
     return check_image_batch(frames, axis="steps")
 
 
+@renamed_argument("model", "snn", since="0.2")
 def simulate_with_statistics(
-    model: nn.Module,
+    snn: nn.Module,
     variables: Any,
     images: Float[ArrayLike, "B ..."],
     *,
     sample_mask: Bool[ArrayLike, " B"] | None = None,
-) -> tuple[Float[Array, "T B C"], dict[str, OffsetStatistics]]:
+) -> SimulationWithStatistics:
     """:func:`simulate`, also returning each site's :class:`OffsetStatistics`, keyed by the
     site's module path (``"block1/act"``) in network order.
 
+    Returns:
+      :class:`SimulationWithStatistics` ``(logits, statistics)`` (a named tuple: it unpacks as
+      the pair it was before offsetjax 0.2).
+
     Args:
-      model, variables, images: as :func:`simulate`.
+      snn, variables, images: as :func:`simulate`.
       sample_mask: optional boolean ``[B]``: the statistics count only the samples where it is
         true (for a batch padded to a fixed size). Default: every sample.
     """
-    images = check_call(model, variables, images)
+    images = check_call(snn, variables, images)
     if sample_mask is None:
         sample_mask = jnp.ones(images.shape[:1], bool)
     if tuple(sample_mask.shape) != images.shape[:1]:
         raise ValueError(f"sample_mask must have shape {images.shape[:1]} (one per image), got {sample_mask.shape}")
-    logits, stats, _ = simulate_collecting(model, variables, images, sample_mask, operations=False)
-    return logits, stats
+    logits, stats, _ = simulate_collecting(snn, variables, images, sample_mask, operations=False)
+    return SimulationWithStatistics(logits, stats)
+
+
+class SimulationWithStatistics(NamedTuple):
+    """What :func:`simulate_with_statistics` returns."""
+
+    #: ``[T, B, classes]``, as :func:`simulate`.
+    logits: Float[Array, "T B C"]
+    #: Each site's :class:`OffsetStatistics` (summed over the masked samples), keyed by its
+    #: module path in network order.
+    statistics: dict[str, OffsetStatistics]
 
 
 def simulate_collecting(model: nn.Module, variables: Any, images: Array, sample_mask, operations: bool):
@@ -162,7 +179,8 @@ def site_order(model: nn.Module, image_shape: tuple[int, ...]) -> tuple[str, ...
     return trace_network(model, (1, 1, *image_shape)).sites
 
 
-def calibrate_network(model: nn.Module, variables: Any, images: Float[ArrayLike, "B ..."]) -> dict:
+@renamed_argument("model", "snn", since="0.2")
+def calibrate_network(snn: nn.Module, variables: Any, images: Float[ArrayLike, "B ..."]) -> dict:
     """The calibrated initial potentials of every site, per sample: a pytree like
     ``variables["initial_potential"]`` whose leaves are ``[B, ...]``.
 
@@ -172,8 +190,8 @@ def calibrate_network(model: nn.Module, variables: Any, images: Float[ArrayLike,
     with images of another batch size (and by :func:`offsetjax.evaluate_snn`, which runs one
     v(0) over a whole split). Arguments and checks as :func:`simulate`.
     """
-    images = check_call(model, variables, images)
-    sown = images_must_fit(lambda: _calibrated_potentials(model, variables, images), images)
+    images = check_call(snn, variables, images)
+    sown = images_must_fit(lambda: _calibrated_potentials(snn, variables, images), images)
     return jax.tree.map(lambda leaf: leaf[0], sown, is_leaf=lambda x: isinstance(x, tuple))
 
 

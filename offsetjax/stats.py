@@ -55,7 +55,7 @@ def offset_statistics(
     """
     num_steps = currents.shape[0]
     activation = qcfs(jnp.mean(currents, axis=0), theta, levels=num_steps)
-    magnitude = jnp.abs(jnp.round(offset_spike(activation, count, theta, num_steps)))
+    magnitude = jnp.abs(jnp.round(offset_spike(activation, count, theta, num_steps=num_steps)))
     bins = jnp.minimum(magnitude, len(PSI_BINS) - 1).astype(jnp.int32).ravel()
     histogram = jnp.zeros(len(PSI_BINS), jnp.int32).at[bins].add(1)
     rate_times_theta = count * theta / num_steps

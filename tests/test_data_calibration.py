@@ -72,7 +72,7 @@ def test_data_potential_removes_offset_spikes_of_shifted_potentials(seed, levels
     target = np.asarray(oj.predict(model, ann_variables, image))[0]
     rate = np.asarray(oj.simulate(snn, shifted, image))[-1, 0]
     count = np.round(rate * levels / np.float32(theta))
-    psi = np.round(np.asarray(oj.offset_spike(target, count, np.float32(theta), levels)))  # integers
+    psi = np.round(np.asarray(oj.offset_spike(target, count, np.float32(theta), num_steps=levels)))  # integers
     assert np.all(np.abs(psi) <= 1)
 
     linear = oj.data_potential(snn, ann_variables, image, snn_variables=shifted, solver="linear")
@@ -99,8 +99,8 @@ def _reference_rates(ann_variables, images, num_steps, biases):
 
 def _ann_outputs(ann_variables, images, levels=4):
     params = ann_variables["params"]
-    a1 = oj.qcfs(_dense(images, params["dense1"]), params["act1"]["threshold"], levels)
-    a2 = oj.qcfs(_dense(a1, params["dense2"]), params["act2"]["threshold"], levels)
+    a1 = oj.qcfs(_dense(images, params["dense1"]), params["act1"]["threshold"], levels=levels)
+    a2 = oj.qcfs(_dense(a1, params["dense2"]), params["act2"]["threshold"], levels=levels)
     return a1, a2
 
 

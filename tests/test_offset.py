@@ -106,7 +106,7 @@ def test_qcfs_equivalence_constant_input(num_steps, theta, units):
     currents = jnp.broadcast_to(z, (num_steps, 8))
     _, state = if_simulate(currents, theta, 0.5 * theta)
     np.testing.assert_array_equal(true_offset(currents, theta, state.count), 0.0)
-    np.testing.assert_allclose(state.count * theta / num_steps, oj.qcfs(z, theta, num_steps), rtol=1e-6)
+    np.testing.assert_allclose(state.count * theta / num_steps, oj.qcfs(z, theta, levels=num_steps), rtol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -261,7 +261,7 @@ def test_first_round_judges_by_the_plain_floor():
 
 def test_offset_spike_and_residual_on_edge_values():
     np.testing.assert_array_equal(
-        oj.offset_spike(jnp.array([0.0, 1.0, 0.5]), jnp.array([2.0, 0.0, 2.0]), 1.0, 4), [-2, 4, 0]
+        oj.offset_spike(jnp.array([0.0, 1.0, 0.5]), jnp.array([2.0, 0.0, 2.0]), 1.0, num_steps=4), [-2, 4, 0]
     )
     np.testing.assert_array_equal(
         oj.offset_from_residual(jnp.array([-1.0, -1e-7, 0.0, 0.999, 1.0, 7.5]), 1.0), [-1, -1, 0, 0, 1, 7]

@@ -4,6 +4,7 @@ SNN carries exactly the value it was given, and the deprecated dict reading stil
 import dataclasses
 import math
 
+import jax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -115,3 +116,26 @@ def test_the_dict_reading_is_deprecated_but_still_answers():
     with pytest.warns(DeprecationWarning, match=r"schedule\(snn\).presim_steps"):
         assert oj.schedule(snn)["presim_steps"] == 2
     assert set(FIELDS) == set(oj.schedule(snn).as_dict())
+
+
+def test_renamed_arguments_and_positional_options_still_work_for_one_release():
+    """The 0.2 API shape: the SNN argument is ``snn`` everywhere and options are keyword-only;
+    the old spellings still run, each with a DeprecationWarning naming the new one."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    model = oj.models.small_vgg(2)
+    images = jnp.ones((1, 8, 8, 3))
+    variables = model.init(jax.random.key(0), images, train=False)
+    snn = oj.spiking_model(model, num_steps=2)
+    with pytest.warns(DeprecationWarning, match=r"convert_variables\(snn_model=...\).*write snn="):
+        snn_variables = oj.convert_variables(snn_model=snn, ann_variables=variables)
+    with pytest.warns(DeprecationWarning, match=r"simulate\(model=...\).*write snn="):
+        old = oj.simulate(model=snn, variables=snn_variables, images=images)
+    np.testing.assert_array_equal(old, oj.simulate(snn, snn_variables, images))
+    logits, statistics = oj.simulate_with_statistics(snn, snn_variables, images)  # still a pair
+    np.testing.assert_array_equal(logits, old)
+    with pytest.warns(DeprecationWarning, match=r"levels positionally .* write levels=..."):
+        assert float(oj.qcfs(jnp.float32(0.6), 1.0, 2)) == float(oj.qcfs(jnp.float32(0.6), 1.0, levels=2))
+    with pytest.warns(DeprecationWarning, match="write num_steps=..."):
+        oj.offset_spike(jnp.float32(0.5), jnp.float32(1.0), 1.0, 4)
