@@ -16,6 +16,8 @@ from jaxtyping import Array, ArrayLike, Float
 from offsetjax._checks import check_int, check_positive
 from offsetjax._deprecation import keyword_only_since
 
+__all__ = ["DEFAULT_THRESHOLD", "QCFS", "qcfs", "straight_through_floor"]
+
 #: The threshold every activation site starts from (``docs/method.md`` section 1).
 DEFAULT_THRESHOLD = 8.0
 

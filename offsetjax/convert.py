@@ -32,6 +32,8 @@ from offsetjax.models.layers import Activation
 from offsetjax.schedule import Schedule
 from offsetjax.site import INITIAL_POTENTIAL, IFActivation
 
+__all__ = ["SpikingSites", "ann_model", "convert_variables", "schedule", "spiking_model"]
+
 
 def spiking_model(model: nn.Module, *, schedule: Schedule | None = None, **options: Any) -> nn.Module:
     """The same network with every activation site an :class:`IFActivation` running ``schedule``.

@@ -63,6 +63,8 @@ from offsetjax.schedule import Schedule
 from offsetjax.simulation import check_ann_variables, check_model, check_network, input_dtype
 from offsetjax.site import BIAS_CORRECTION, CALIBRATED_FOR, CALIBRATED_STEPS, INITIAL_POTENTIAL, IFActivation
 
+__all__ = ["CALIBRATED_STEPS", "SOLVERS", "data_bias", "data_potential", "without_calibration_record"]
+
 SOLVERS = ("bisect", "linear")
 #: Halvings of each bisection: the bracket's width over 2**24, below float32's resolution of it.
 BISECTION_STEPS = 24

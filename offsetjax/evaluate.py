@@ -27,6 +27,8 @@ from offsetjax.simulation import check_ann_variables, check_call, check_images, 
 from offsetjax.splits import Split, StreamingSource, num_examples
 from offsetjax.stats import OffsetStatistics, accumulate, summarize
 
+__all__ = ["SNNEvaluation", "ann_accuracy", "evaluate_snn", "padded_batches", "predict"]
+
 
 class SNNEvaluation(NamedTuple):
     """What :func:`evaluate_snn` measured.

@@ -55,6 +55,8 @@ from offsetjax.schedule import Schedule
 from offsetjax.simulation import check_frames, check_network, input_dtype, running_mean
 from offsetjax.site import add_bias_current
 
+__all__ = ["DELAYS", "SiteTiming", "StepOutput", "StepProgram", "StepRun", "run_step_by_step", "step_by_step"]
+
 #: Per-layer delays the chip model supports: 0 (a spike is used in the tick it is emitted) or 1.
 DELAYS = (0, 1)
 

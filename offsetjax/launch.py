@@ -19,6 +19,8 @@ import sys
 import threading
 import time
 
+__all__ = ["LaunchError", "free_port", "launch_local", "local_process_env"]
+
 
 def free_port() -> int:
     """A TCP port on the loopback interface that nothing listens on now."""

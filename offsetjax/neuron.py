@@ -23,6 +23,8 @@ from jaxtyping import Array, ArrayLike, Float
 from offsetjax._checks import check_broadcastable, check_float, check_int, check_positive
 from offsetjax.activation import at_least_float32
 
+__all__ = ["IFState", "if_initial_state", "if_simulate", "if_step", "scan_unroll"]
+
 
 class IFState(NamedTuple):
     """Carries of an IF simulation, each of the neuron shape ``[...]``.

@@ -17,6 +17,18 @@ from offsetjax._deprecation import keyword_only_since
 from offsetjax.activation import at_least_float32
 from offsetjax.neuron import IFState, if_simulate
 
+__all__ = [
+    "NEVER_SILENT_POTENTIAL",
+    "SATURATION_RULES",
+    "SRP_RESIDUAL_MARGIN",
+    "calibrate_initial_potential",
+    "offset_from_residual",
+    "offset_spike",
+    "shift_initial_potential",
+    "srp_keep",
+    "srp_presimulate",
+]
+
 
 @keyword_only_since("0.2")
 def offset_spike(

@@ -53,6 +53,20 @@ from offsetjax.models.layers import Activation, pools_as_sums
 from offsetjax.simulation import check_call, simulate_collecting
 from offsetjax.site import FAN_OUT
 
+__all__ = [
+    "ACCUMULATE_PJ",
+    "MULTIPLY_ACCUMULATE_PJ",
+    "Operations",
+    "count_operations",
+    "energy",
+    "fan_out",
+    "layer_macs",
+    "per_image",
+    "per_image_at",
+    "totals",
+    "with_fan_out",
+]
+
 #: Picojoules of one accumulate (a spike's synaptic event), 45 nm, 32-bit float add.
 ACCUMULATE_PJ = 0.9
 #: Picojoules of one multiply-accumulate, 45 nm, 32-bit float (3.7 pJ multiply + 0.9 pJ add).

@@ -20,6 +20,17 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+__all__ = [
+    "DATA_AXIS",
+    "LAUNCHER_VARIABLES",
+    "batch_sharding",
+    "data_mesh",
+    "initialize_distributed",
+    "local_value",
+    "replicate",
+    "shard_batch",
+]
+
 #: Name of the mesh axis the batch is split over.
 DATA_AXIS = "data"
 

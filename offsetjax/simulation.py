@@ -54,6 +54,8 @@ from offsetjax.site import (
 )
 from offsetjax.stats import OffsetStatistics, masked_total
 
+__all__ = ["SimulationWithStatistics", "calibrate_network", "running_mean", "simulate", "simulate_with_statistics"]
+
 
 @renamed_argument("model", "snn", since="0.2")
 def simulate(

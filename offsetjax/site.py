@@ -22,6 +22,18 @@ from offsetjax.offset import calibrate_counting_spikes, srp_presimulate
 from offsetjax.schedule import Schedule
 from offsetjax.stats import offset_statistics
 
+__all__ = [
+    "BIAS_CORRECTION",
+    "CALIBRATED_FOR",
+    "CALIBRATED_POTENTIAL",
+    "CALIBRATED_STEPS",
+    "FAN_OUT",
+    "IFActivation",
+    "INITIAL_POTENTIAL",
+    "OPERATIONS",
+    "STATISTICS",
+]
+
 #: Variable collection holding each site's initial potential v(0) (per neuron, no batch axis).
 INITIAL_POTENTIAL = "initial_potential"
 #: Collection the sites sow their :class:`OffsetStatistics` into when it is mutable.

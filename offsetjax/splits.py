@@ -13,6 +13,8 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
+__all__ = ["Split", "StreamingSource", "num_examples", "take"]
+
 
 class Split(NamedTuple):
     """One split: ``images`` ``[N, H, W, C]`` (uint8, or float in [0, 1]) and ``labels`` ``[N]``."""

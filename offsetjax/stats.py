@@ -18,6 +18,8 @@ from jaxtyping import Array, Float
 from offsetjax.activation import qcfs
 from offsetjax.offset import offset_spike
 
+__all__ = ["PSI_BINS", "OffsetStatistics", "accumulate", "offset_statistics", "summarize"]
+
 #: Bins of the |psi| histogram: 0, 1, 2 and >= 3.
 PSI_BINS = ("0", "1", "2", ">=3")
 

@@ -1,6 +1,8 @@
 """The library as a user imports it: value-equal models, a lean import, a README that runs."""
 
 import contextlib
+import importlib
+import importlib.util
 import re
 import subprocess
 import sys
@@ -119,3 +121,58 @@ def test_scan_unroll_follows_t_and_changes_compilation_not_results():
         logits[unroll] = oj.simulate(snn, oj.convert_variables(snn, variables), images)
     np.testing.assert_array_equal(logits[None], logits[1])
     np.testing.assert_array_equal(logits[3], logits[1])
+
+
+def _public_modules():
+    import pkgutil
+
+    names = ["offsetjax"]
+    for info in pkgutil.walk_packages(oj.__path__, "offsetjax."):
+        if not any(part.startswith("_") for part in info.name.split(".")):
+            names.append(info.name)
+    return names
+
+
+@pytest.mark.parametrize("module_name", _public_modules())
+def test_every_public_module_declares_its_public_names(module_name):
+    """Every public module has ``__all__`` and every name in it exists (the API reference and
+    the experiments' imports are read from it)."""
+    pytest.importorskip("nir") if module_name.endswith(".nir") else None
+    module = importlib.import_module(module_name)
+    assert hasattr(module, "__all__"), f"{module_name} has no __all__"
+    missing = [name for name in module.__all__ if not hasattr(module, name)]
+    assert not missing, f"{module_name}.__all__ names {missing}, which it does not define"
+
+
+def test_the_experiments_use_only_public_names():
+    """Every ``offsetjax.<module>.<name>`` the experiment scripts read (``from offsetjax.x
+    import y``, ``oj.x.y``) is in that module's ``__all__`` or is a public submodule."""
+    import ast
+    import pathlib
+
+    used = set()
+    for path in pathlib.Path(__file__).resolve().parents[1].joinpath("experiments").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("offsetjax"):
+                used.update((node.module, alias.name, path.name) for alias in node.names)
+            elif isinstance(node, ast.Attribute):
+                chain, inner = [node.attr], node.value
+                while isinstance(inner, ast.Attribute):
+                    chain.append(inner.attr)
+                    inner = inner.value
+                if isinstance(inner, ast.Name) and inner.id == "oj" and len(chain) >= 2:
+                    chain.reverse()
+                    used.add((".".join(["offsetjax", *chain[:-1]]), chain[-1], path.name))
+    private = []
+    for module_name, name, where in sorted(used):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue  # an attribute of a value, not a module (oj.models.small_vgg(...).apply)
+        submodule = hasattr(module, "__path__") and importlib.util.find_spec(f"{module_name}.{name}") is not None
+        if any(part.startswith("_") for part in module_name.split(".")) or (
+            name not in getattr(module, "__all__", ()) and not submodule
+        ):
+            private.append(f"{where}: {module_name}.{name}")
+    assert not private, "experiments reach names outside the public API:\n" + "\n".join(private)

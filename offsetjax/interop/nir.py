@@ -44,6 +44,17 @@ from offsetjax.schedule import Schedule
 from offsetjax.simulation import check_network, running_mean, simulate
 from offsetjax.site import INITIAL_POTENTIAL
 
+__all__ = [
+    "SEMANTICS",
+    "SCHEDULE_KEYS",
+    "to_nir",
+    "initial_potentials",
+    "GraphNetwork",
+    "LiteralIF",
+    "from_nir",
+    "run_nir",
+]
+
 SEMANTICS = ("offsetjax", "nir")
 #: The :class:`offsetjax.Schedule` fields every IF node's metadata (and the graph's) records
 #: (SRP is refused; ``unroll`` is the simulator's choice, not the network's).

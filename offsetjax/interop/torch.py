@@ -29,6 +29,8 @@ from flax import traverse_util
 from offsetjax.models import ARCHITECTURES
 from offsetjax.models.vgg import VGG16_FEATURES
 
+__all__ = ["torch_key_map", "load_torch_state_dict"]
+
 #: A target: (collection, path in the Flax tree), and how to turn the torch array into it.
 Target = tuple[str, tuple[str, ...], Callable[[np.ndarray], np.ndarray]]
 

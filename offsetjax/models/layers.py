@@ -21,6 +21,18 @@ from jaxtyping import Array, ArrayLike, Float
 
 from offsetjax.activation import QCFS
 
+__all__ = [
+    "Activation",
+    "MATMUL_MAX_PIXELS",
+    "Conv",
+    "ConvBN",
+    "avg_pool",
+    "flatten",
+    "global_avg_pool",
+    "pools_as_sums",
+    "xla_convolutions",
+]
+
 #: A factory of activation sites: ``QCFS`` (ANN) or ``IFActivation`` (SNN), called with ``name=``.
 ActivationFactory = Callable[..., nn.Module]
 

@@ -11,6 +11,8 @@ from jaxtyping import Array, ArrayLike, Float
 from offsetjax.activation import at_least_float32
 from offsetjax.models.layers import ActivationFactory, ConvBN, global_avg_pool, qcfs_l4
 
+__all__ = ["BasicBlock", "ResNet", "resnet20", "resnet18", "resnet34", "small_resnet"]
+
 
 class BasicBlock(nn.Module):
     """conv-BN-act-conv-BN plus a (1x1 conv-BN when the shape changes) shortcut, then act."""

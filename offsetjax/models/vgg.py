@@ -10,6 +10,8 @@ from jaxtyping import Array, ArrayLike, Float
 from offsetjax.activation import at_least_float32
 from offsetjax.models.layers import ActivationFactory, ConvBN, avg_pool, flatten, qcfs_l4
 
+__all__ = ["VGG16_FEATURES", "VGG", "vgg16", "small_vgg"]
+
 #: VGG-16 feature layers: channel counts, ``"M"`` for a 2x2 average pool.
 VGG16_FEATURES = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 

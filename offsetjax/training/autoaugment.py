@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["CIFAR10_POLICY", "FILL", "apply_operation", "cifar10_autoaugment"]
+
 #: (operation, probability, magnitude) pairs of the published CIFAR-10 policy.
 CIFAR10_POLICY = (
     (("invert", 0.1, 7), ("contrast", 0.2, 6)),

@@ -31,6 +31,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+__all__ = ["META", "MANIFEST", "MANIFEST_DIGEST", "CheckpointError", "array_digests", "save", "seal", "restore"]
+
 META = "meta.json"
 MANIFEST = "manifest.json"
 MANIFEST_DIGEST = "manifest.sha256"

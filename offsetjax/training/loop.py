@@ -21,6 +21,8 @@ from jaxtyping import Array, ArrayLike, Float, Int
 from offsetjax import parallel
 from offsetjax.training.data import Split, StreamingSplit, batches, num_batches, num_examples, take
 
+__all__ = ["TrainState", "train_step", "sgd_cosine", "create_train_state", "cross_entropy", "check_finite_loss", "fit"]
+
 
 class TrainState(struct.PyTreeNode):
     """Everything a training run carries from step to step (a pytree; checkpointable)."""
