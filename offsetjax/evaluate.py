@@ -165,3 +165,8 @@ def evaluate_snn(
     if operations:
         summary = per_image(events, count, input_macs=float(input_macs), dense_macs=float(dense_macs))
     return SNNEvaluation(correct / count, summarize(totals) if statistics else None, summary)
+
+
+# The named tuples' generated constructors name a module of their own; point them at this one,
+# so that tools reading their signatures (pdoc, inspect.getmodule) resolve the annotations here.
+SNNEvaluation.__new__.__module__ = __name__

@@ -599,3 +599,9 @@ def _shift_in(line: Array, value: Array) -> tuple[Array, Array]:
     """A delay line ``[n, ...]`` of the last n ticks' values: returns the value from n ticks
     ago and the line with ``value`` pushed in."""
     return line[0], jnp.concatenate([line[1:], value[None]])
+
+
+# The named tuples' generated constructors name a module of their own; point them at this one,
+# so that tools reading their signatures (pdoc, inspect.getmodule) resolve the annotations here.
+StepOutput.__new__.__module__ = __name__
+StepRun.__new__.__module__ = __name__

@@ -147,3 +147,8 @@ def resolve_unroll(unroll, num_steps: int) -> int:
             f"steps unrolls fully), got {unroll!r}"
         )
     return int(unroll)
+
+
+# The named tuples' generated constructors name a module of their own; point them at this one,
+# so that tools reading their signatures (pdoc, inspect.getmodule) resolve the annotations here.
+IFState.__new__.__module__ = __name__

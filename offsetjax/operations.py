@@ -314,3 +314,8 @@ def per_image(events: dict, count: int, *, input_macs: float, dense_macs: float)
 def per_image_at(summary: dict, num_steps: int) -> dict:
     """:func:`per_image`'s summary of a run of ``num_steps`` steps: each per-step list's entry."""
     return {key: value[num_steps - 1] if key in PER_STEP else value for key, value in summary.items()}
+
+
+# The named tuples' generated constructors name a module of their own; point them at this one,
+# so that tools reading their signatures (pdoc, inspect.getmodule) resolve the annotations here.
+Operations.__new__.__module__ = __name__

@@ -123,6 +123,7 @@ def data_mesh(devices: list | None = None) -> Mesh:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """The sharding of a batch over ``mesh``: its leading (sample) axis split along :data:`DATA_AXIS`."""
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 

@@ -563,3 +563,8 @@ def running_mean(outputs: Float[ArrayLike, "T ..."]) -> Float[ArrayLike, "T ..."
     xp = np if isinstance(outputs, np.ndarray) else jnp
     steps = xp.arange(1, outputs.shape[0] + 1, dtype=outputs.dtype).reshape((-1,) + (1,) * (outputs.ndim - 1))
     return xp.cumsum(outputs, axis=0) / steps
+
+
+# The named tuples' generated constructors name a module of their own; point them at this one,
+# so that tools reading their signatures (pdoc, inspect.getmodule) resolve the annotations here.
+SimulationWithStatistics.__new__.__module__ = __name__

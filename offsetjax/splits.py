@@ -51,3 +51,8 @@ def take(
     if isinstance(split, Split):
         return split.images[indices], split.labels[indices]
     return split.take(indices, rng)
+
+
+# The named tuples' generated constructors name a module of their own; point them at this one,
+# so that tools reading their signatures (pdoc, inspect.getmodule) resolve the annotations here.
+Split.__new__.__module__ = __name__

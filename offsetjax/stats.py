@@ -122,3 +122,8 @@ def _row(stats: OffsetStatistics) -> dict:
         "psi_histogram": dict(zip(PSI_BINS, (histogram / neurons).tolist())),
         "num_neurons": int(neurons),
     }
+
+
+# The named tuples' generated constructors name a module of their own; point them at this one,
+# so that tools reading their signatures (pdoc, inspect.getmodule) resolve the annotations here.
+OffsetStatistics.__new__.__module__ = __name__

@@ -3,6 +3,7 @@
 import contextlib
 import importlib
 import importlib.util
+import inspect
 import re
 import subprocess
 import sys
@@ -142,6 +143,14 @@ def test_every_public_module_declares_its_public_names(module_name):
     assert hasattr(module, "__all__"), f"{module_name} has no __all__"
     missing = [name for name in module.__all__ if not hasattr(module, name)]
     assert not missing, f"{module_name}.__all__ names {missing}, which it does not define"
+    undocumented = [
+        name
+        for name in module.__all__
+        if (inspect.isfunction(obj := getattr(module, name)) or inspect.isclass(obj)) and not inspect.getdoc(obj)
+    ]
+    assert not undocumented, (
+        f"{module_name} exports {undocumented} without a docstring (the API reference is read from them)"
+    )
 
 
 def test_the_experiments_use_only_public_names():

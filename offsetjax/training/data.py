@@ -287,6 +287,8 @@ def batches(
 
 
 def num_batches(count: int, batch_size: int, *, drop_remainder: bool = True) -> int:
+    """Batches of ``batch_size`` in ``count`` examples: whole ones only, or with the last partial one
+    (``drop_remainder=False``)."""
     return count // batch_size if drop_remainder else -(-count // batch_size)
 
 

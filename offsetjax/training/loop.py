@@ -70,6 +70,7 @@ def create_train_state(
 
 
 def cross_entropy(logits: Float[Array, "B C"], labels: Int[Array, " B"]) -> Array:
+    """Mean softmax cross-entropy of ``logits`` ``[B, classes]`` against integer ``labels`` ``[B]``."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
