@@ -39,7 +39,7 @@ def test_one_rank_too_many_is_refused():
 def test_the_ann_model_is_refused_by_simulate_and_conversion():
     with pytest.raises(ValueError, match=r"model has no IFActivation site .* offsetjax.spiking_model"):
         oj.simulate(MODEL, SNN_VARIABLES, IMAGES)
-    with pytest.raises(ValueError, match=r"snn_model has Activation\(QCFS.* not IFActivation"):
+    with pytest.raises(ValueError, match=r"snn has Activation\(QCFS.* not IFActivation"):
         oj.convert_variables(MODEL, ANN_VARIABLES)
 
 
