@@ -56,12 +56,13 @@ from jaxtyping import Array, ArrayLike, Float
 from offsetjax import parallel
 from offsetjax._batching import device_batch, on_mesh, padded
 from offsetjax._checks import check_choice, check_image_batch, images_must_fit, is_abstract, widen_half
+from offsetjax._trace import SiteOperands, intercepting_sites, tracing_view
 from offsetjax.activation import QCFS, at_least_float32
 from offsetjax.convert import ann_model, convert_variables, schedule, spiking_model
 from offsetjax.neuron import scan_unroll
 from offsetjax.schedule import Schedule
 from offsetjax.simulation import check_ann_variables, check_model, check_network, input_dtype
-from offsetjax.site import BIAS_CORRECTION, CALIBRATED_FOR, CALIBRATED_STEPS, INITIAL_POTENTIAL, IFActivation
+from offsetjax.site import BIAS_CORRECTION, CALIBRATED_FOR, CALIBRATED_STEPS, INITIAL_POTENTIAL
 
 __all__ = ["CALIBRATED_STEPS", "SOLVERS", "data_bias", "data_potential", "without_calibration_record"]
 
@@ -233,26 +234,21 @@ def _calibrated_pass(
     targets = _mean_activations(model, ann_variables, images, mask, count)
     collection, leaf = (BIAS_CORRECTION, "b") if per_channel else (INITIAL_POTENTIAL, "v0")
 
-    def calibrate_site(next_fun, args, kwargs, context):
-        site = context.module
-        if isinstance(site, IFActivation) and context.method_name == "__call__":
-            bias = site.get_variable(BIAS_CORRECTION, "b") if site.has_variable(BIAS_CORRECTION, "b") else 0.0
-            solution = _solve(
-                args[0],
-                site.get_variable("params", "threshold"),
-                site.get_variable(INITIAL_POTENTIAL, "v0"),
-                bias,
-                targets["/".join(site.path)],
-                mask,
-                count,
-                site.schedule.num_steps,
-                solver=solver,
-                per_channel=per_channel,
-            )
-            site.put_variable(collection, leaf, solution)
-        return next_fun(*args, **kwargs)
+    def calibrate_site(site, currents, call):
+        operands = SiteOperands.of(site, currents)
+        solution = _solve(
+            *operands._replace(bias=0.0 if operands.bias is None else operands.bias),
+            targets["/".join(site.path)],
+            mask,
+            count,
+            site.schedule.num_steps,
+            solver=solver,
+            per_channel=per_channel,
+        )
+        site.put_variable(collection, leaf, solution)
+        return call()
 
-    with nn.intercept_methods(calibrate_site):
+    with intercepting_sites(calibrate_site), tracing_view():
         _, state = snn.apply(variables, images[None], mutable=[collection])
     return state[collection]
 

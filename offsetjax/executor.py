@@ -46,7 +46,7 @@ from offsetjax._checks import (
     is_abstract,
     widen_half,
 )
-from offsetjax._trace import site_p, trace_sites
+from offsetjax._trace import SiteOperands, site_p, trace_sites
 from offsetjax.activation import at_least_float32
 from offsetjax.convert import schedule
 from offsetjax.neuron import if_initial_state, if_step
@@ -452,17 +452,12 @@ def _program(closed, num_leaves: int, sched: Schedule, delay: int) -> _Plan:
             values = [read(v, key) for v, key in reads]
             if site is not None:
                 timing = sites[site]
-                currents, theta, v0, bias = values
                 new_sites[timing.path], out, spikes[timing.path] = _site_step(
                     state["sites"][timing.path],
-                    currents,
-                    theta,
-                    v0,
-                    bias,
+                    SiteOperands.of_equation(equation, values),
                     tick - timing.input_lag,
                     sched,
                     delay,
-                    equation.params["has_bias"],
                 )
                 emitted[timing.path] = out[0]
                 outs = [out]
@@ -507,11 +502,12 @@ def _site_init(currents, sched: Schedule, delay: int) -> dict:
     return state
 
 
-def _site_step(state, currents, theta, v0, bias, token, sched: Schedule, delay, has_bias):
+def _site_step(state, operands: SiteOperands, token, sched: Schedule, delay):
     """One tick of a site; ``token`` is the index (from 1) of the input arriving this tick."""
+    currents, theta, v0, bias = operands
     dtype = at_least_float32(currents.dtype)
     theta = theta.astype(dtype)
-    if has_bias:
+    if bias is not None:
         currents = add_bias_current(currents, bias, theta.dtype)
     x = currents[0]  # [B, ...]
     neuron_shape = x.shape

@@ -49,7 +49,8 @@ from flax import traverse_util
 from jaxtyping import Array, ArrayLike, Float
 
 from offsetjax._linear_layers import MACS, count_macs
-from offsetjax.models.layers import Activation, pools_as_sums
+from offsetjax._trace import tracing_view
+from offsetjax.models.layers import Activation
 from offsetjax.simulation import check_call, simulate_collecting
 from offsetjax.site import FAN_OUT
 
@@ -135,7 +136,7 @@ def fan_out(model: nn.Module, image_shape: tuple[int, ...], batch_norm_eps: floa
     """
     probe = model.clone(activation=Activation(_FanOutProbe))
     image = jnp.zeros((1, *image_shape), jnp.float32)
-    with pools_as_sums():
+    with tracing_view(pools="sum"):
         variables = jax.eval_shape(functools.partial(probe.init, jax.random.key(0)), image)
         params = {
             name: _connectivity_params(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree), batch_norm_eps)

@@ -40,7 +40,7 @@ from offsetjax._checks import (
 )
 from offsetjax._deprecation import renamed_argument
 from offsetjax._linear_layers import INPUT_EVENTS, count_input_events
-from offsetjax._trace import trace_network
+from offsetjax._trace import trace_network, tracing_view
 from offsetjax.convert import schedule
 from offsetjax.site import (
     BIAS_CORRECTION,
@@ -516,11 +516,11 @@ def _apply(
     one batch entered once, or with ``frames`` one batch per step."""
     mutable = ([STATISTICS] if sample_mask is not None else []) + ([OPERATIONS, INPUT_EVENTS] if operations else [])
     entered = images if frames else images[None]
-    if mutable:
-        with nn.intercept_methods(count_input_events) if operations else contextlib.nullcontext():
-            out, collections = model.apply(variables, entered, mutable=mutable)
-    else:
-        out, collections = model.apply(variables, entered), {}
+    counting = nn.intercept_methods(count_input_events) if operations else contextlib.nullcontext()
+    with tracing_view(), counting:  # the network as defined, whatever context the caller is in
+        out, collections = (
+            model.apply(variables, entered, mutable=mutable) if mutable else (model.apply(variables, entered), {})
+        )
     if out.ndim != 3:  # static: raised once, while tracing
         raise ValueError(
             f"images of shape {images.shape} gave logits of shape {out.shape}, not [T, B, classes]: "

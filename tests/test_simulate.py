@@ -246,3 +246,26 @@ def test_every_architecture_runs_as_ann_and_snn(name):
     snn_shapes = jax.eval_shape(lambda: snn.init(jax.random.key(0), images[None]))
     assert jax.tree.structure(snn_shapes["params"]) == jax.tree.structure(shapes["params"])
     chex.assert_shape(jax.eval_shape(lambda v: snn.apply(v, images[None]), snn_shapes), (2, 1, 7))
+
+
+def test_a_callers_model_context_changes_no_trace():
+    """The views of offsetjax.models a trace can take (pools summing, convolutions as one
+    operation) are arguments of the one tracer, not state: simulate and the executor, first
+    traced inside a caller's pools_as_sums() / xla_convolutions(), compute the network as
+    defined (the same logits as traced outside, caches cleared between)."""
+    from offsetjax import executor
+    from offsetjax.models.layers import pools_as_sums, xla_convolutions
+
+    model = VGG(features=(4, "M", 6), hidden=(), num_classes=3)  # a pool, then a 3x3 map (matmul form on CPU)
+    images = jax.random.uniform(jax.random.key(7), (2, 6, 6, 2))
+    variables = trained_like(model, images)
+    snn = oj.spiking_model(model, num_steps=3)
+    snn_variables = oj.convert_variables(snn, variables)
+    with pools_as_sums(), xla_convolutions():
+        inside = oj.simulate(snn, snn_variables, images)
+        inside_steps = oj.run_step_by_step(snn, snn_variables, images).logits
+    jax.clear_caches()
+    executor._plan.cache_clear()
+    outside = oj.simulate(snn, snn_variables, images)
+    np.testing.assert_array_equal(inside, outside)
+    np.testing.assert_array_equal(inside_steps, oj.run_step_by_step(snn, snn_variables, images).logits)

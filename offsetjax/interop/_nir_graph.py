@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from offsetjax import _jax_internals as internals
-from offsetjax._trace import site_p
+from offsetjax._trace import SiteOperands, site_p
 
 #: Operations that only move values between the time and batch axes, or change nothing.
 _IDENTITY = {"convert_element_type", "copy", "copy_p", "reduce_precision", "optimization_barrier"}
@@ -304,10 +304,10 @@ class GraphWriter:
         return flat.replace(terms=[(name, scale.reshape(-1))])
 
     def site(self, equation, values: list, where: str) -> _Signal:
-        signal, theta, v0, bias = values
+        signal, theta, v0, bias = SiteOperands.of_equation(equation, values)
         if not isinstance(signal, _Signal) or any(isinstance(v, _Signal) for v in values[1:]):
             raise ValueError(f"to_nir: the site {equation.params['path']} is not fed by the input")
-        if equation.params["has_bias"]:  # the data_bias current, added before the neurons integrate
+        if bias is not None:  # the data_bias current, added before the neurons integrate
             signal = signal.replace(bias=signal.bias + np.broadcast_to(np.asarray(bias, np.float64), signal.shape))
         theta = float(np.asarray(theta))
         v_init = _nir_layout(np.asarray(v0, np.float64), signal)

@@ -168,11 +168,11 @@ _SUM_POOLS = contextvars.ContextVar("offsetjax_sum_pools", default=False)
 
 
 @contextlib.contextmanager
-def pools_as_sums():
+def pools_as_sums(enabled: bool = True):
     """Trace networks with sum pooling instead of average pooling: the connectivity view
     :func:`offsetjax.count_operations` needs (a pooled input drives the next layer's synapses
     once per connection, as with the 1/k^2 folded into that layer's weights)."""
-    token = _SUM_POOLS.set(True)
+    token = _SUM_POOLS.set(enabled)
     try:
         yield
     finally:
