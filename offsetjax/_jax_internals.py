@@ -41,3 +41,10 @@ def bind_params(equation) -> dict[str, Any]:
 def name_stack(equation) -> str:
     """The module scope JAX recorded for ``equation`` (``"VGG/conv1"``; empty when none)."""
     return str(equation.source_info.name_stack)
+
+
+def where(equation) -> str:
+    """The line of user code that made ``equation``, as JAX recorded it (``"net.py:12 (f)"``)."""
+    from jax._src import source_info_util
+
+    return source_info_util.summarize(equation.source_info)

@@ -16,7 +16,7 @@ from jaxtyping import Array, ArrayLike, Float
 from offsetjax._checks import check_int, check_positive
 from offsetjax._deprecation import keyword_only_since
 
-__all__ = ["DEFAULT_THRESHOLD", "QCFS", "qcfs", "straight_through_floor"]
+__all__ = ["DEFAULT_THRESHOLD", "QCFS", "ReLUSite", "qcfs", "straight_through_floor"]
 
 #: The threshold every activation site starts from (``docs/method.md`` section 1).
 DEFAULT_THRESHOLD = 8.0
@@ -85,3 +85,19 @@ class QCFS(nn.Module):
         threshold = self.param("threshold", nn.initializers.constant(self.threshold_init), (), jnp.float32)
         wide = at_least_float32(z.dtype)
         return qcfs(z.astype(wide), threshold.astype(wide), levels=self.levels).astype(z.dtype)
+
+
+class ReLUSite(nn.Module):
+    """The ANN side of a converted ReLU: ``max(z, 0)``, or with ``ceiling`` (a ``jnp.clip(z, 0,
+    c)``) ``min(max(z, 0), c)``, exactly as the network computed it; it owns the site's threshold
+    lambda, ``params['threshold']``, which the converted IF site reads as theta."""
+
+    ceiling: float | None = None
+    threshold_init: float = DEFAULT_THRESHOLD
+
+    @nn.compact
+    def __call__(self, z):
+        """The ReLU (or clip) of ``z``, any shape, in ``z``'s dtype."""
+        self.param("threshold", nn.initializers.constant(self.threshold_init), (), jnp.float32)
+        out = jnp.maximum(z, jnp.zeros((), z.dtype))
+        return out if self.ceiling is None else jnp.minimum(out, jnp.asarray(self.ceiling, z.dtype))

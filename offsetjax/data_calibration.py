@@ -57,7 +57,7 @@ from offsetjax import parallel
 from offsetjax._batching import device_batch, on_mesh, padded
 from offsetjax._checks import check_choice, check_image_batch, images_must_fit, is_abstract, widen_half
 from offsetjax._trace import SiteOperands, intercepting_sites, tracing_view
-from offsetjax.activation import QCFS, at_least_float32
+from offsetjax.activation import QCFS, ReLUSite, at_least_float32
 from offsetjax.convert import ann_model, convert_variables, schedule, spiking_model
 from offsetjax.neuron import scan_unroll
 from offsetjax.schedule import Schedule
@@ -368,11 +368,11 @@ def _spike_counts(currents: Array, theta: Array, v0: Array) -> Array:
 
 
 def _mean_activations(model: nn.Module, variables: Any, images: Array, mask: Array, count: int) -> dict:
-    """Per QCFS site, the ANN's activation averaged over the rows of ``images`` where ``mask``
+    """Per QCFS (or converted ReLU) site, the ANN's activation averaged over the rows of ``images`` where ``mask``
     holds (``count`` of them): ``{"a/b": [neuron]}``."""
 
     def is_site(module: nn.Module, method_name: str) -> bool:
-        return method_name == "__call__" and isinstance(module, QCFS)
+        return method_name == "__call__" and isinstance(module, (QCFS, ReLUSite))
 
     _, state = model.apply(variables, images, train=False, capture_intermediates=is_site, mutable=["intermediates"])
     means = {}

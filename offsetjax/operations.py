@@ -50,6 +50,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from offsetjax._linear_layers import MACS, count_macs
 from offsetjax._trace import tracing_view
+from offsetjax.jax_network import JaxprNetwork
 from offsetjax.models.layers import Activation
 from offsetjax.simulation import check_call, simulate_collecting
 from offsetjax.site import FAN_OUT
@@ -135,6 +136,8 @@ def fan_out(model: nn.Module, image_shape: tuple[int, ...], batch_norm_eps: floa
       image's fan-out ``image_shape`` into the first layer (integers as floats).
     """
     probe = model.clone(activation=Activation(_FanOutProbe))
+    if isinstance(model, JaxprNetwork):  # a network read from a jaxpr computes its own connectivity view
+        probe = probe.clone(connectivity=True)
     image = jnp.zeros((1, *image_shape), jnp.float32)
     with tracing_view(pools="sum"):
         variables = jax.eval_shape(functools.partial(probe.init, jax.random.key(0)), image)
@@ -195,7 +198,7 @@ def layer_macs(model: nn.Module, image_shape: tuple[int, ...], batch_norm_eps: f
     with nn.intercept_methods(count_macs):
         _, sown = ann.apply(params, image, mutable=[MACS])
     flat = traverse_util.flatten_dict(sown[MACS])
-    return {"/".join(path[:-1]): float(sum(np.asarray(v) for v in values)) for path, values in flat.items()}
+    return {"/".join(path[:-1]) or path[-1]: float(sum(np.asarray(v) for v in values)) for path, values in flat.items()}
 
 
 def count_operations(snn: nn.Module, variables: Any, images: Float[ArrayLike, "B ..."]) -> Operations:
