@@ -18,6 +18,7 @@ from offsetjax.convert import ann_model, convert_variables, schedule, spiking_mo
 from offsetjax.data_calibration import data_bias, data_potential
 from offsetjax.evaluate import SNNEvaluation, ann_accuracy, evaluate_snn, predict
 from offsetjax.executor import run_step_by_step, step_by_step
+from offsetjax.jax_network import from_jax
 from offsetjax.neuron import IFState, if_simulate, if_step, scan_unroll
 from offsetjax.offset import (
     calibrate_initial_potential,
@@ -53,6 +54,7 @@ __all__ = [
     "data_potential",
     "energy",
     "evaluate_snn",
+    "from_jax",
     "if_simulate",
     "if_step",
     "models",

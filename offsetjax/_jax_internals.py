@@ -9,6 +9,7 @@ floor pinned in ``.ci/floor-constraints.txt`` and the newest release.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,7 +45,15 @@ def name_stack(equation) -> str:
 
 
 def where(equation) -> str:
-    """The line of user code that made ``equation``, as JAX recorded it (``"net.py:12 (f)"``)."""
+    """The line of the user's code that made ``equation`` (``"net.py:12 (f)"``): the innermost
+    frame JAX recorded outside JAX, Flax and offsetjax themselves."""
     from jax._src import source_info_util
 
+    for frame in source_info_util.user_frames(equation.source_info.traceback):
+        if not any(f"{os.sep}{package}{os.sep}" in frame.file_name for package in _LIBRARIES):
+            return f"{frame.file_name}:{frame.start_line} ({frame.function_name})"
     return source_info_util.summarize(equation.source_info)
+
+
+#: Packages whose frames are not the user's line.
+_LIBRARIES = ("flax", "offsetjax", "equinox")

@@ -16,7 +16,7 @@ from jaxtyping import Array, ArrayLike, Float
 from offsetjax._checks import check_int, check_positive
 from offsetjax._deprecation import keyword_only_since
 
-__all__ = ["DEFAULT_THRESHOLD", "QCFS", "ReLUSite", "qcfs", "straight_through_floor"]
+__all__ = ["DEFAULT_THRESHOLD", "ANNSite", "QCFS", "qcfs", "straight_through_floor"]
 
 #: The threshold every activation site starts from (``docs/method.md`` section 1).
 DEFAULT_THRESHOLD = 8.0
@@ -87,17 +87,23 @@ class QCFS(nn.Module):
         return qcfs(z.astype(wide), threshold.astype(wide), levels=self.levels).astype(z.dtype)
 
 
-class ReLUSite(nn.Module):
-    """The ANN side of a converted ReLU: ``max(z, 0)``, or with ``ceiling`` (a ``jnp.clip(z, 0,
-    c)``) ``min(max(z, 0), c)``, exactly as the network computed it; it owns the site's threshold
-    lambda, ``params['threshold']``, which the converted IF site reads as theta."""
+class ANNSite(nn.Module):
+    """An activation site of a network converted by :func:`offsetjax.from_jax`, on the ANN side:
+    the ReLU ``max(z, 0)``, a clip ``min(max(z, 0), ceiling)`` (a ``jnp.clip(z, 0, c)``), or with
+    ``levels`` QCFS (the network's own :class:`QCFS`, computed as it computes it), exactly as the
+    network computed it. It owns the site's threshold lambda, ``params['threshold']``, which the
+    converted IF site reads as theta (and QCFS uses as its lambda)."""
 
     ceiling: float | None = None
+    levels: int | None = None
     threshold_init: float = DEFAULT_THRESHOLD
 
     @nn.compact
     def __call__(self, z):
-        """The ReLU (or clip) of ``z``, any shape, in ``z``'s dtype."""
-        self.param("threshold", nn.initializers.constant(self.threshold_init), (), jnp.float32)
+        """The ReLU, clip or QCFS of ``z``, any shape, in ``z``'s dtype."""
+        threshold = self.param("threshold", nn.initializers.constant(self.threshold_init), (), jnp.float32)
+        if self.levels is not None:
+            wide = at_least_float32(z.dtype)
+            return qcfs(z.astype(wide), threshold.astype(wide), levels=self.levels).astype(z.dtype)
         out = jnp.maximum(z, jnp.zeros((), z.dtype))
         return out if self.ceiling is None else jnp.minimum(out, jnp.asarray(self.ceiling, z.dtype))

@@ -57,7 +57,7 @@ from offsetjax import parallel
 from offsetjax._batching import device_batch, on_mesh, padded
 from offsetjax._checks import check_choice, check_image_batch, images_must_fit, is_abstract, widen_half
 from offsetjax._trace import SiteOperands, intercepting_sites, tracing_view
-from offsetjax.activation import QCFS, ReLUSite, at_least_float32
+from offsetjax.activation import QCFS, ANNSite, at_least_float32
 from offsetjax.convert import ann_model, convert_variables, schedule, spiking_model
 from offsetjax.neuron import scan_unroll
 from offsetjax.schedule import Schedule
@@ -372,7 +372,7 @@ def _mean_activations(model: nn.Module, variables: Any, images: Array, mask: Arr
     holds (``count`` of them): ``{"a/b": [neuron]}``."""
 
     def is_site(module: nn.Module, method_name: str) -> bool:
-        return method_name == "__call__" and isinstance(module, (QCFS, ReLUSite))
+        return method_name == "__call__" and isinstance(module, (QCFS, ANNSite))
 
     _, state = model.apply(variables, images, train=False, capture_intermediates=is_site, mutable=["intermediates"])
     means = {}

@@ -41,7 +41,7 @@ import numpy as np
 from offsetjax import _jax_internals as internals
 from offsetjax._checks import check_image_batch
 from offsetjax._linear_layers import INPUT_EVENTS, MACS
-from offsetjax.activation import ReLUSite
+from offsetjax.activation import QCFS, ANNSite
 from offsetjax.models.layers import Activation
 
 __all__ = ["JaxprNetwork", "SiteSpec", "from_jax"]
@@ -51,11 +51,13 @@ __all__ = ["JaxprNetwork", "SiteSpec", "from_jax"]
 class SiteSpec:
     """One ReLU of the network: its site ``name`` (``relu0``, ``relu1``, ... in the order the
     network computes them), ``ceiling`` (the c of a ``jnp.clip(x, 0, c)``; ``None`` for a ReLU)
-    and ``where`` (the line of the user's code JAX recorded)."""
+    and ``where`` (the line of the user's code JAX recorded); ``levels``: L of an offsetjax
+    :class:`offsetjax.QCFS` site (named ``qcfs0``, ...), which keeps its lambda."""
 
     name: str
     ceiling: float | None
     where: str
+    levels: int | None = None
 
 
 #: Primitives that move or combine values linearly: what may run on spikes between sites.
@@ -120,6 +122,32 @@ _ADVICE = {
 }
 
 
+#: An offsetjax QCFS site, marked while the user's function is traced (its lambda is kept).
+_qcfs_p = internals.Primitive("offsetjax_qcfs_site")
+_qcfs_p.def_abstract_eval(lambda z, **_: internals.ShapedArray(z.shape, z.dtype))
+
+
+def _mark_qcfs(next_fun, args, kwargs, context):
+    if isinstance(context.module, QCFS) and context.method_name == "__call__":
+        context.module.get_variable("params", "threshold")  # (the site keeps it: see _qcfs_thresholds)
+        return _qcfs_p.bind(args[0], levels=context.module.levels)
+    return next_fun(*args, **kwargs)
+
+
+def _qcfs_thresholds(function, arrays, image_shape) -> list[float]:
+    """The lambdas of the offsetjax QCFS sites ``function`` calls, in call order."""
+    found = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, QCFS) and context.method_name == "__call__":
+            found.append(float(np.asarray(context.module.get_variable("params", "threshold"))))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        function(arrays, jnp.zeros((1, *image_shape), jnp.float32))
+    return found
+
+
 class _Program:
     """A user's function and its parameters' structure, traced per input shape (cached):
     the jaxpr, its sites, and the equations a site absorbs (a clip's ``min``)."""
@@ -137,9 +165,13 @@ class _Program:
     def traced(self, leaf_shapes: tuple, image_shape: tuple, dtype) -> tuple[Any, dict, dict]:
         leaves = [jax.ShapeDtypeStruct(shape, leaf_dtype) for shape, leaf_dtype in leaf_shapes]
         params = jax.tree.unflatten(self.treedef, leaves)
-        closed = jax.make_jaxpr(self.apply_fn)(params, jax.ShapeDtypeStruct(image_shape, dtype))
-        sites: dict[int, tuple[SiteSpec, int]] = {}  # equation -> (site, index of its data operand)
-        absorbed: dict[int, int] = {}  # a clip's min -> index of the site's output among its operands
+        with nn.intercept_methods(_mark_qcfs):
+            closed = jax.make_jaxpr(self.apply_fn)(params, jax.ShapeDtypeStruct(image_shape, dtype))
+        # Keyed by the path of equations from the top (a nested jaxpr JAX shares between calls
+        # appears once per call): site -> (spec, index of its data operand); a clip's min -> the
+        # index of the site's output among its operands.
+        sites: dict[tuple, tuple[SiteSpec, int]] = {}
+        absorbed: dict[tuple, int] = {}
         num_leaves = len(leaves)
         infos = [_Info(None, False)] * num_leaves + [_Info(None, True)]
         _analyze(closed.jaxpr, [_Info(np.asarray(c), False) for c in closed.consts], infos, sites, absorbed)
@@ -160,7 +192,7 @@ class _Info:
     site: str | None = None
 
 
-def _analyze(jaxpr, consts: list, inputs: list, sites: dict, absorbed: dict, outer: str = "") -> list:
+def _analyze(jaxpr, consts: list, inputs: list, sites: dict, absorbed: dict, outer: str = "", prefix=()) -> list:
     env: dict[Any, _Info] = {}
     env.update(zip(jaxpr.constvars, consts))
     env.update(zip(jaxpr.invars, inputs))
@@ -184,7 +216,9 @@ def _analyze(jaxpr, consts: list, inputs: list, sites: dict, absorbed: dict, out
             body = equation.params[_CALLS[name]]
             inner, inner_consts = (body.jaxpr, body.consts) if hasattr(body, "consts") else (body, [])
             inner_consts = [_Info(np.asarray(c), False) for c in inner_consts]
-            outs = _analyze(inner, inner_consts, ins, sites, absorbed, internals.where(equation) or outer)
+            outs = _analyze(
+                inner, inner_consts, ins, sites, absorbed, internals.where(equation) or outer, (*prefix, id(equation))
+            )
         elif not any(data):
             static = None
             if all(info.static is not None for info in ins):
@@ -193,9 +227,17 @@ def _analyze(jaxpr, consts: list, inputs: list, sites: dict, absorbed: dict, out
                 values = values if equation.primitive.multiple_results else [values]
                 static = [np.asarray(value) for value in values]
             outs = [_Info(None if static is None else static[i], False) for i in range(len(equation.outvars))]
+        elif equation.primitive is _qcfs_p and ins[0].data:
+            site = f"qcfs{len(sites)}"
+            spec = SiteSpec(site, None, internals.where(equation) or outer, equation.params["levels"])
+            sites[(*prefix, id(equation))] = (spec, 0)
+            outs = [_Info(None, True, site)]
         elif name == "max" and len(ins) == 2 and sum(data) == 1 and _is_zero(ins[data.index(False)]):
             site = f"relu{len(sites)}"
-            sites[id(equation)] = (SiteSpec(site, None, internals.where(equation) or outer), data.index(True))
+            sites[(*prefix, id(equation))] = (
+                SiteSpec(site, None, internals.where(equation) or outer),
+                data.index(True),
+            )
             outs = [_Info(None, True, site)]
         elif (
             name == "min"
@@ -207,7 +249,7 @@ def _analyze(jaxpr, consts: list, inputs: list, sites: dict, absorbed: dict, out
             relu = next(key for key, (spec, _) in sites.items() if spec.name == ins[data.index(True)].site)
             spec, operand = sites[relu]
             sites[relu] = (dataclasses.replace(spec, ceiling=_positive_scalar(ins[data.index(False)])), operand)
-            absorbed[id(equation)] = data.index(True)
+            absorbed[(*prefix, id(equation))] = data.index(True)
             outs = [_Info(None, True)]
         elif name in _LINEAR or (name in _SCALING and sum(data) == 1) or (name == "div" and data == [True, False]):
             if name == "select_n" and data[0]:
@@ -244,7 +286,7 @@ def _refuse(equation, outer: str, advice: str):
 
 class JaxprNetwork(nn.Module):
     """A JAX function run from its jaxpr with every ReLU an activation site ``activation(name=)``
-    (:class:`ReLUSite` in the ANN, :class:`offsetjax.IFActivation` once
+    (:class:`ANNSite` in the ANN, :class:`offsetjax.IFActivation` once
     :func:`offsetjax.spiking_model` has swapped it in). Made by :func:`from_jax`.
 
     Takes images ``[B, ...]`` (the ANN: ``[B, classes]`` out) or time-major ``[T or 1, B, ...]``
@@ -264,7 +306,7 @@ class JaxprNetwork(nn.Module):
     """
 
     program: Any
-    activation: Any = Activation(ReLUSite)
+    activation: Any = Activation(ANNSite)
     connectivity: bool = False
 
     @nn.compact
@@ -279,15 +321,15 @@ class JaxprNetwork(nn.Module):
         time_major = x.ndim > len(program.image_shape) + 1
         batch = x.shape[1:] if time_major else x.shape
         closed, sites, absorbed = program.traced(_shapes(leaves), tuple(batch), x.dtype)
-        relu_sites = issubclass(getattr(self.activation, "module", type(None)), ReLUSite)
+        ann_sites = issubclass(getattr(self.activation, "module", type(None)), ANNSite)
         layers = iter(range(1 << 30))
         counting = not self.is_initializing()  # (init makes every collection mutable)
         count_macs = counting and self.is_mutable_collection(MACS)
         count_events = counting and time_major and self.is_mutable_collection(INPUT_EVENTS)
 
         def site(spec: SiteSpec, value):
-            module = self.activation(name=spec.name, **({"ceiling": spec.ceiling} if relu_sites else {}))
-            return module(value)
+            options = {"ceiling": spec.ceiling, "levels": spec.levels} if ann_sites else {}
+            return self.activation(name=spec.name, **options)(value)
 
         def linear(equation, ins: list, data: list[bool], bind: Callable) -> list | None:
             """A linear layer (counted, or seen as connectivity), a constant operation on data in
@@ -339,7 +381,7 @@ def _shapes(leaves) -> tuple:
     return tuple((tuple(np.shape(leaf)), jnp.result_type(leaf)) for leaf in leaves)
 
 
-def _evaluate(jaxpr, consts, inputs, sites, absorbed, site, linear, time_major: bool) -> list:
+def _evaluate(jaxpr, consts, inputs, sites, absorbed, site, linear, time_major: bool, prefix=()) -> list:
     """Run ``jaxpr`` on ``(value, depends on the images)`` pairs. With ``time_major`` every value
     that depends on the images has a leading time axis, and each equation runs at every step."""
     env: dict[Any, tuple[Any, bool]] = {}
@@ -352,9 +394,9 @@ def _evaluate(jaxpr, consts, inputs, sites, absorbed, site, linear, time_major: 
     for equation in jaxpr.eqns:
         pairs = [read(v) for v in equation.invars]
         ins, data = [value for value, _ in pairs], [is_data for _, is_data in pairs]
-        name = equation.primitive.name
-        if id(equation) in sites:
-            spec, operand = sites[id(equation)]
+        name, key = equation.primitive.name, (*prefix, id(equation))
+        if key in sites:
+            spec, operand = sites[key]
             currents = ins[operand]
             outs = [
                 (
@@ -367,14 +409,13 @@ def _evaluate(jaxpr, consts, inputs, sites, absorbed, site, linear, time_major: 
                     True,
                 )
             ]
-        elif id(equation) in absorbed:  # the clip's min: the site computed it (ANN) or bounds it (IF)
-            outs = [pairs[absorbed[id(equation)]]]
+        elif key in absorbed:  # the clip's min: the site computed it (ANN) or bounds it (IF)
+            outs = [pairs[absorbed[key]]]
         elif name in _CALLS and _CALLS[name] in equation.params:
             body = equation.params[_CALLS[name]]
             inner, inner_consts = (body.jaxpr, body.consts) if hasattr(body, "consts") else (body, [])
-            outs = _evaluate(
-                inner, [(c, False) for c in inner_consts], pairs, sites, absorbed, site, linear, time_major
-            )
+            inner_consts = [(c, False) for c in inner_consts]
+            outs = _evaluate(inner, inner_consts, pairs, sites, absorbed, site, linear, time_major, key)
         else:
             primitive, params = equation.primitive, internals.bind_params(equation)
 
@@ -470,6 +511,9 @@ def from_jax(
     model = JaxprNetwork(program)
     network = dict(zip(names, arrays))
     thresholds = _thresholds(model, network, specs, mode, images, batch_size)
+    qcfs_sites = [spec for spec in specs if spec.levels is not None]
+    if qcfs_sites:  # offsetjax's own QCFS sites keep their trained lambda
+        thresholds.update(zip((spec.name for spec in qcfs_sites), _qcfs_thresholds(function, arrays, image_shape)))
     params_out = {
         "network": network,
         **{spec.name: {"threshold": jnp.float32(thresholds[spec.name])} for spec in specs},
@@ -514,14 +558,21 @@ def _thresholds(model, network, specs, mode, images, batch_size) -> dict[str, fl
         if isinstance(value, dict):
             unknown, missing = (
                 sorted(set(value) - set(names)),
-                [spec.name for spec in specs if spec.name not in value and spec.ceiling is None],
+                [
+                    spec.name
+                    for spec in specs
+                    if spec.name not in value and spec.ceiling is None and spec.levels is None
+                ],
             )
             if unknown or missing:
                 raise ValueError(f"threshold names sites {names}: unknown {unknown}, missing {missing}")
             given = value
         else:
             given = dict.fromkeys(names, value)
-        out = {spec.name: spec.ceiling if spec.ceiling is not None else float(given[spec.name]) for spec in specs}
+        out = {
+            spec.name: spec.ceiling if spec.ceiling is not None else 1.0 if spec.levels else float(given[spec.name])
+            for spec in specs
+        }
         for name, theta in out.items():
             if not (math.isfinite(theta) and theta > 0):
                 raise ValueError(f"threshold of {name} must be finite and > 0, got {theta!r}")
@@ -529,8 +580,8 @@ def _thresholds(model, network, specs, mode, images, batch_size) -> dict[str, fl
     outputs = _site_outputs(model, network, images, batch_size)
     out = {}
     for spec in specs:
-        if spec.ceiling is not None:
-            out[spec.name] = spec.ceiling
+        if spec.ceiling is not None or spec.levels is not None:  # a clip's c; QCFS keeps its lambda (from_jax)
+            out[spec.name] = spec.ceiling or 1.0
             continue
         values = outputs[spec.name]
         theta = float(values.max()) if kind == "max" else float(np.percentile(values, value))
@@ -554,7 +605,7 @@ def _site_outputs(model, network, images, batch_size) -> dict[str, np.ndarray]:
         _, state = model.apply(
             variables,
             batch,
-            capture_intermediates=lambda module, method: method == "__call__" and isinstance(module, ReLUSite),
+            capture_intermediates=lambda module, method: method == "__call__" and isinstance(module, ANNSite),
             mutable=["intermediates"],
         )
         return {name: values["__call__"][0] for name, values in state["intermediates"].items()}

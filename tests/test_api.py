@@ -102,6 +102,15 @@ def test_docs_python_blocks_run_as_printed(page):
     assert namespace["result"].accuracy.shape == (8,)
 
 
+def test_usage_opens_with_converting_your_own_network_in_at_most_15_lines():
+    """docs/usage.md's first block (executed with the others) converts a flax network with nn.relu."""
+    text = (ROOT / "docs" / "usage.md").read_text()
+    assert text.index("## Convert your own network") < text.index("## Using the library")
+    first = python_blocks(ROOT / "docs" / "usage.md")[0]
+    assert len(first.strip().splitlines()) <= 15
+    assert "nn.relu" in first and "oj.from_jax" in first and "oj.spiking_model" in first
+
+
 def test_every_page_with_python_blocks_is_executed_and_the_readme_is_a_front_page():
     pages = sorted(page.name for page in (ROOT / "docs").glob("*.md") if python_blocks(page))
     assert pages == ["multihost.md", "usage.md"]  # each in test_docs_python_blocks_run_as_printed

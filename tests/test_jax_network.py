@@ -1,0 +1,238 @@
+"""from_jax: any JAX ReLU network converts, and runs everywhere the library's own networks run.
+
+Every ReLU spelling becomes a site; every operation a spiking network cannot compute is refused
+by name with the line it comes from; the converted network runs through simulate, the
+executor (equal logits), NIR (round trip), COS, the data-level calibrations and the operation
+counts; and a network of ``offsetjax.models`` converted through this path gives the same
+logits, bit for bit, as ``spiking_model`` on the module itself.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import offsetjax as oj
+from offsetjax.activation import ANNSite
+from offsetjax.models.layers import Activation
+
+IMAGES = jax.random.uniform(jax.random.key(1), (6, 8, 8, 2))
+
+#: Every spelling of a ReLU a user writes, and the lambda a clip keeps.
+SPELLINGS = {
+    "jax.nn.relu": (jax.nn.relu, None),
+    "nn.relu": (nn.relu, None),
+    "jnp.maximum(x, 0)": (lambda x: jnp.maximum(x, 0), None),
+    "jnp.maximum(0.0, x)": (lambda x: jnp.maximum(0.0, x), None),
+    "jnp.clip(x, 0, 1.5)": (lambda x: jnp.clip(x, 0, 1.5), 1.5),
+}
+
+
+class Net(nn.Module):
+    """A user's network in flax's own layers: convolution, batch norm, a ReLU spelling, average
+    pooling, a residual, concatenation (unless ``concat=False``), a dense head."""
+
+    relu: str = "nn.relu"
+    concat: bool = True
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        relu = SPELLINGS[self.relu][0]
+        x = relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(4, (3, 3))(x)))
+        with jax.numpy_dtype_promotion("standard"):  # flax's avg_pool divides by an int (tests run strict)
+            x = nn.avg_pool(x, (2, 2), (2, 2))
+        x = x + jax.nn.relu(nn.Conv(4, (3, 3))(x))  # a residual
+        if self.concat:
+            x = jnp.concatenate([x, jax.nn.relu(nn.Conv(2, (1, 1))(x))], axis=-1)
+        return nn.Dense(3)(relu(nn.Dense(8)(x.reshape(x.shape[0], -1))))
+
+
+def _network(relu: str = "nn.relu", concat: bool = True):
+    net = Net(relu, concat)
+    variables = net.init(jax.random.key(0), IMAGES)
+    return net, variables
+
+
+@pytest.mark.parametrize("spelling", sorted(SPELLINGS))
+def test_every_relu_spelling_becomes_a_site(spelling):
+    net, variables = _network(spelling)
+    model, converted = oj.from_jax(net.apply, variables, IMAGES)
+    sites = model.program.sites(list(converted["params"]["network"].values()))
+    assert [site.name for site in sites] == ["relu0", "relu1", "relu2", "relu3"]
+    ceiling = SPELLINGS[spelling][1]
+    assert sites[0].ceiling == sites[3].ceiling == ceiling
+    assert "test_jax_network.py" in sites[0].where  # the user's line, also through jax.nn.relu
+    if ceiling is not None:  # a clip keeps its c as lambda
+        assert float(converted["params"]["relu0"]["threshold"]) == ceiling
+    np.testing.assert_allclose(model.apply(converted, IMAGES), net.apply(variables, IMAGES), rtol=1e-6, atol=1e-6)
+
+
+def test_thresholds_are_the_measured_statistics_of_each_sites_relu():
+    net, variables = _network()
+    model, by_max = oj.from_jax(net.apply, variables, IMAGES, threshold="max")
+    _, by_percentile = oj.from_jax(net.apply, variables, IMAGES, threshold="99.9%", batch_size=4)  # 2 batches
+    _, state = model.apply(
+        by_max,
+        IMAGES,
+        capture_intermediates=lambda module, method: isinstance(module, ANNSite),
+        mutable=["intermediates"],
+    )
+    for name, outputs in state["intermediates"].items():
+        (relu,) = outputs["__call__"]
+        assert float(by_max["params"][name]["threshold"]) == pytest.approx(float(jnp.max(relu)), rel=1e-6)
+        want = np.percentile(np.asarray(relu).reshape(-1), 99.9)
+        assert float(by_percentile["params"][name]["threshold"]) == pytest.approx(want, rel=1e-6)
+    _, given = oj.from_jax(
+        net.apply, variables, image_shape=(8, 8, 2), threshold={f"relu{i}": 0.5 + i for i in range(4)}
+    )
+    assert [float(given["params"][f"relu{i}"]["threshold"]) for i in range(4)] == [0.5, 1.5, 2.5, 3.5]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=6).filter(lambda s: s != "max" and not s.rstrip("%").replace(".", "", 1).isdigit()),
+        st.sampled_from(["0%", "101%", "-5%", "99.9", "max%"]),
+        st.floats(max_value=0) | st.sampled_from([float("nan"), float("inf")]),
+        st.dictionaries(st.sampled_from(["relu0", "relu1", "relu9"]), st.floats(0.1, 2), max_size=2),
+    )
+)
+def test_a_bad_threshold_is_refused_naming_it(threshold):
+    net, variables = _network()
+    with pytest.raises(ValueError, match="threshold"):
+        oj.from_jax(net.apply, variables, IMAGES, threshold=threshold)
+
+
+def test_missing_images_and_sites_are_refused():
+    net, variables = _network()
+    with pytest.raises(ValueError, match="is measured on calibration images: pass images"):
+        oj.from_jax(net.apply, variables, image_shape=(8, 8, 2))
+    with pytest.raises(ValueError, match=r"unknown \['relu9'\], missing \['relu1', 'relu2', 'relu3'\]"):
+        oj.from_jax(net.apply, variables, image_shape=(8, 8, 2), threshold={"relu0": 1.0, "relu9": 1.0})
+    with pytest.raises(ValueError, match="found no ReLU"):
+        oj.from_jax(lambda w, x: x.reshape(x.shape[0], -1) @ w, jnp.ones((128, 3)), IMAGES)
+
+
+REFUSED = {
+    "reduce_window_max": lambda x: nn.max_pool(jax.nn.relu(x), (2, 2), (2, 2)),
+    "reduce_max": lambda x: jax.nn.softmax(jax.nn.relu(x)),  # softmax inside: its max first
+    "exp": lambda x: jnp.exp(jax.nn.relu(x)),
+    "erfc": lambda x: jax.nn.gelu(x, approximate=False),
+    "tanh": lambda x: jnp.tanh(jax.nn.relu(x)),
+    "mul": lambda x: jax.nn.relu(x) * jax.nn.relu(-x),
+}
+
+
+@pytest.mark.parametrize("primitive", sorted(REFUSED))
+def test_what_cannot_spike_is_refused_by_name_and_line(primitive):
+    """Before anything compiles: the primitive, the user's line, what to write instead."""
+
+    def apply_fn(w, x):
+        y = REFUSED[primitive](x @ w)
+        return jax.nn.relu(y).reshape(x.shape[0], -1)[:, :3]
+
+    with pytest.raises(ValueError, match=rf"computes {primitive} on activations at .*test_jax_network.py:\d+"):
+        oj.from_jax(apply_fn, jnp.ones((2, 4)), IMAGES, threshold=1.0)
+
+
+@pytest.mark.slow
+def test_the_converted_network_runs_everywhere():
+    """simulate, the executor (equal logits), NIR export (round trip equal to simulate), COS,
+    data_potential / data_bias, SRP and count_operations, all unchanged."""
+    pytest.importorskip("nir")
+    from offsetjax.interop.nir import run_nir, to_nir
+
+    net, variables = _network()
+    model, converted = oj.from_jax(net.apply, variables, IMAGES, threshold="99.9%")
+    snn = oj.spiking_model(model, num_steps=6)
+    snn_variables = oj.convert_variables(snn, converted)
+    logits = oj.simulate(snn, snn_variables, IMAGES)
+    assert logits.shape == (6, 6, 3)
+    np.testing.assert_array_equal(oj.run_step_by_step(snn, snn_variables, IMAGES).logits, logits)
+    for schedule in (dict(presim_steps=3, iterations=1), dict(srp_steps=2)):
+        other = oj.spiking_model(model, num_steps=6, **schedule)
+        assert oj.simulate(other, oj.convert_variables(other, converted), IMAGES).shape == (6, 6, 3)
+    for calibrate in (oj.data_potential, oj.data_bias):
+        calibrated = calibrate(snn, converted, IMAGES)
+        assert oj.simulate(snn, calibrated, IMAGES).shape == (6, 6, 3)
+    operations = oj.count_operations(snn, snn_variables, IMAGES)
+    np.testing.assert_allclose(operations.logits, logits, rtol=1e-5, atol=1e-6)
+    assert float(operations.dense_macs) == float(sum(oj.operations.layer_macs(model, (8, 8, 2)).values()))
+    # the ANN's MACs, read from its jaxpr: dot_general output x contraction, convolutions on ones
+    assert float(operations.dense_macs) == _jaxpr_macs(net, variables)
+    # NIR: without the concatenation, which to_nir does not write yet
+    net, variables = _network(concat=False)
+    model, converted = oj.from_jax(net.apply, variables, IMAGES, threshold="99.9%")
+    snn = oj.spiking_model(model, num_steps=6)
+    snn_variables = oj.convert_variables(snn, converted)
+    expected = oj.simulate(snn, snn_variables, IMAGES)
+    np.testing.assert_allclose(run_nir(to_nir(snn, snn_variables, (8, 8, 2)), IMAGES), expected, rtol=1e-5, atol=1e-5)
+
+
+def _jaxpr_macs(net, variables) -> float:
+    closed = jax.make_jaxpr(lambda x: net.apply(variables, x))(IMAGES[:1])
+    total = 0.0
+    for equation in closed.jaxpr.eqns:
+        if equation.primitive.name == "dot_general":
+            (contract, _), _ = equation.params["dimension_numbers"]
+            lhs = equation.invars[0].aval.shape
+            total += np.prod(equation.outvars[0].aval.shape) * np.prod([lhs[i] for i in contract])
+        elif equation.primitive.name == "conv_general_dilated":
+            ones = [jnp.ones(v.aval.shape, v.aval.dtype) for v in equation.invars]
+            total += float(jnp.sum(equation.primitive.bind(*ones, **equation.params)))
+    return total
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["small_vgg", "small_resnet"])
+@pytest.mark.parametrize("activation", ["qcfs", "relu"])
+def test_offsetjax_models_through_from_jax_spike_as_spiking_model(arch, activation):
+    """One network, two paths: the module converted by spiking_model, and its apply function
+    converted by from_jax (QCFS sites keep their lambda; ReLU sites given the module's): the
+    same logits, bit for bit, uncalibrated and with COS."""
+    factory = oj.models.qcfs_l4 if activation == "qcfs" else Activation(ANNSite)
+    module = oj.models.ARCHITECTURES[arch](5, activation=factory)
+    images = jax.random.uniform(jax.random.key(3), (4, 8, 8, 3))
+    variables = module.init(jax.random.key(0), images, train=False)
+    variables = {
+        **variables,
+        "params": jax.tree_util.tree_map_with_path(
+            lambda path, x: jnp.full_like(x, 0.7) if path[-1].key == "threshold" else x, variables["params"]
+        ),
+    }
+    model, converted = oj.from_jax(
+        lambda v, x: module.apply(v, x, train=False), variables, image_shape=(8, 8, 3), threshold=0.7
+    )
+    np.testing.assert_array_equal(model.apply(converted, images), module.apply(variables, images, train=False))
+    for schedule in (dict(num_steps=5), dict(num_steps=5, presim_steps=2, iterations=2)):
+        native, through = oj.spiking_model(module, **schedule), oj.spiking_model(model, **schedule)
+        np.testing.assert_array_equal(
+            oj.simulate(through, oj.convert_variables(through, converted), images),
+            oj.simulate(native, oj.convert_variables(native, variables), images),
+        )
+
+
+def test_a_plain_function_and_an_equinox_model_convert():
+    """The executed examples of docs/usage.md's other two styles."""
+    key1, key2 = jax.random.split(jax.random.key(0))
+    params = {"w1": jax.random.normal(key1, (128, 16)) * 0.1, "w2": jax.random.normal(key2, (16, 3)) * 0.3}
+
+    def mlp(params, x):  # a plain function
+        return jnp.maximum(x.reshape(x.shape[0], -1) @ params["w1"], 0) @ params["w2"]
+
+    model, variables = oj.from_jax(mlp, params, IMAGES)
+    snn = oj.spiking_model(model, num_steps=64)
+    logits = oj.simulate(snn, oj.convert_variables(snn, variables), IMAGES)
+    np.testing.assert_allclose(logits[-1], mlp(params, IMAGES), atol=0.05)
+
+    eqx = pytest.importorskip("equinox")
+    net = eqx.nn.MLP(128, 3, 16, depth=2, activation=jax.nn.relu, key=jax.random.key(1))
+    model, variables = oj.from_jax(lambda m, x: jax.vmap(m)(x.reshape(x.shape[0], -1)), net, IMAGES)
+    snn = oj.spiking_model(model, num_steps=64)
+    logits = oj.simulate(snn, oj.convert_variables(snn, variables), IMAGES)
+    want = jax.vmap(net)(IMAGES.reshape(6, -1))
+    np.testing.assert_allclose(model.apply(variables, IMAGES), want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(logits[-1], want, atol=0.1)
