@@ -40,8 +40,10 @@ def bind_params(equation) -> dict[str, Any]:
 
 
 def name_stack(equation) -> str:
-    """The module scope JAX recorded for ``equation`` (``"VGG/conv1"``; empty when none)."""
-    return str(equation.source_info.name_stack)
+    """The module scope JAX recorded for ``equation`` (``"VGG/conv1"``; empty when none), without
+    the transformations' own entries (``vmap()``, ``jvp()``)."""
+    parts = str(equation.source_info.name_stack).split("/")
+    return "/".join(part for part in parts if part and not part.endswith(")"))
 
 
 def where(equation) -> str:

@@ -346,7 +346,8 @@ class JaxprNetwork(nn.Module):
                     self.sow(MACS, f"layer{index}", jnp.sum(bind(ones, data).astype(jnp.float32)))
                 if count_events:
                     _sow_events(self, bind, ins, data)
-                return [bind(weights if self.connectivity else ins, data)]
+                with jax.named_scope(f"layer{index}"):  # (the NIR export names its node so)
+                    return [bind(weights if self.connectivity else ins, data)]
             if self.connectivity and name in ("add", "add_any", "sub", "mul", "div", "neg") and any(data):
                 return [ins[data.index(True)]]  # constants dropped, scalings 1: the connectivity view
             return None

@@ -237,6 +237,8 @@ class GraphWriter:
             return [self.conv(equation, signals[0], np.asarray(values[1], np.float64), where)]
         if name == "dot_general" and isinstance(values[0], _Signal) and len(signals) == 1:
             return [self.dense(equation, signals[0], np.asarray(values[1], np.float64), where)]
+        if name == "concatenate" and len(signals) == len(values):
+            return [self.concatenate(signals, equation.params["dimension"], out_shape, where)]
         if name == "reduce_window_sum":
             return [self.sum_pool(equation, signals[0], where)]
         if name == "reduce_sum":
@@ -244,7 +246,7 @@ class GraphWriter:
         raise ValueError(
             f"to_nir cannot express `{name}` applied to spikes ({where or 'at the top level'}): NIR graphs hold "
             "convolutions, dense layers, batch norm (folded), sum and average pooling, flattening, scaling, "
-            "residual additions and IF sites"
+            "residual additions, concatenation and IF sites"
         )
 
     def constant(self, value, signal: _Signal, out_shape: tuple, where: str) -> np.ndarray:
@@ -385,6 +387,40 @@ class GraphWriter:
             weight = rows
         node = self.nir.Affine(weight=np.ascontiguousarray(weight.T), bias=np.zeros(weight.shape[1]))
         return self._linear_out(where, node, sources, signal, out_shape)
+
+    def concatenate(self, signals: list[_Signal], axis: int, out_shape: tuple, where: str) -> _Signal:
+        """Spike tensors joined along their channels (or features): each into its slice of the
+        result by a placement 1x1 convolution (or dense layer) holding its scale, all summed."""
+        first = signals[0]
+        rank = len(first.shape)
+        if (
+            rank not in (1, 3)
+            or axis != first.lead + rank - 1
+            or any(s.lead != first.lead or s.shape[:-1] != first.shape[:-1] or s.order is not None for s in signals)
+        ):
+            raise ValueError(
+                f"to_nir: {where or 'the network'} concatenates spikes along axis {axis}; NIR graphs join feature "
+                "maps along their channels (or vectors along their features) only"
+            )
+        neurons = tuple(out_shape[first.lead :])
+        total, offset, terms = neurons[-1], 0, []
+        for index, signal in enumerate(signals):
+            sources, scale = self.common_scale(signal, per_channel=True)
+            channels = signal.shape[-1]
+            weight = np.zeros((total, channels))
+            weight[offset + np.arange(channels), np.arange(channels)] = _per_channel(
+                np.broadcast_to(scale, signal.shape)
+            )
+            if rank == 3:
+                node = self._conv(signal.shape[:2], weight[:, :, None, None], 1, 0, 1, 1, np.zeros(total))
+            else:
+                node = self.nir.Affine(weight=weight, bias=np.zeros(total))
+            layout = _Signal([], np.zeros(neurons), first.lead, neurons)
+            name = self.add(f"{where}/concat{index}" if where else f"concat{index}", node, sources, layout)
+            self.linear.add(name)
+            terms.append((name, np.ones(neurons)))
+            offset += channels
+        return _Signal(terms, np.zeros(neurons), first.lead, neurons)
 
     def _linear_out(self, where: str, node, sources: list[str], signal: _Signal, out_shape: tuple) -> _Signal:
         neurons = out_shape[signal.lead :]
