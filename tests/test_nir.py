@@ -224,3 +224,40 @@ def test_the_literal_semantics_read_every_node_as_from_nir_does():
         outputs.append(fired @ w2.T + b2)
     expected = np.cumsum(outputs, axis=0) / np.arange(1, num_steps + 1)[:, None, None]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+class _RematNet(nn.Module):
+    """A network of one's own with a rematerialised convolution (nn.remat) before its site."""
+
+    activation: Any = oj.models.qcfs_l4
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = self.activation(name="act")(nn.remat(nn.Conv)(4, (3, 3))(x))
+        return nn.Dense(3)(x.reshape(*x.shape[:-3], -1))
+
+
+class _UnflattenNet(nn.Module):
+    """A dense layer's output reshaped back into a map: NIR has no node for it."""
+
+    activation: Any = oj.models.qcfs_l4
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = self.activation(name="act")(nn.Dense(32)(x.reshape(*x.shape[:-3], -1)))
+        x = x.reshape(*x.shape[:-1], 4, 4, 2)
+        return nn.Dense(3)(nn.Conv(2, (3, 3))(x).reshape(*x.shape[:-3], -1))
+
+
+def test_a_remat_block_exports_and_an_unflatten_is_refused_naming_the_shape():
+    images = jax.random.uniform(jax.random.key(1), (3, 8, 8, 2))
+    net = _RematNet()
+    snn = oj.spiking_model(net, num_steps=4)
+    snn_variables = oj.convert_variables(snn, net.init(jax.random.key(0), images))
+    expected = oj.simulate(snn, snn_variables, images)
+    np.testing.assert_allclose(run_nir(to_nir(snn, snn_variables, (8, 8, 2)), images), expected, rtol=1e-6, atol=1e-6)
+    net = _UnflattenNet()
+    snn = oj.spiking_model(net, num_steps=4)
+    snn_variables = oj.convert_variables(snn, net.init(jax.random.key(0), images))
+    with pytest.raises(ValueError, match=r"reshapes neurons \(32,\) to \(4, 4, 2\)"):
+        to_nir(snn, snn_variables, (8, 8, 2))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 from typing import Any
 
 import numpy as np
@@ -203,9 +204,11 @@ class GraphWriter:
         out_shape = tuple(equation.outvars[0].aval.shape)
         signals = [value for value in values if isinstance(value, _Signal)]
         nested = [equation.params.get(key) for key in ("jaxpr", "call_jaxpr", "fun_jaxpr")]
-        nested = [inner for inner in nested if inner is not None and hasattr(inner, "jaxpr")]
-        if nested:
-            return self.run(nested[0], values, where)
+        nested = [inner for inner in nested if inner is not None and hasattr(inner, "jaxpr") or hasattr(inner, "eqns")]
+        if nested:  # a call (jit, custom_jvp, remat ...): its body, inlined (remat's is an open jaxpr)
+            inner = nested[0]
+            closed = inner if hasattr(inner, "jaxpr") else types.SimpleNamespace(jaxpr=inner, consts=[])
+            return self.run(closed, values, where)
         if equation.primitive is site_p:
             return [self.site(equation, values, where)]
         if name in _IDENTITY:
@@ -291,9 +294,12 @@ class GraphWriter:
             return signal.replace(lead=len(out_shape) - neurons)
         if math.prod(out_shape[:-1]) == batch and out_shape[-1] == math.prod(signal.shape) and neurons == 3:
             return self.flatten(signal, len(out_shape) - 1, where)
+        neurons_out = next(
+            (tuple(out_shape[k:]) for k in range(len(out_shape) + 1) if math.prod(out_shape[:k]) == batch), out_shape
+        )
         raise ValueError(
-            f"to_nir: {where or 'the network'} reshapes neurons {signal.shape} to {out_shape[-1:]}; NIR's Flatten "
-            "flattens (H, W, C) feature maps into vectors, nothing else"
+            f"to_nir: {where or 'the network'} reshapes neurons {signal.shape} to {neurons_out}; NIR's Flatten "
+            "flattens (H, W, C) feature maps into vectors, nothing else (no node turns a vector back into a map)"
         )
 
     def flatten(self, signal: _Signal, lead: int, where: str) -> _Signal:
