@@ -86,14 +86,19 @@ def simulate(
     parameters' (float32 normally); the images never choose the network's precision. Under a
     caller's ``jit`` the variables' values are not checked (:func:`check_network`).
     """
+    images = checked_inputs(snn, variables, images, frames=frames)
+    logits, _, _ = images_must_fit(lambda: _apply(snn, variables, images, None, frames=frames), images)
+    return logits
+
+
+def checked_inputs(snn: nn.Module, variables: Any, images, *, frames: bool) -> Array:
+    """``images`` ``[B, ...]`` (or with ``frames``, ``[steps, B, ...]``) and ``variables``
+    checked for ``snn`` as :func:`simulate` checks them, half precision widened."""
     if frames:
         images = check_frames(snn, images)
         check_network(snn, variables, images[0])
-        images = widen_half(images, input_dtype(snn, variables))
-    else:
-        images = check_call(snn, variables, images)
-    logits, _, _ = images_must_fit(lambda: _apply(snn, variables, images, None, frames=frames), images)
-    return logits
+        return widen_half(images, input_dtype(snn, variables))
+    return check_call(snn, variables, images)
 
 
 def check_frames(model: nn.Module, frames) -> Array:
@@ -117,6 +122,7 @@ def simulate_with_statistics(
     images: Float[ArrayLike, "B ..."],
     *,
     sample_mask: Bool[ArrayLike, " B"] | None = None,
+    frames: bool = False,
 ) -> SimulationWithStatistics:
     """:func:`simulate`, also returning each site's :class:`OffsetStatistics`, keyed by the
     site's module path (``"block1/act"``) in network order.
@@ -126,16 +132,17 @@ def simulate_with_statistics(
       the pair it was before offsetjax 0.2).
 
     Args:
-      snn, variables, images: as :func:`simulate`.
+      snn, variables, images, frames: as :func:`simulate`.
       sample_mask: optional boolean ``[B]``: the statistics count only the samples where it is
         true (for a batch padded to a fixed size). Default: every sample.
     """
-    images = check_call(snn, variables, images)
+    images = checked_inputs(snn, variables, images, frames=frames)
+    batch = images.shape[1:2] if frames else images.shape[:1]
     if sample_mask is None:
-        sample_mask = jnp.ones(images.shape[:1], bool)
-    if tuple(sample_mask.shape) != images.shape[:1]:
-        raise ValueError(f"sample_mask must have shape {images.shape[:1]} (one per image), got {sample_mask.shape}")
-    logits, stats, _ = simulate_collecting(snn, variables, images, sample_mask, operations=False)
+        sample_mask = jnp.ones(batch, bool)
+    if tuple(sample_mask.shape) != batch:
+        raise ValueError(f"sample_mask must have shape {batch} (one per image), got {sample_mask.shape}")
+    logits, stats, _ = simulate_collecting(snn, variables, images, sample_mask, operations=False, frames=frames)
     return SimulationWithStatistics(logits, stats)
 
 
@@ -149,12 +156,15 @@ class SimulationWithStatistics(NamedTuple):
     statistics: dict[str, OffsetStatistics]
 
 
-def simulate_collecting(model: nn.Module, variables: Any, images: Array, sample_mask, operations: bool):
+def simulate_collecting(
+    model: nn.Module, variables: Any, images: Array, sample_mask, operations: bool, *, frames: bool = False
+):
     """``(logits, statistics per site or None, operations per site or None)`` from one run:
     statistics when ``sample_mask`` is given, each site's sown :data:`OPERATIONS` when asked.
-    ``images`` as :func:`check_call` returned them (the caller checks, once)."""
-    logits, stats, ops = images_must_fit(lambda: _apply(model, variables, images, sample_mask, operations), images)
-    order = site_order(model, images.shape[1:])
+    ``images`` as :func:`checked_inputs` returned them (the caller checks, once)."""
+    run = functools.partial(_apply, model, variables, images, sample_mask, operations, frames=frames)
+    logits, stats, ops = images_must_fit(run, images)
+    order = site_order(model, images.shape[2:] if frames else images.shape[1:])
     return (
         logits,
         per_site(stats, order) if sample_mask is not None else None,
@@ -182,7 +192,9 @@ def site_order(model: nn.Module, image_shape: tuple[int, ...]) -> tuple[str, ...
 
 
 @renamed_argument("model", "snn", since="0.2")
-def calibrate_network(snn: nn.Module, variables: Any, images: Float[ArrayLike, "B ..."]) -> dict:
+def calibrate_network(
+    snn: nn.Module, variables: Any, images: Float[ArrayLike, "B ..."], *, frames: bool = False
+) -> dict:
     """The calibrated initial potentials of every site, per sample: a pytree like
     ``variables["initial_potential"]`` whose leaves are ``[B, ...]``.
 
@@ -190,18 +202,19 @@ def calibrate_network(snn: nn.Module, variables: Any, images: Float[ArrayLike, "
     uncalibrated network (``iterations=0``) from this pytree reproduces the calibrated run. The
     result is per sample, so it serves these images only: merged into variables, it is refused
     with images of another batch size (and by :func:`offsetjax.evaluate_snn`, which runs one
-    v(0) over a whole split). Arguments and checks as :func:`simulate`.
+    v(0) over a whole split). Arguments (``frames`` included) and checks as :func:`simulate`.
     """
-    images = check_call(snn, variables, images)
-    sown = images_must_fit(lambda: _calibrated_potentials(snn, variables, images), images)
+    images = checked_inputs(snn, variables, images, frames=frames)
+    sown = images_must_fit(lambda: _calibrated_potentials(snn, variables, images if frames else images[None]), images)
     return jax.tree.map(lambda leaf: leaf[0], sown, is_leaf=lambda x: isinstance(x, tuple))
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _calibrated_potentials(model: nn.Module, variables: Any, images: Array):
-    out, sown = model.apply(variables, images[None], mutable=[CALIBRATED_POTENTIAL])
+def _calibrated_potentials(model: nn.Module, variables: Any, entered: Array):
+    """The sown calibrated v(0) of ``entered``, ``[1 or steps, B, ...]``."""
+    out, sown = model.apply(variables, entered, mutable=[CALIBRATED_POTENTIAL])
     if out.ndim != 3:  # static: raised once, while tracing
-        raise ValueError(f"images of shape {images.shape} are not one batch [B, H, W, C] for this network")
+        raise ValueError(f"images of shape {entered.shape[1:]} are not one batch [B, H, W, C] for this network")
     return sown[CALIBRATED_POTENTIAL]
 
 

@@ -269,3 +269,29 @@ def test_a_callers_model_context_changes_no_trace():
     outside = oj.simulate(snn, snn_variables, images)
     np.testing.assert_array_equal(inside, outside)
     np.testing.assert_array_equal(inside_steps, oj.run_step_by_step(snn, snn_variables, images).logits)
+
+
+def test_frames_are_accepted_wherever_images_are():
+    """simulate_with_statistics and calibrate_network take frames= as simulate does: a constant
+    sequence of frames gives what the image entered once gives (COS calibrates on the frames)."""
+    model = VGG(features=(4, "M"), hidden=(), num_classes=3)
+    variables = trained_like(model, IMAGES)
+    snn = oj.spiking_model(model, num_steps=3, presim_steps=2, iterations=1)
+    snn_variables = oj.convert_variables(snn, variables)
+    frames = jnp.broadcast_to(IMAGES, (3, *IMAGES.shape))
+    once = oj.simulate_with_statistics(snn, snn_variables, IMAGES)
+    framed = oj.simulate_with_statistics(snn, snn_variables, frames, frames=True)
+    np.testing.assert_allclose(framed.logits, once.logits, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        framed.logits, oj.simulate(snn, snn_variables, frames, frames=True), rtol=1e-6, atol=1e-6
+    )
+    assert list(framed.statistics) == list(once.statistics)
+    chex.assert_trees_all_close(framed.statistics, once.statistics, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(
+        oj.calibrate_network(snn, snn_variables, frames, frames=True),
+        oj.calibrate_network(snn, snn_variables, IMAGES),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match=r"frames must be one batch per step, \[steps, B, \.\.\.\] with steps = 3"):
+        oj.simulate_with_statistics(snn, snn_variables, frames[:2], frames=True)
