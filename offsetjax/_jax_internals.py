@@ -9,6 +9,7 @@ floor pinned in ``.ci/floor-constraints.txt`` and the newest release.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -59,3 +60,17 @@ def where(equation) -> str:
 
 #: Packages whose frames are not the user's line.
 _LIBRARIES = ("flax", "offsetjax", "equinox")
+
+
+@contextlib.contextmanager
+def without_flax_interceptors() -> Iterator[None]:
+    """No Flax method interceptor active (a caller's ``nn.intercept_methods``), while tracing a
+    user's function whose Flax modules must run as they are written."""
+    from flax.linen import module
+
+    stack = module._global_interceptor_stack
+    saved, stack._storage = stack._storage, []
+    try:
+        yield
+    finally:
+        stack._storage = saved

@@ -73,12 +73,21 @@ def count_input_events(next_fun, args, kwargs, context):
         connections = counter.apply({"params": binary}, nonzero.astype(jnp.float32))
     finally:
         _COUNTING.reset(token)
-    per_image = tuple(range(2, connections.ndim))
-    events = jnp.sum(connections, axis=per_image)  # [T', B]
+    sow_input_events(module, inputs, connections)
+    return out
+
+
+def sow_input_events(module: nn.Module, inputs, connections) -> None:
+    """Sow one layer's NeuroBench events into :data:`INPUT_EVENTS`, ``[T', B]``: ``connections``
+    (``[T', B, ...]``, the layer applied to its nonzero inputs with its nonzero weights as ones)
+    summed per step and image, as accumulates where the nonzero ``inputs`` share one magnitude
+    (spikes), else as multiply-accumulates."""
+    events = jnp.sum(connections, axis=tuple(range(2, connections.ndim)))  # [T', B]
+    magnitude = jnp.abs(inputs.astype(jnp.float32))
+    nonzero = magnitude > 0
     values = tuple(range(2, inputs.ndim))
     largest = jnp.max(jnp.where(nonzero, magnitude, 0.0), axis=values)
     smallest = jnp.min(jnp.where(nonzero, magnitude, jnp.inf), axis=values)
     spikes = (largest == smallest) | ~jnp.any(nonzero, axis=values)
     module.sow(INPUT_EVENTS, "accumulates", jnp.where(spikes, events, 0.0))
     module.sow(INPUT_EVENTS, "multiply_accumulates", jnp.where(spikes, 0.0, events))
-    return out

@@ -40,7 +40,8 @@ import numpy as np
 
 from offsetjax import _jax_internals as internals
 from offsetjax._checks import check_image_batch
-from offsetjax._linear_layers import INPUT_EVENTS, MACS
+from offsetjax._linear_layers import INPUT_EVENTS, MACS, sow_input_events
+from offsetjax._trace import tracing_view
 from offsetjax.activation import QCFS, ANNSite
 from offsetjax.models.layers import Activation
 
@@ -143,7 +144,7 @@ def _qcfs_thresholds(function, arrays, image_shape) -> list[float]:
             found.append(float(np.asarray(context.module.get_variable("params", "threshold"))))
         return next_fun(*args, **kwargs)
 
-    with nn.intercept_methods(record):
+    with internals.without_flax_interceptors(), tracing_view(), nn.intercept_methods(record):
         function(arrays, jnp.zeros((1, *image_shape), jnp.float32))
     return found
 
@@ -165,7 +166,9 @@ class _Program:
     def traced(self, leaf_shapes: tuple, image_shape: tuple, dtype) -> tuple[Any, dict, dict]:
         leaves = [jax.ShapeDtypeStruct(shape, leaf_dtype) for shape, leaf_dtype in leaf_shapes]
         params = jax.tree.unflatten(self.treedef, leaves)
-        with nn.intercept_methods(_mark_qcfs):
+        # The user's function as written: no interceptor or model view of the caller's (counting
+        # runs inside both) reaches it; offsetjax's own QCFS sites marked.
+        with internals.without_flax_interceptors(), tracing_view(), nn.intercept_methods(_mark_qcfs):
             closed = jax.make_jaxpr(self.apply_fn)(params, jax.ShapeDtypeStruct(image_shape, dtype))
         # Keyed by the path of equations from the top (a nested jaxpr JAX shares between calls
         # appears once per call): site -> (spec, index of its data operand); a clip's min -> the
@@ -338,9 +341,9 @@ class JaxprNetwork(nn.Module):
             if name in ("dot_general", "conv_general_dilated") and sum(data) == 1:
                 index = next(layers)
                 weights = [value if is_data else jnp.ones_like(value) for value, is_data in zip(ins, data)]
-                if count_macs:
+                if count_macs:  # each input that is there (padding is not) with each weight
                     ones = [
-                        jnp.ones_like(value) if is_data else weight
+                        (value != 0).astype(jnp.float32) if is_data else weight.astype(jnp.float32)
                         for value, weight, is_data in zip(ins, weights, data)
                     ]
                     self.sow(MACS, f"layer{index}", jnp.sum(bind(ones, data).astype(jnp.float32)))
@@ -348,8 +351,10 @@ class JaxprNetwork(nn.Module):
                     _sow_events(self, bind, ins, data)
                 with jax.named_scope(f"layer{index}"):  # (the NIR export names its node so)
                     return [bind(weights if self.connectivity else ins, data)]
-            if self.connectivity and name in ("add", "add_any", "sub", "mul", "div", "neg") and any(data):
+            if self.connectivity and name in ("add", "add_any", "sub", "mul", "div", "neg") and not all(data):
                 return [ins[data.index(True)]]  # constants dropped, scalings 1: the connectivity view
+            if self.connectivity and name == "sub":  # a difference of two paths: both connect
+                return [ins[0] + ins[1]]
             return None
 
         inputs = [(leaf, False) for leaf in leaves] + [(x, True)]
@@ -361,21 +366,9 @@ class JaxprNetwork(nn.Module):
 def _sow_events(module: nn.Module, bind: Callable, ins: list, data: list[bool]) -> None:
     """NeuroBench's synaptic operations of one linear layer per step and image, as
     ``offsetjax._linear_layers.count_input_events`` counts a layer of ``offsetjax.models``."""
-    inputs = ins[data.index(True)].astype(jnp.float32)
-    magnitude = jnp.abs(inputs)
-    nonzero = magnitude > 0
-    binary = [
-        nonzero.astype(jnp.float32) if is_data else (value != 0).astype(jnp.float32)
-        for value, is_data in zip(ins, data)
-    ]
-    connections = bind(binary, data)  # [T', B, ...]
-    events = jnp.sum(connections, axis=tuple(range(2, connections.ndim)))
-    values = tuple(range(2, inputs.ndim))
-    largest = jnp.max(jnp.where(nonzero, magnitude, 0.0), axis=values)
-    smallest = jnp.min(jnp.where(nonzero, magnitude, jnp.inf), axis=values)
-    spikes = (largest == smallest) | ~jnp.any(nonzero, axis=values)
-    module.sow(INPUT_EVENTS, "accumulates", jnp.where(spikes, events, 0.0))
-    module.sow(INPUT_EVENTS, "multiply_accumulates", jnp.where(spikes, 0.0, events))
+    inputs = ins[data.index(True)]
+    binary = [(value != 0).astype(jnp.float32) for value in ins]  # nonzero inputs, nonzero weights
+    sow_input_events(module, inputs, bind(binary, data))
 
 
 def _shapes(leaves) -> tuple:

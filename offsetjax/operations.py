@@ -188,6 +188,8 @@ def layer_macs(model: nn.Module, image_shape: tuple[int, ...], batch_norm_eps: f
     {'conv0/Conv_0': 3872.0, 'classifier': 192.0}
     """
     ann = model.clone(activation=Activation(_PassThrough))
+    if isinstance(model, JaxprNetwork):  # on ones, in the connectivity view: padding stays zero
+        ann = ann.clone(connectivity=True)
     image = jnp.ones((1, *image_shape), jnp.float32)
     variables = jax.eval_shape(functools.partial(ann.init, jax.random.key(0)), image)
     params = {

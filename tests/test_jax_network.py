@@ -210,6 +210,19 @@ def test_offsetjax_models_through_from_jax_spike_as_spiking_model(arch, activati
             oj.simulate(through, oj.convert_variables(through, converted), images),
             oj.simulate(native, oj.convert_variables(native, variables), images),
         )
+    # and the same operation counts: spikes and synaptic operations per site (the fan-outs read
+    # from the jaxpr's connectivity view), NeuroBench's events per linear layer, the ANN's MACs
+    ours = oj.count_operations(through, oj.convert_variables(through, converted), images)
+    theirs = oj.count_operations(native, oj.convert_variables(native, variables), images)
+    assert float(ours.dense_macs) == float(theirs.dense_macs) and float(ours.input_macs) == float(theirs.input_macs)
+    for field in ("spikes", "synops", "presim_spikes", "presim_synops"):
+        np.testing.assert_array_equal(sum(getattr(ours, field).values()), sum(getattr(theirs, field).values()))
+    # NeuroBench's events in all; how they split into accumulates and MACs is judged per layer
+    # input (one magnitude: spikes), and a convolution offsetjax computes on CPU as 9 shifted
+    # matmuls (maps of <= 4 pixels) is 9 layers in the jaxpr, each judging its own slice
+    np.testing.assert_array_equal(
+        ours.effective_acs + ours.effective_macs, theirs.effective_acs + theirs.effective_macs
+    )
 
 
 def test_a_plain_function_and_an_equinox_model_convert():
