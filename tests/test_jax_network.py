@@ -225,6 +225,7 @@ def test_offsetjax_models_through_from_jax_spike_as_spiking_model(arch, activati
     )
 
 
+@pytest.mark.slow
 def test_a_plain_function_and_an_equinox_model_convert():
     """The executed examples of docs/usage.md's other two styles."""
     key1, key2 = jax.random.split(jax.random.key(0))

@@ -43,7 +43,7 @@ WRONG_TYPE = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(OUT_OF_DOMAIN)
 def test_every_bad_field_is_refused_by_name_wherever_a_schedule_is_made(bad):
     """Schedule(...), spiking_model(**fields) and Schedule.replace all refuse a field outside its
@@ -74,7 +74,7 @@ def test_the_schedules_own_validation_names_every_bad_field(bad):
         schedule.__post_init__()
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(VALID)
 def test_the_snn_carries_the_schedule_it_was_given(fields):
     if fields.get("presim_steps"):

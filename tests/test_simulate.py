@@ -248,6 +248,7 @@ def test_every_architecture_runs_as_ann_and_snn(name):
     chex.assert_shape(jax.eval_shape(lambda v: snn.apply(v, images[None]), snn_shapes), (2, 1, 7))
 
 
+@pytest.mark.slow
 def test_a_callers_model_context_changes_no_trace():
     """The views of offsetjax.models a trace can take (pools summing, convolutions as one
     operation) are arguments of the one tracer, not state: simulate and the executor, first
