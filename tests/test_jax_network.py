@@ -184,8 +184,7 @@ def _jaxpr_macs(net, variables) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["small_vgg", "small_resnet"])
-@pytest.mark.parametrize("activation", ["qcfs", "relu"])
+@pytest.mark.parametrize(("arch", "activation"), [("small_vgg", "relu"), ("small_resnet", "qcfs")])
 def test_offsetjax_models_through_from_jax_spike_as_spiking_model(arch, activation):
     """One network, two paths: the module converted by spiking_model, and its apply function
     converted by from_jax (QCFS sites keep their lambda; ReLU sites given the module's): the
