@@ -246,3 +246,31 @@ def test_a_plain_function_and_an_equinox_model_convert():
     want = jax.vmap(net)(IMAGES.reshape(6, -1))
     np.testing.assert_allclose(model.apply(variables, IMAGES), want, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(logits[-1], want, atol=0.1)
+
+
+@pytest.mark.slow
+def test_a_flax_nnx_model_converts():
+    """docs/usage.md's NNX style: split the model, convert the merge function with its state."""
+    nnx = pytest.importorskip("flax.nnx")
+
+    class CNN(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(2, 4, (3, 3), rngs=rngs)
+            self.norm = nnx.BatchNorm(4, rngs=rngs)
+            self.dense = nnx.Linear(4 * 4 * 4, 3, rngs=rngs)
+
+        def __call__(self, x):
+            x = nnx.relu(self.norm(self.conv(x)))
+            with jax.numpy_dtype_promotion("standard"):  # avg_pool divides by an int (tests run strict)
+                x = nnx.avg_pool(x, (2, 2), (2, 2))
+            return self.dense(x.reshape(x.shape[0], -1))
+
+    net = CNN(nnx.Rngs(0))
+    net.eval()  # batch norm from its running statistics
+    graphdef, state = nnx.split(net)
+    model, variables = oj.from_jax(lambda state, x: nnx.merge(graphdef, state)(x), state, IMAGES)
+    assert sorted(variables["params"]) == ["network", "relu0"]
+    np.testing.assert_array_equal(model.apply(variables, IMAGES), net(IMAGES))
+    snn = oj.spiking_model(model, num_steps=64)
+    logits = oj.simulate(snn, oj.convert_variables(snn, variables), IMAGES)
+    np.testing.assert_allclose(logits[-1], net(IMAGES), atol=0.05)
