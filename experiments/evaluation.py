@@ -81,7 +81,7 @@ def evaluate_all(config: ExperimentConfig, model, variables, train_split, test_s
                 evaluation = run(num_steps, statistics=at_levels, operations=True, progress=bar.update)
                 stats = evaluation.statistics if at_levels else stats
                 for t in range(1, num_steps + 1) if not method.calibration else [num_steps]:
-                    per_step[t] = (evaluation.accuracy[t - 1], oj.operations.per_image_at(evaluation.operations, t))
+                    per_step[t] = (evaluation.accuracy[t - 1], evaluation.operations.at(t))
         if stats is None:
             stats = run(config.levels, statistics=True).statistics
         results["wall_time_seconds"][name] = time.perf_counter() - began

@@ -22,7 +22,7 @@ from offsetjax import parallel
 from offsetjax._batching import device_batch, on_mesh, padded_batches, to_host
 from offsetjax._checks import compute_dtype, images_must_fit, widen_half
 from offsetjax.convert import schedule
-from offsetjax.operations import per_image, with_fan_out
+from offsetjax.operations import OperationsPerImage, with_fan_out
 from offsetjax.simulation import check_ann_variables, check_call, check_images, input_dtype, simulate_collecting
 from offsetjax.splits import Split, StreamingSource, num_examples
 from offsetjax.stats import OffsetStatistics, accumulate, summarize
@@ -37,13 +37,13 @@ class SNNEvaluation(NamedTuple):
       accuracy: ``[T]`` top-1 accuracy after t = 1..T steps, in [0, 1].
       statistics: :func:`offsetjax.summarize`'s ``{"sites": ..., "all": ...}`` (psi against QCFS
         with L = T), or ``None`` when not requested.
-      operations: :func:`offsetjax.operations.per_image`'s summary (per image, for runs of
-        t = 1..T steps), or ``None`` when not requested.
+      operations: :class:`offsetjax.operations.OperationsPerImage`, the operations per image for
+        runs of t = 1..T steps (``.at(t)`` for one), or ``None`` when not requested.
     """
 
     accuracy: np.ndarray
     statistics: dict | None
-    operations: dict | None = None
+    operations: OperationsPerImage | None = None
 
 
 def predict(model: nn.Module, variables: Any, images: Float[ArrayLike, "B ..."]) -> Float[Array, "B C"]:
@@ -163,7 +163,9 @@ def evaluate_snn(
     count = num_examples(split)
     summary = None
     if operations:
-        summary = per_image(events, count, input_macs=float(input_macs), dense_macs=float(dense_macs))
+        summary = OperationsPerImage.from_sums(
+            events, count, input_macs=float(input_macs), dense_macs=float(dense_macs)
+        )
     return SNNEvaluation(correct / count, summarize(totals) if statistics else None, summary)
 
 

@@ -39,6 +39,7 @@ dominate (Dampfhoffer et al., IEEE TETCI 2023), and the neurons' own updates.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -52,13 +53,14 @@ from offsetjax._linear_layers import MACS, count_macs
 from offsetjax._trace import tracing_view
 from offsetjax.jax_network import JaxprNetwork
 from offsetjax.models.layers import Activation
-from offsetjax.simulation import check_call, simulate_collecting
+from offsetjax.simulation import checked_inputs, simulate_collecting
 from offsetjax.site import FAN_OUT
 
 __all__ = [
     "ACCUMULATE_PJ",
     "MULTIPLY_ACCUMULATE_PJ",
     "Operations",
+    "OperationsPerImage",
     "count_operations",
     "energy",
     "fan_out",
@@ -102,6 +104,104 @@ class Operations(NamedTuple):
     logits: Array
     effective_acs: Array
     effective_macs: Array
+
+    def totals(self, sample_mask: Array | None = None) -> dict[str, Array]:
+        """Network totals summed over the batch's (masked) images: ``spikes``, ``synops``,
+        ``effective_acs`` and ``effective_macs`` cumulative over steps ``[T]`` (entry t-1: a run of
+        t steps), ``presim_spikes``, ``presim_synops`` and ``images`` scalars."""
+        some_site = next(iter(self.spikes.values()))
+        mask = jnp.ones(some_site.shape[1], bool) if sample_mask is None else jnp.asarray(sample_mask)
+        weight = mask.astype(some_site.dtype)
+        return {
+            "spikes": jnp.cumsum(sum(v for v in self.spikes.values()) @ weight),
+            "synops": jnp.cumsum(sum(v for v in self.synops.values()) @ weight),
+            "presim_spikes": sum(v for v in self.presim_spikes.values()) @ weight,
+            "presim_synops": sum(v for v in self.presim_synops.values()) @ weight,
+            "effective_acs": jnp.cumsum(self.effective_acs @ weight),
+            "effective_macs": jnp.cumsum(self.effective_macs @ weight),
+            "images": jnp.sum(weight),
+        }
+
+    def per_image(self, sample_mask: Array | None = None) -> OperationsPerImage:
+        """The batch's (masked) images' operations per image, as :func:`offsetjax.evaluate_snn`
+        reports a dataset's: :class:`OperationsPerImage`."""
+        some_site = next(iter(self.spikes.values()))
+        mask = np.ones(some_site.shape[1], bool) if sample_mask is None else np.asarray(sample_mask)
+        weight = mask.astype(np.float64)
+        events = {
+            name: sum(np.asarray(site, np.float64) for site in getattr(self, name).values()) @ weight
+            for name in ("spikes", "synops", "presim_spikes", "presim_synops")
+        }
+        events |= {name: np.asarray(getattr(self, name), np.float64) @ weight for name in LAYER_EVENTS}
+        return OperationsPerImage.from_sums(
+            events, int(mask.sum()), input_macs=float(self.input_macs), dense_macs=float(self.dense_macs)
+        )
+
+
+#: The fields of :class:`Operations` counted per linear layer, not per site (NeuroBench's).
+LAYER_EVENTS = ("effective_acs", "effective_macs")
+
+
+class OperationsPerImage(NamedTuple):
+    """Operations per image of a dataset (or batch), for runs of t = 1..T steps: what
+    :func:`offsetjax.evaluate_snn` reports and ``results.json`` records. Lists over t = 1..T are
+    cumulative over steps (entry t-1: a run of t steps); :meth:`at` reads one T.
+
+    Attributes:
+      spikes, synops: per step ``[T]`` lists, spike events and the synaptic operations they drive.
+      presim_spikes, presim_synops: the pre-simulation's (rho * k steps), once per image.
+      input_macs: the first layer's multiply-accumulates on the image (once per image).
+      dense_macs: the ANN's multiply-accumulates (:func:`layer_macs`).
+      energy_j: per step, the SNN's joules (:func:`energy`'s ``"snn"``).
+      presim_energy_share: per step, the pre-simulation's share of ``energy_j``.
+      effective_acs, effective_macs: per step, NeuroBench's accumulates and multiply-accumulates.
+      ann_energy_j: the ANN's joules (:func:`energy`'s ``"ann"``).
+    """
+
+    spikes: list[float]
+    synops: list[float]
+    presim_spikes: float
+    presim_synops: float
+    input_macs: float
+    dense_macs: float
+    energy_j: list[float]
+    presim_energy_share: list[float]
+    effective_acs: list[float]
+    effective_macs: list[float]
+    ann_energy_j: float
+
+    @classmethod
+    def from_sums(cls, events: dict, count: int, *, input_macs: float, dense_macs: float) -> OperationsPerImage:
+        """From sums over ``count`` images: ``spikes``, ``synops``, ``effective_acs`` and
+        ``effective_macs`` per step ``[T]`` (not cumulative), ``presim_spikes`` and
+        ``presim_synops`` scalars; ``input_macs`` and ``dense_macs`` per image
+        (:func:`with_fan_out`)."""
+        synops = np.cumsum(events["synops"]) / count
+        presim_synops = float(events["presim_synops"]) / count
+        joules = [
+            energy(synops=float(s), presim_synops=presim_synops, input_macs=input_macs, dense_macs=dense_macs)
+            for s in synops
+        ]
+        return cls(
+            spikes=(np.cumsum(events["spikes"]) / count).tolist(),
+            synops=synops.tolist(),
+            presim_spikes=float(events["presim_spikes"]) / count,
+            presim_synops=presim_synops,
+            input_macs=input_macs,
+            dense_macs=dense_macs,
+            energy_j=[j["snn"] for j in joules],
+            presim_energy_share=[j["presim"] / j["snn"] for j in joules],
+            effective_acs=(np.cumsum(events["effective_acs"]) / count).tolist(),
+            effective_macs=(np.cumsum(events["effective_macs"]) / count).tolist(),
+            ann_energy_j=joules[0]["ann"],
+        )
+
+    def at(self, num_steps: int) -> dict[str, float]:
+        """The operations of a run of ``num_steps`` steps: each per-step list's entry, the rest
+        as they are (the fields in order, as ``results.json`` records them)."""
+        if not 1 <= num_steps <= len(self.spikes):
+            raise ValueError(f"num_steps must be in 1..{len(self.spikes)} (the steps counted), got {num_steps}")
+        return {key: value[num_steps - 1] if key in PER_STEP else value for key, value in self._asdict().items()}
 
 
 class _FanOutProbe(nn.Module):
@@ -203,7 +303,9 @@ def layer_macs(model: nn.Module, image_shape: tuple[int, ...], batch_norm_eps: f
     return {"/".join(path[:-1]) or path[-1]: float(sum(np.asarray(v) for v in values)) for path, values in flat.items()}
 
 
-def count_operations(snn: nn.Module, variables: Any, images: Float[ArrayLike, "B ..."]) -> Operations:
+def count_operations(
+    snn: nn.Module, variables: Any, images: Float[ArrayLike, "B ..."], *, frames: bool = False
+) -> Operations:
     """Spike events, synaptic operations and MACs of one simulated batch (see the module docstring).
 
     One simulation, the same as :func:`offsetjax.simulate`'s (the same spikes; the logits equal
@@ -213,13 +315,22 @@ def count_operations(snn: nn.Module, variables: Any, images: Float[ArrayLike, "B
     Args:
       snn: the spiking network (:func:`offsetjax.spiking_model`).
       variables: its variables (:func:`offsetjax.convert_variables`).
-      images: ``[B, H, W, C]``, as for :func:`offsetjax.simulate`.
+      images: ``[B, H, W, C]``, as for :func:`offsetjax.simulate`; with ``frames=True`` one batch
+        per step, ``[steps, B, H, W, C]``: the first layer then runs on every frame, so
+        ``input_macs`` is its MACs on one frame times the steps.
+
+    Returns:
+      :class:`Operations`: per site and step, with :meth:`Operations.totals` and
+      :meth:`Operations.per_image` views.
 
     Images and variables are checked before anything runs, as :func:`offsetjax.simulate` checks them.
     """
-    images = check_call(snn, variables, images)
-    with_fans, input_macs, dense_macs = with_fan_out(snn, variables, tuple(images.shape[1:]))
-    logits, _, (sites, layers) = simulate_collecting(snn, with_fans, images, None, True)
+    images = checked_inputs(snn, variables, images, frames=frames)
+    image_shape = tuple(images.shape[2:] if frames else images.shape[1:])
+    with_fans, input_macs, dense_macs = with_fan_out(snn, variables, image_shape)
+    if frames:
+        input_macs = input_macs * images.shape[0]
+    logits, _, (sites, layers) = simulate_collecting(snn, with_fans, images, None, True, frames=frames)
     field = {name: {site: values[name] for site, values in sites.items()} for name in Operations._fields[:4]}
     return Operations(
         **field,
@@ -241,19 +352,13 @@ def with_fan_out(snn: nn.Module, variables: Any, image_shape: tuple[int, ...]) -
 
 
 def totals(operations: Operations, sample_mask: Array | None = None) -> dict[str, Array]:
-    """Network totals summed over (the masked) images: ``spikes`` and ``synops`` cumulative over
-    steps ``[T]`` (entry t-1: a run of t steps), ``presim_spikes``, ``presim_synops`` and
-    ``images`` scalars."""
-    some_site = next(iter(operations.spikes.values()))
-    mask = jnp.ones(some_site.shape[1], bool) if sample_mask is None else jnp.asarray(sample_mask)
-    weight = mask.astype(some_site.dtype)
-    return {
-        "spikes": jnp.cumsum(sum(v for v in operations.spikes.values()) @ weight),
-        "synops": jnp.cumsum(sum(v for v in operations.synops.values()) @ weight),
-        "presim_spikes": sum(v for v in operations.presim_spikes.values()) @ weight,
-        "presim_synops": sum(v for v in operations.presim_synops.values()) @ weight,
-        "images": jnp.sum(weight),
-    }
+    """Deprecated since offsetjax 0.2: ``operations.totals(sample_mask)`` (:meth:`Operations.totals`)."""
+    warnings.warn(
+        "offsetjax.operations.totals(ops, mask) is deprecated since offsetjax 0.2: write ops.totals(mask)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return operations.totals(sample_mask)
 
 
 def energy(
@@ -280,48 +385,32 @@ def energy(
     }
 
 
-#: The entries of :func:`per_image` that are lists over t = 1..T (the others do not depend on t).
+#: The fields of :class:`OperationsPerImage` that are lists over t = 1..T (the others do not depend on t).
 PER_STEP = ("spikes", "synops", "energy_j", "presim_energy_share", "effective_acs", "effective_macs")
 
 
 def per_image(events: dict, count: int, *, input_macs: float, dense_macs: float) -> dict:
-    """The per-image summary of a dataset's operations, for runs of t = 1..T steps (lists,
-    cumulative over steps): ``spikes``, ``synops``, ``energy_j`` (the SNN's, :func:`energy`),
-    ``presim_energy_share`` and NeuroBench's ``effective_acs`` and ``effective_macs``; and
-    ``presim_spikes``, ``presim_synops``, ``input_macs``, ``dense_macs``, ``ann_energy_j``.
-
-    Args:
-      events: sums over the ``count`` images: ``spikes``, ``synops``, ``effective_acs`` and
-        ``effective_macs`` per step ``[T]``, ``presim_spikes`` and ``presim_synops`` scalars.
-      count: the number of images.
-      input_macs, dense_macs: per image (:func:`with_fan_out`).
-    """
-    synops = np.cumsum(events["synops"]) / count
-    presim_synops = float(events["presim_synops"]) / count
-    joules = [
-        energy(synops=float(s), presim_synops=presim_synops, input_macs=input_macs, dense_macs=dense_macs)
-        for s in synops
-    ]
-    return {
-        "spikes": (np.cumsum(events["spikes"]) / count).tolist(),
-        "synops": synops.tolist(),
-        "presim_spikes": float(events["presim_spikes"]) / count,
-        "presim_synops": presim_synops,
-        "input_macs": input_macs,
-        "dense_macs": dense_macs,
-        "energy_j": [j["snn"] for j in joules],
-        "presim_energy_share": [j["presim"] / j["snn"] for j in joules],
-        "effective_acs": (np.cumsum(events["effective_acs"]) / count).tolist(),
-        "effective_macs": (np.cumsum(events["effective_macs"]) / count).tolist(),
-        "ann_energy_j": joules[0]["ann"],
-    }
+    """Deprecated since offsetjax 0.2: :meth:`OperationsPerImage.from_sums` (this returns its
+    ``_asdict()``)."""
+    warnings.warn(
+        "offsetjax.operations.per_image is deprecated since offsetjax 0.2: write OperationsPerImage.from_sums",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return OperationsPerImage.from_sums(events, count, input_macs=input_macs, dense_macs=dense_macs)._asdict()
 
 
-def per_image_at(summary: dict, num_steps: int) -> dict:
-    """:func:`per_image`'s summary of a run of ``num_steps`` steps: each per-step list's entry."""
-    return {key: value[num_steps - 1] if key in PER_STEP else value for key, value in summary.items()}
+def per_image_at(summary: OperationsPerImage | dict, num_steps: int) -> dict:
+    """Deprecated since offsetjax 0.2: ``summary.at(num_steps)`` (:meth:`OperationsPerImage.at`)."""
+    warnings.warn(
+        "offsetjax.operations.per_image_at(summary, t) is deprecated since offsetjax 0.2: write summary.at(t)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return (summary if isinstance(summary, OperationsPerImage) else OperationsPerImage(**summary)).at(num_steps)
 
 
 # The named tuples' generated constructors name a module of their own; point them at this one,
 # so that tools reading their signatures (pdoc, inspect.getmodule) resolve the annotations here.
 Operations.__new__.__module__ = __name__
+OperationsPerImage.__new__.__module__ = __name__

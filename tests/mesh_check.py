@@ -80,11 +80,11 @@ def main() -> None:
                 "evaluate_zero_ratio": [alone.statistics["all"]["zero_ratio"], meshed.statistics["all"]["zero_ratio"]],
                 "evaluate_neurons": [alone.statistics["all"]["num_neurons"], meshed.statistics["all"]["num_neurons"]],
                 "uneven_rejected": rejected,
-                "evaluate_synops": [alone.operations["synops"], meshed.operations["synops"]],
-                "evaluate_presim_synops": [alone.operations["presim_synops"], meshed.operations["presim_synops"]],
+                "evaluate_synops": [alone.operations.synops, meshed.operations.synops],
+                "evaluate_presim_synops": [alone.operations.presim_synops, meshed.operations.presim_synops],
                 "data_potential_max_abs_diff": potential_diff,
                 "srp_accuracy_equal": bool(np.array_equal(srp_alone.accuracy, srp_meshed.accuracy)),
-                "srp_synops": [srp_alone.operations["synops"], srp_meshed.operations["synops"]],
+                "srp_synops": [srp_alone.operations.synops, srp_meshed.operations.synops],
             }
         )
     )

@@ -12,7 +12,7 @@ from flax import traverse_util
 import offsetjax as oj
 from offsetjax.models import VGG, ResNet, small_resnet, small_vgg
 from offsetjax.models.layers import xla_convolutions
-from offsetjax.operations import fan_out, layer_macs, totals
+from offsetjax.operations import OperationsPerImage, fan_out, layer_macs
 from tests.test_nir import OwnNet
 
 IMAGES = jax.random.uniform(jax.random.key(0), (3, 8, 8, 2))
@@ -157,7 +157,7 @@ def test_all_fire_gives_t_times_the_connections_and_none_gives_zero(model):
     for name, fan in per_site.items():  # every step, every image: every connection once
         np.testing.assert_array_equal(ops.synops[name], np.full((5, 3), np.sum(fan)), err_msg=name)
         np.testing.assert_array_equal(ops.spikes[name], np.full((5, 3), fan.size), err_msg=name)
-    run = totals(ops)
+    run = ops.totals()
     connections = sum(float(np.sum(fan)) for fan in per_site.values())
     np.testing.assert_array_equal(run["synops"], 3 * np.arange(1, 6) * connections)
     # NeuroBench's convention: the image is charged at every step as MACs; every later layer reads
@@ -177,7 +177,7 @@ def test_totals_mask_padding_and_energy_splits_dense_and_effective():
     variables = oj.convert_variables(snn, trained_like(VGG_NET))
     ops = oj.count_operations(snn, variables, IMAGES)
     first_two = oj.count_operations(snn, variables, IMAGES[:2])
-    masked, alone = totals(ops, jnp.array([True, True, False])), totals(first_two)
+    masked, alone = ops.totals(jnp.array([True, True, False])), first_two.totals()
     for key in alone:
         np.testing.assert_allclose(masked[key], alone[key], rtol=1e-6, err_msg=key)
     per_image = {k: float(np.asarray(v)[-1] if np.ndim(v) else v) / 2 for k, v in alone.items()}
@@ -191,3 +191,37 @@ def test_totals_mask_padding_and_energy_splits_dense_and_effective():
     expected = (per_image["synops"] + per_image["presim_synops"]) * 0.9e-12 + float(ops.input_macs) * 4.6e-12
     assert joules["snn"] == pytest.approx(expected)
     assert 0 < joules["presim"] < joules["snn"]
+
+
+def test_one_operations_type_with_its_total_and_per_image_views():
+    """Operations.per_image is evaluate_snn's summary of the same images (the same type, its
+    per-step lists cumulative); .at(t) reads one T; the old functions warn and agree; frames of
+    one image repeated count as that image entered once, the first layer charged at every frame."""
+    snn = oj.spiking_model(VGG_NET, num_steps=4, presim_steps=2, iterations=1)
+    variables = oj.convert_variables(snn, trained_like(VGG_NET))
+    ops = oj.count_operations(snn, variables, IMAGES)
+    split = oj.splits.Split(np.asarray(IMAGES), np.zeros(3, np.int32))
+    evaluated = oj.evaluate_snn(snn, variables, split, batch_size=3, operations=True).operations
+    assert isinstance(evaluated, OperationsPerImage)
+    mine = ops.per_image()
+    for field in OperationsPerImage._fields:
+        np.testing.assert_allclose(getattr(mine, field), getattr(evaluated, field), rtol=1e-6, err_msg=field)
+    totals = ops.totals()
+    np.testing.assert_allclose(np.asarray(totals["synops"]) / 3, mine.synops, rtol=1e-6)
+    at_two = mine.at(2)
+    assert list(at_two) == list(OperationsPerImage._fields)
+    assert at_two["synops"] == mine.synops[1] and at_two["dense_macs"] == mine.dense_macs
+    with pytest.raises(ValueError, match="num_steps must be in 1..4"):
+        mine.at(5)
+    with pytest.deprecated_call(match="summary.at"):
+        assert oj.operations.per_image_at(mine._asdict(), 2) == at_two
+    with pytest.deprecated_call(match="ops.totals"):
+        old = oj.operations.totals(ops)
+    assert set(old) == set(totals)
+
+    frames = jnp.broadcast_to(IMAGES, (4, *IMAGES.shape))
+    framed = oj.count_operations(snn, variables, frames, frames=True)
+    for name in ops.spikes:
+        np.testing.assert_array_equal(framed.spikes[name], ops.spikes[name], err_msg=name)
+        np.testing.assert_array_equal(framed.synops[name], ops.synops[name], err_msg=name)
+    assert float(framed.input_macs) == 4 * float(ops.input_macs)
