@@ -8,6 +8,7 @@ under tracing the shapes are still checked.
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -199,3 +200,31 @@ def check_same_tree(name: str, actual, expected: dict[str, tuple[int, ...]], wha
             f"{name} do not fit {what}: " + "; ".join(parts) + " (images of another size or number of channels "
             "than the network was built for, or variables of another network or number of classes?)"
         )
+
+
+def thresholds_as_given(expected: dict, variables: Any, neurons: dict | None, name: str = "variables") -> dict:
+    """``expected`` params (``{"a/b": shape}``, from :func:`trace_network`, every site's
+    threshold a scalar) with each site's threshold shaped as ``variables`` give it when that is
+    one per channel ``[C]`` or one per neuron: with ``neurons`` (each site's neuron shape) the
+    shape must be the site's channels (its neurons' last axis) or its neurons, else any array is
+    let through here (the site checks its shape when it runs)."""
+    from flax import traverse_util
+
+    given = variables.get("params") if hasattr(variables, "get") else None
+    if not hasattr(given, "items"):
+        return expected
+    flat = {"/".join(path): np.shape(leaf) for path, leaf in traverse_util.flatten_dict(dict(given)).items()}
+    adjusted = dict(expected)
+    for path, shape in flat.items():
+        site, _, key = path.rpartition("/")
+        if key != "threshold" or expected.get(path) != () or shape == ():
+            continue
+        if neurons is not None and site in neurons:
+            neuron = tuple(neurons[site])
+            if tuple(shape) not in (neuron[-1:], neuron):
+                raise ValueError(
+                    f"{leaf_label(name, 'params', path)} has shape {tuple(shape)}: a site's threshold is a scalar, "
+                    f"one per channel {neuron[-1:]} or one per neuron {neuron} (its neurons)"
+                )
+        adjusted[path] = tuple(shape)
+    return adjusted

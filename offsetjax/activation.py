@@ -101,9 +101,11 @@ class ANNSite(nn.Module):
     @nn.compact
     def __call__(self, z):
         """The ReLU, clip or QCFS of ``z``, any shape, in ``z``'s dtype."""
-        threshold = self.param("threshold", nn.initializers.constant(self.threshold_init), (), jnp.float32)
         if self.levels is not None:
+            threshold = self.param("threshold", nn.initializers.constant(self.threshold_init), (), jnp.float32)
             wide = at_least_float32(z.dtype)
             return qcfs(z.astype(wide), threshold.astype(wide), levels=self.levels).astype(z.dtype)
+        if not self.has_variable("params", "threshold"):  # a ReLU's lambda: a scalar, or [C] per channel
+            self.param("threshold", nn.initializers.constant(self.threshold_init), (), jnp.float32)
         out = jnp.maximum(z, jnp.zeros((), z.dtype))
         return out if self.ceiling is None else jnp.minimum(out, jnp.asarray(self.ceiling, z.dtype))

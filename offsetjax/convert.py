@@ -24,6 +24,7 @@ from offsetjax._checks import (
     is_abstract,
     leaf_label,
     nonfinite,
+    thresholds_as_given,
 )
 from offsetjax._deprecation import renamed_argument
 from offsetjax._trace import trace_network
@@ -160,12 +161,11 @@ def convert_variables(snn: nn.Module, ann_variables: Any, *, example_images: Arr
         what = f"this {type(snn).__name__} on images of shape {tuple(np.shape(example_images))}"
         for collection in ("params", "batch_stats"):
             if collection in expected.variables or collection in ann_variables:
-                check_same_tree(
-                    f"ann_variables[{collection!r}]",
-                    ann_variables.get(collection, {}),
-                    expected.variables.get(collection, {}),
-                    what,
-                )
+                wanted = expected.variables.get(collection, {})
+                if collection == "params":
+                    neurons = {path.rpartition("/")[0]: v for path, v in expected.variables[INITIAL_POTENTIAL].items()}
+                    wanted = thresholds_as_given(wanted, ann_variables, neurons, "ann_variables")
+                check_same_tree(f"ann_variables[{collection!r}]", ann_variables.get(collection, {}), wanted, what)
     potentials = {}
     for collection in ("params", "batch_stats"):
         for path, leaf in traverse_util.flatten_dict(dict(ann_variables.get(collection) or {})).items():
@@ -178,11 +178,6 @@ def convert_variables(snn: nn.Module, ann_variables: Any, *, example_images: Arr
                 )
     for path, leaf in params.items():
         if path[-1] == "threshold":
-            if np.shape(leaf) != ():
-                raise ValueError(
-                    f"{leaf_label('ann_variables', 'params', path)} must be a scalar (one threshold per site), "
-                    f"got shape {np.shape(leaf)}"
-                )
             check_positive("threshold at " + "/".join(path[:-1]), leaf)
             theta = jnp.asarray(leaf)
             dtype = at_least_float32(theta.dtype)

@@ -259,6 +259,16 @@ BLOCK_BYTES = 1 << 20
 
 
 def _solve(currents, theta, v0, bias, target, mask, count: int, num_steps: int, *, solver: str, per_channel: bool):
+    # A threshold per channel (or per neuron) broadcasts over the batch and time axes by design.
+    with jax.numpy_rank_promotion("allow"):
+        return _solve_blocks(
+            currents, theta, v0, bias, target, mask, count, num_steps, solver=solver, per_channel=per_channel
+        )
+
+
+def _solve_blocks(
+    currents, theta, v0, bias, target, mask, count: int, num_steps: int, *, solver: str, per_channel: bool
+):
     """The v0 ``[neuron]`` (or b ``[C]`` when ``per_channel``) whose mean rate over the
     calibration currents ``[T or 1, N, ...]`` (the rows where ``mask`` ``[N]`` holds, ``count``
     of them) best matches ``target`` ``[neuron]``.
@@ -279,11 +289,13 @@ def _solve(currents, theta, v0, bias, target, mask, count: int, num_steps: int, 
         x = jnp.pad(x, [(0, 0)] * len(rows) + [(0, blocks * size - neurons)])
         return jnp.moveaxis(x.reshape(*rows, blocks, size), -2, 0)
 
+    per_channel_theta = np.ndim(theta) > 0  # one lambda per channel: blocked with the neurons
+
     def solve_block(args):
-        block_currents, block_v0, block_bias, block_target = args
+        block_currents, block_v0, block_bias, block_target, block_theta = args
         return _solve_block(
             block_currents,
-            theta,
+            block_theta if per_channel_theta else theta,
             block_v0,
             block_bias,
             block_target,
@@ -296,7 +308,14 @@ def _solve(currents, theta, v0, bias, target, mask, count: int, num_steps: int, 
 
     rows = currents.shape[:2]
     solutions = jax.lax.map(
-        solve_block, (blocked(currents, rows), blocked(v0, ()), blocked(bias, ()), blocked(target, ()))
+        solve_block,
+        (
+            blocked(currents, rows),
+            blocked(v0, ()),
+            blocked(bias, ()),
+            blocked(target, ()),
+            blocked(theta, ()) if per_channel_theta else jnp.zeros(blocks),
+        ),
     )
     return solutions.reshape(-1)[:neurons].reshape(neuron_shape)
 

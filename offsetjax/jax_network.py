@@ -21,7 +21,9 @@ and what to write instead: max pooling, ``exp`` (softmax inside the network), GE
 Thresholds (``threshold=``): ``"max"``, the largest ReLU output over the calibration images
 (SpikingJelly's ``"max"``); ``"99.9%"`` (any percentile), the percentile of all ReLU outputs
 (SpikingJelly's ``"99.9%"``; Li et al. use 99.9 % and 99.99 %); a number, one lambda for every
-site; or a dict site name -> lambda (no images needed). ``docs/usage.md`` shows it end to end.
+site; or a dict site name -> lambda (no images needed), a number or a vector ``[C]``.
+``per_channel=True`` measures ``"max"`` or the percentile per channel, one lambda for each channel
+of a site's last axis (channel-wise threshold balancing). ``docs/usage.md`` shows it end to end.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import ArrayLike
 
 from offsetjax import _jax_internals as internals
 from offsetjax._checks import check_image_batch
@@ -440,7 +443,8 @@ def from_jax(
     params: Any,
     images: Any = None,
     *,
-    threshold: str | float | Mapping[str, float] = "max",
+    threshold: str | float | Mapping[str, float | ArrayLike] = "max",
+    per_channel: bool = False,
     image_shape: tuple[int, ...] | None = None,
     batch_size: int = 256,
 ) -> tuple[JaxprNetwork, dict]:
@@ -458,7 +462,11 @@ def from_jax(
         ``"99.9%"`` (any percentile ``"p%"``), that percentile of all of a site's ReLU outputs over
         ``images``; a number for every site; or ``{site name: lambda}`` for each (names from
         ``model.program.sites(...)``, ``relu0``, ``relu1``, ... in computing order). A clip
-        ``jnp.clip(x, 0, c)`` keeps c as its lambda whatever the mode.
+        ``jnp.clip(x, 0, c)`` keeps c as its lambda whatever the mode. A dict's value may be a
+        vector ``[C]``, one lambda per channel (the site's last axis).
+      per_channel: measure ``"max"`` / ``"p%"`` per channel (over the images and positions of
+        each channel of the site's last axis), a lambda ``[C]`` per site, as channel-wise
+        threshold balancing does; a channel that is zero on every image keeps its layer's lambda.
       image_shape: one image's shape, when ``images`` is not given.
       batch_size: images per pass when measuring thresholds (one compiled program).
 
@@ -482,6 +490,13 @@ def from_jax(
     elif image_shape is None:
         raise ValueError("from_jax needs images (calibration images [N, ...]) or image_shape (one image's shape)")
     mode = _threshold_mode(threshold, images)
+    if not isinstance(per_channel, bool):
+        raise ValueError(f"per_channel must be True or False, got {per_channel!r}")
+    if per_channel and mode[0] == "given":
+        raise ValueError(
+            f"per_channel=True measures each channel's lambda on images, with threshold='max' or a percentile; "
+            f"got threshold={threshold!r}: give thresholds per channel as a dict of vectors, {{'relu0': [...]}}"
+        )
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     is_array = [isinstance(leaf, (jax.Array, np.ndarray)) for _, leaf in paths_leaves]
     if not any(is_array):
@@ -504,15 +519,19 @@ def from_jax(
         )
     model = JaxprNetwork(program)
     network = dict(zip(names, arrays))
-    thresholds = _thresholds(model, network, specs, mode, images, batch_size)
+    thresholds = _thresholds(model, network, specs, mode, images, batch_size, per_channel)
     qcfs_sites = [spec for spec in specs if spec.levels is not None]
     if qcfs_sites:  # offsetjax's own QCFS sites keep their trained lambda
         thresholds.update(zip((spec.name for spec in qcfs_sites), _qcfs_thresholds(function, arrays, image_shape)))
     params_out = {
         "network": network,
-        **{spec.name: {"threshold": jnp.float32(thresholds[spec.name])} for spec in specs},
+        **{spec.name: {"threshold": _threshold_leaf(thresholds[spec.name])} for spec in specs},
     }
     return model, {"params": params_out}
+
+
+def _threshold_leaf(theta) -> jax.Array:
+    return jnp.float32(theta) if isinstance(theta, float) else jnp.asarray(theta, jnp.float32)
 
 
 def _leaf_names(paths) -> tuple[str, ...]:
@@ -545,7 +564,8 @@ def _threshold_mode(threshold, images):
     raise ValueError(f"threshold must be 'max', a percentile such as '99.9%', a number or a dict, got {threshold!r}")
 
 
-def _thresholds(model, network, specs, mode, images, batch_size) -> dict[str, float]:
+def _thresholds(model, network, specs, mode, images, batch_size, per_channel: bool) -> dict[str, Any]:
+    """Each site's lambda: a float, or with ``per_channel`` (or a vector given) ``[C]`` float32."""
     kind, value = mode
     names = [spec.name for spec in specs]
     if kind == "given":
@@ -563,13 +583,19 @@ def _thresholds(model, network, specs, mode, images, batch_size) -> dict[str, fl
             given = value
         else:
             given = dict.fromkeys(names, value)
-        out = {
-            spec.name: spec.ceiling if spec.ceiling is not None else 1.0 if spec.levels else float(given[spec.name])
-            for spec in specs
-        }
-        for name, theta in out.items():
-            if not (math.isfinite(theta) and theta > 0):
-                raise ValueError(f"threshold of {name} must be finite and > 0, got {theta!r}")
+        out = {}
+        for spec in specs:
+            theta = spec.ceiling if spec.ceiling is not None else 1.0 if spec.levels else given[spec.name]
+            array = (
+                np.asarray(theta, np.float64) if not isinstance(theta, (jax.Array, np.ndarray)) else np.asarray(theta)
+            )
+            if array.ndim > 1 or array.size == 0 or not np.issubdtype(array.dtype, np.number):
+                raise ValueError(
+                    f"threshold of {spec.name} must be a number or one per channel [C], got shape {array.shape}"
+                )
+            if not (np.all(np.isfinite(array)) and np.all(array > 0)):
+                raise ValueError(f"threshold of {spec.name} must be finite and > 0, got {theta!r}")
+            out[spec.name] = float(theta) if array.ndim == 0 else array.astype(np.float32)
         return out
     outputs = _site_outputs(model, network, images, batch_size)
     out = {}
@@ -577,19 +603,24 @@ def _thresholds(model, network, specs, mode, images, batch_size) -> dict[str, fl
         if spec.ceiling is not None or spec.levels is not None:  # a clip's c; QCFS keeps its lambda (from_jax)
             out[spec.name] = spec.ceiling or 1.0
             continue
-        values = outputs[spec.name]
-        theta = float(values.max()) if kind == "max" else float(np.percentile(values, value))
+        values = outputs[spec.name]  # [samples x positions, C]
+        statistic = (lambda v, **a: v.max(**a)) if kind == "max" else functools.partial(np.percentile, q=value)
+        theta = float(statistic(values))
         if not theta > 0:
             raise ValueError(
                 f"site {spec.name} ({spec.where}) never fires on the calibration images (its {kind} output is "
                 f"{theta}): give it a threshold, threshold={{'{spec.name}': ...}}, or more images"
             )
-        out[spec.name] = theta
+        if per_channel:  # a channel silent on every image keeps its layer's lambda
+            channels = np.asarray(statistic(values, axis=0), np.float32)
+            out[spec.name] = np.where(channels > 0, channels, np.float32(theta))
+        else:
+            out[spec.name] = theta
     return out
 
 
 def _site_outputs(model, network, images, batch_size) -> dict[str, np.ndarray]:
-    """Every site's ReLU outputs over ``images``, flattened (float32, on the host)."""
+    """Every site's ReLU outputs over ``images``, ``[samples x positions, C]`` (float32, on the host)."""
     variables = {
         "params": {"network": network, **{name: {"threshold": jnp.float32(1)} for name in _names(model, network)}}
     }
@@ -613,7 +644,8 @@ def _site_outputs(model, network, images, batch_size) -> dict[str, np.ndarray]:
         if real < size:
             batch = jnp.concatenate([batch, jnp.zeros((size - real, *batch.shape[1:]), batch.dtype)])
         for name, value in outputs(variables, batch).items():
-            collected.setdefault(name, []).append(np.asarray(value[:real], np.float32).reshape(-1))
+            value = np.asarray(value[:real], np.float32)
+            collected.setdefault(name, []).append(value.reshape(-1, value.shape[-1] if value.ndim > 1 else 1))
     return {name: np.concatenate(parts) for name, parts in collected.items()}
 
 

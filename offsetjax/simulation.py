@@ -36,6 +36,7 @@ from offsetjax._checks import (
     images_must_fit,
     leaf_label,
     nonfinite,
+    thresholds_as_given,
     widen_half,
 )
 from offsetjax._deprecation import renamed_argument
@@ -241,7 +242,10 @@ def input_dtype(model: nn.Module, variables: Any):
 
 
 #: The shapes a site's v(0) may take (the error message of :func:`check_site_leaves`).
-_SITE_V0 = "a site's v(0) is one value per site (a scalar), per neuron {neuron} or per sample [B, *{neuron}]"
+_SITE_V0 = (
+    "a site's v(0) is one value per site (a scalar), per channel (as a per-channel threshold's theta/2), "
+    "per neuron {neuron} or per sample [B, *{neuron}]"
+)
 
 
 def check_network(
@@ -277,8 +281,9 @@ def check_network(
     traced = check_model(model, images, images_name)
     check_snn_variables(variables, name)
     what = f"this {type(model).__name__} on images of shape {shape}"
-    check_variables_fit(variables, traced.variables, ("params", "batch_stats"), what, name)
     neurons = {path.rpartition("/")[0]: leaf for path, leaf in traced.variables[INITIAL_POTENTIAL].items()}
+    expected = {**traced.variables, "params": thresholds_as_given(traced.variables["params"], variables, neurons, name)}
+    check_variables_fit(variables, expected, ("params", "batch_stats"), what, name)
     check_site_leaves(variables, neurons, shape[0], per_sample_refused, name, what)
     check_calibrated_steps(variables, schedule(model).num_steps, name)
     check_variable_values(variables, name)
@@ -366,7 +371,7 @@ def check_site_leaves(
                         f"{label} has shape {shape}: a site's bias current broadcasts to its neurons {neuron} "
                         f"(data_bias writes one per channel, {neuron[-1:]})"
                     )
-            elif shape not in ((), neuron):
+            elif shape not in ((), neuron, neuron[-1:]):
                 if len(shape) != len(neuron) + 1 or shape[1:] != neuron:
                     raise ValueError(
                         f"{label} has shape {shape}: "
@@ -473,7 +478,11 @@ def check_ann_variables(model: nn.Module, variables: Any, images, *, name: str =
         raise ValueError(f"{name} must be a mapping with 'params' (the trained ANN's variables)")
     traced = images_must_fit(lambda: trace_network(model, (1, *tuple(images.shape)[1:])), images)
     what = f"this {type(model).__name__} on images of shape {tuple(images.shape)}"
-    check_variables_fit(variables, traced.variables, ("params", "batch_stats"), what, name)
+    expected = {
+        **traced.variables,
+        "params": thresholds_as_given(traced.variables.get("params", {}), variables, None, name),
+    }
+    check_variables_fit(variables, expected, ("params", "batch_stats"), what, name)
     check_variable_values(variables, name, ("params", "batch_stats"))
 
 

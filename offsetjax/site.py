@@ -63,8 +63,9 @@ CALIBRATED_STEPS = "num_steps"
 class IFActivation(nn.Module):
     """An IF activation site: the SNN counterpart of :class:`offsetjax.QCFS`.
 
-    Reads the threshold from ``params['threshold']`` (the QCFS lambda) and v(0) from the
-    ``initial_potential`` collection (theta/2 at init).
+    Reads the threshold from ``params['threshold']`` (the QCFS lambda: a scalar, or one per
+    channel ``[C]``, the neurons' last axis, as :func:`offsetjax.from_jax` measures with
+    ``per_channel=True``) and v(0) from the ``initial_potential`` collection (theta/2 at init).
 
     Attributes:
       schedule: the network's :class:`offsetjax.Schedule`: T, COS's rho, k, eps and saturation
@@ -103,52 +104,68 @@ class IFActivation(nn.Module):
                 f"time-major currents [{steps} or 1, batch, ...], got shape {currents.shape}; run the "
                 "network through offsetjax.simulate"
             )
-        theta = self.param("threshold", nn.initializers.constant(self.threshold_init), (), jnp.float32)
-        theta = theta.astype(at_least_float32(currents.dtype))
-        neuron_shape = currents.shape[2:]
-        v0 = self.variable(INITIAL_POTENTIAL, "v0", lambda: jnp.full(neuron_shape, 0.5 * theta)).value
-        if self.has_variable(BIAS_CORRECTION, "b"):
-            currents = add_bias_current(currents, self.get_variable(BIAS_CORRECTION, "b"), theta.dtype)
-        currents = jnp.broadcast_to(currents, (steps, *currents.shape[1:]))
-        if schedule.srp_steps:
-            presim_out, presim_spikes, keep = srp_presimulate(
-                currents[: schedule.srp_steps], theta, v0, unroll=schedule.unroll
-            )
-            currents, calibrated = currents[schedule.srp_steps :], v0
-        else:
-            calibrated, presim_spikes = calibrate_counting_spikes(
-                currents,
-                theta,
-                v0,
-                presim_steps=schedule.presim_steps,
-                iterations=schedule.iterations,
-                eps=schedule.eps,
-                saturated=schedule.saturated,
-                unroll=schedule.unroll,
-            )
-        spikes, state = if_simulate(currents, theta, calibrated, unroll=schedule.unroll)
-        count = state.count
-        if schedule.srp_steps:
-            spikes = spikes * keep[None]
-            count = jnp.sum(spikes.astype(theta.dtype), axis=0)
-        if self.is_mutable_collection(STATISTICS):
-            per_sample = jax.vmap(offset_statistics, in_axes=(1, 0, None))  # fields [B, ...]
-            self.sow(STATISTICS, "site", per_sample(currents.astype(theta.dtype), count, theta))
-        if self.is_mutable_collection(CALIBRATED_POTENTIAL):
-            self.sow(CALIBRATED_POTENTIAL, "v0", jnp.broadcast_to(calibrated, currents.shape[1:]))
-        if self.is_mutable_collection(OPERATIONS):
-            fan = self.get_variable(FAN_OUT, "fan") if self.has_variable(FAN_OUT, "fan") else jnp.ones(neuron_shape)
-            fan = jnp.asarray(fan, theta.dtype)
-            events = spikes.astype(theta.dtype)  # [T, B, ...]
-            per_step = tuple(range(2, events.ndim))
-            per_sample = tuple(range(1, presim_spikes.ndim))
-            self.sow(OPERATIONS, "spikes", jnp.sum(events, axis=per_step))
-            self.sow(OPERATIONS, "synops", jnp.sum(events * fan[None, None], axis=per_step))
-            self.sow(OPERATIONS, "presim_spikes", jnp.sum(presim_spikes, axis=per_sample))
-            self.sow(OPERATIONS, "presim_synops", jnp.sum(presim_spikes * fan[None], axis=per_sample))
-        if schedule.srp_steps:  # the next site pre-simulates on the first tau steps
-            spikes = jnp.concatenate([presim_out, spikes])
-        return (spikes * theta).astype(currents.dtype)
+        # A threshold per channel (or per neuron) broadcasts over the batch and time axes by design.
+        with jax.numpy_rank_promotion("allow"):
+            neuron_shape = currents.shape[2:]
+            theta = site_threshold(self, neuron_shape).astype(at_least_float32(currents.dtype))
+            v0 = self.variable(INITIAL_POTENTIAL, "v0", lambda: jnp.broadcast_to(0.5 * theta, neuron_shape)).value
+            if self.has_variable(BIAS_CORRECTION, "b"):
+                currents = add_bias_current(currents, self.get_variable(BIAS_CORRECTION, "b"), theta.dtype)
+            currents = jnp.broadcast_to(currents, (steps, *currents.shape[1:]))
+            if schedule.srp_steps:
+                presim_out, presim_spikes, keep = srp_presimulate(
+                    currents[: schedule.srp_steps], theta, v0, unroll=schedule.unroll
+                )
+                currents, calibrated = currents[schedule.srp_steps :], v0
+            else:
+                calibrated, presim_spikes = calibrate_counting_spikes(
+                    currents,
+                    theta,
+                    v0,
+                    presim_steps=schedule.presim_steps,
+                    iterations=schedule.iterations,
+                    eps=schedule.eps,
+                    saturated=schedule.saturated,
+                    unroll=schedule.unroll,
+                )
+            spikes, state = if_simulate(currents, theta, calibrated, unroll=schedule.unroll)
+            count = state.count
+            if schedule.srp_steps:
+                spikes = spikes * keep[None]
+                count = jnp.sum(spikes.astype(theta.dtype), axis=0)
+            if self.is_mutable_collection(STATISTICS):
+                per_sample = jax.vmap(offset_statistics, in_axes=(1, 0, None))  # fields [B, ...]
+                self.sow(STATISTICS, "site", per_sample(currents.astype(theta.dtype), count, theta))
+            if self.is_mutable_collection(CALIBRATED_POTENTIAL):
+                self.sow(CALIBRATED_POTENTIAL, "v0", jnp.broadcast_to(calibrated, currents.shape[1:]))
+            if self.is_mutable_collection(OPERATIONS):
+                fan = self.get_variable(FAN_OUT, "fan") if self.has_variable(FAN_OUT, "fan") else jnp.ones(neuron_shape)
+                fan = jnp.asarray(fan, theta.dtype)
+                events = spikes.astype(theta.dtype)  # [T, B, ...]
+                per_step = tuple(range(2, events.ndim))
+                per_sample = tuple(range(1, presim_spikes.ndim))
+                self.sow(OPERATIONS, "spikes", jnp.sum(events, axis=per_step))
+                self.sow(OPERATIONS, "synops", jnp.sum(events * fan[None, None], axis=per_step))
+                self.sow(OPERATIONS, "presim_spikes", jnp.sum(presim_spikes, axis=per_sample))
+                self.sow(OPERATIONS, "presim_synops", jnp.sum(presim_spikes * fan[None], axis=per_sample))
+            if schedule.srp_steps:  # the next site pre-simulates on the first tau steps
+                spikes = jnp.concatenate([presim_out, spikes])
+            return (spikes * theta).astype(currents.dtype)
+
+
+def site_threshold(site: nn.Module, neuron_shape: tuple[int, ...]) -> Array:
+    """The threshold ``params['threshold']`` of ``site`` (bound): the one its variables hold, a
+    scalar, one per channel ``[C]`` (C = ``neuron_shape[-1]``) or one per neuron, else a new
+    scalar parameter at ``site.threshold_init``. Any other shape is refused naming the site."""
+    if not site.has_variable("params", "threshold"):
+        return site.param("threshold", nn.initializers.constant(site.threshold_init), (), jnp.float32)
+    theta = jnp.asarray(site.get_variable("params", "threshold"))
+    if theta.shape not in ((), tuple(neuron_shape[-1:]), tuple(neuron_shape)):
+        raise ValueError(
+            f"the threshold of the site {'/'.join(site.path) or site.name} must be a scalar, one per channel "
+            f"{tuple(neuron_shape[-1:])} or one per neuron {tuple(neuron_shape)}, got shape {theta.shape}"
+        )
+    return theta
 
 
 def add_bias_current(currents: Array, bias: ArrayLike, dtype) -> Array:

@@ -117,6 +117,7 @@ def test_every_page_with_python_blocks_is_executed_and_the_readme_is_a_front_pag
     assert len((ROOT / "README.md").read_text().splitlines()) <= 250
 
 
+@pytest.mark.slow  # compiles several programs: kept out of the fast tier's 3 minutes
 def test_scan_unroll_follows_t_and_changes_compilation_not_results():
     assert [oj.scan_unroll(t) for t in (1, 4, 8, 9, 64)] == [1, 4, 8, 1, 1]
     model = oj.models.small_vgg(2)

@@ -208,6 +208,7 @@ class ManySites(nn.Module):
         return x
 
 
+@pytest.mark.slow  # compiles several programs: kept out of the fast tier's 3 minutes
 def test_one_compiled_program_per_calibration_whatever_the_number_of_sites():
     # A fresh network (shapes no other test uses): each method compiles exactly one program,
     # and calling it again compiles nothing.

@@ -107,6 +107,7 @@ def test_calibration_sweep_refuses_a_repeated_value(flag, tmp_path, capsys):
     assert f"{flag} repeats a value: [2, 2]" in capsys.readouterr().err
 
 
+@pytest.mark.long  # minutes of .ci/run's budget: run with pytest -q -m long
 @pytest.mark.slow
 def test_every_method_at_equal_budget_calibrates_on_training_images_only(tmp_path, monkeypatch):
     config = dataclasses.replace(
@@ -334,6 +335,7 @@ def test_entry_points_answer_help(name):
     assert "--workdir" in out.stdout and "--resume" in out.stdout
 
 
+@pytest.mark.long  # minutes of .ci/run's budget: run with pytest -q -m long
 @pytest.mark.slow
 def test_cifar_config_runs_end_to_end_on_mock_tfds(tmp_path):
     import tensorflow_datasets as tfds

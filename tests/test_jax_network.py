@@ -91,6 +91,59 @@ def test_thresholds_are_the_measured_statistics_of_each_sites_relu():
     assert [float(given["params"][f"relu{i}"]["threshold"]) for i in range(4)] == [0.5, 1.5, 2.5, 3.5]
 
 
+def test_per_channel_thresholds_are_each_channels_statistic_and_equal_ones_are_the_scalar():
+    """per_channel=True: each site's lambda [C] is the max / percentile of each channel of its
+    ReLU over images and positions; a network whose per-channel lambdas all equal c spikes bit
+    for bit as the one with the scalar c (the same arithmetic, broadcast)."""
+    net, variables = _network()
+    model, by_max = oj.from_jax(net.apply, variables, IMAGES, threshold="max", per_channel=True)
+    _, by_percentile = oj.from_jax(net.apply, variables, IMAGES, threshold="99%", per_channel=True, batch_size=4)
+    _, state = model.apply(
+        by_max,
+        IMAGES,
+        capture_intermediates=lambda module, method: isinstance(module, ANNSite),
+        mutable=["intermediates"],
+    )
+    for name, outputs in state["intermediates"].items():
+        (relu,) = outputs["__call__"]
+        per_channel = np.asarray(relu).reshape(-1, relu.shape[-1])
+        layer_max = per_channel.max()
+        want = np.where(per_channel.max(axis=0) > 0, per_channel.max(axis=0), layer_max)  # silent: the layer's
+        np.testing.assert_allclose(by_max["params"][name]["threshold"], want, rtol=1e-6, err_msg=name)
+        want = np.percentile(per_channel, 99, axis=0)
+        want = np.where(want > 0, want, np.percentile(per_channel, 99))
+        np.testing.assert_allclose(by_percentile["params"][name]["threshold"], want, rtol=1e-6, err_msg=name)
+
+    snn = oj.spiking_model(model, num_steps=4, presim_steps=2, iterations=1)
+    scalar = {**by_max, "params": {**by_max["params"]}}
+    vector = {**by_max, "params": {**by_max["params"]}}
+    for name in state["intermediates"]:
+        channels = by_max["params"][name]["threshold"].shape
+        scalar["params"][name] = {"threshold": jnp.float32(0.75)}
+        vector["params"][name] = {"threshold": jnp.full(channels, 0.75, jnp.float32)}
+    np.testing.assert_array_equal(
+        oj.simulate(snn, oj.convert_variables(snn, vector), IMAGES),
+        oj.simulate(snn, oj.convert_variables(snn, scalar), IMAGES),
+    )
+
+
+def test_a_threshold_of_another_shape_is_refused_naming_its_leaf():
+    net, variables = _network()
+    model, converted = oj.from_jax(net.apply, variables, IMAGES, per_channel=True)
+    snn = oj.spiking_model(model, num_steps=4)
+    bad = {**converted, "params": {**converted["params"], "relu0": {"threshold": jnp.ones(3)}}}  # relu0 has 4
+    with pytest.raises(ValueError, match=r"\['relu0'\]\['threshold'\] has shape \(3,\).*per channel \(4,\)"):
+        oj.convert_variables(snn, bad, example_images=IMAGES)
+    with pytest.raises(ValueError, match=r"\['relu0'\]\['threshold'\] has shape \(3,\).*per neuron \(8, 8, 4\)"):
+        oj.simulate(snn, oj.convert_variables(snn, bad), IMAGES)
+    with pytest.raises(ValueError, match="per_channel=True measures each channel's lambda on images"):
+        oj.from_jax(net.apply, variables, IMAGES, threshold=1.0, per_channel=True)
+    with pytest.raises(ValueError, match=r"threshold of relu0 must be a number or one per channel \[C\]"):
+        oj.from_jax(
+            net.apply, variables, image_shape=(8, 8, 2), threshold={f"relu{i}": np.ones((2, 2)) for i in range(4)}
+        )
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     st.one_of(
@@ -167,6 +220,35 @@ def test_the_converted_network_runs_everywhere():
     graph = to_nir(snn, snn_variables, (8, 8, 2))
     assert sum(name.startswith("concat") for name in graph.nodes) == 2
     np.testing.assert_allclose(run_nir(graph, IMAGES), logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_per_channel_thresholds_run_everywhere():
+    """A network with a lambda per channel: the executor's logits equal simulate's, the NIR
+    round trip (thresholds per neuron in the IF nodes) equals them, COS, SRP, data_potential,
+    data_bias and the operation counts run."""
+    pytest.importorskip("nir")
+    from offsetjax.interop.nir import from_nir, run_nir, to_nir
+
+    net, variables = _network()
+    model, converted = oj.from_jax(net.apply, variables, IMAGES, threshold="99.9%", per_channel=True)
+    snn = oj.spiking_model(model, num_steps=6)
+    snn_variables = oj.convert_variables(snn, converted, example_images=IMAGES)
+    logits = oj.simulate(snn, snn_variables, IMAGES)
+    np.testing.assert_array_equal(oj.run_step_by_step(snn, snn_variables, IMAGES).logits, logits)
+    for schedule in (dict(presim_steps=3, iterations=1), dict(srp_steps=2)):
+        other = oj.spiking_model(model, num_steps=6, **schedule)
+        assert np.isfinite(oj.simulate(other, oj.convert_variables(other, converted), IMAGES)).all()
+    for calibrate in (oj.data_potential, oj.data_bias):
+        assert np.isfinite(oj.simulate(snn, calibrate(snn, converted, IMAGES), IMAGES)).all()
+    np.testing.assert_allclose(oj.count_operations(snn, snn_variables, IMAGES).logits, logits, rtol=1e-5, atol=1e-6)
+    graph = to_nir(snn, snn_variables, (8, 8, 2))
+    thresholds = np.asarray(graph.nodes["relu0"].v_threshold)  # C, H, W: one per channel
+    np.testing.assert_allclose(thresholds[:, 0, 0], converted["params"]["relu0"]["threshold"], rtol=1e-6)
+    np.testing.assert_allclose(run_nir(graph, IMAGES), logits, rtol=1e-5, atol=1e-5)
+    read, read_variables = from_nir(graph)
+    assert read_variables["params"]["relu0"]["threshold"].shape == thresholds.shape  # per neuron, NIR's layout
+    np.testing.assert_allclose(oj.simulate(read, read_variables, IMAGES), logits, rtol=1e-5, atol=1e-5)
 
 
 def _jaxpr_macs(net, variables) -> float:

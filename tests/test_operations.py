@@ -80,6 +80,7 @@ def trained_like(model):
     return {**variables, "params": traverse_util.unflatten_dict(params)}
 
 
+@pytest.mark.slow  # compiles several programs: kept out of the fast tier's 3 minutes
 @pytest.mark.parametrize("model", [VGG_NET, RESNET_NET])
 def test_counts_are_the_runs_events_and_change_no_logit(model):
     snn = oj.spiking_model(model, num_steps=6, presim_steps=3, iterations=2)
@@ -193,6 +194,7 @@ def test_totals_mask_padding_and_energy_splits_dense_and_effective():
     assert 0 < joules["presim"] < joules["snn"]
 
 
+@pytest.mark.slow  # compiles several programs: kept out of the fast tier's 3 minutes
 def test_one_operations_type_with_its_total_and_per_image_views():
     """Operations.per_image is evaluate_snn's summary of the same images (the same type, its
     per-step lists cumulative); .at(t) reads one T; the old functions warn and agree; frames of

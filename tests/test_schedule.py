@@ -118,6 +118,7 @@ def test_the_dict_reading_is_deprecated_but_still_answers():
     assert set(FIELDS) == set(oj.schedule(snn).as_dict())
 
 
+@pytest.mark.slow  # compiles several programs: kept out of the fast tier's 3 minutes
 def test_renamed_arguments_and_positional_options_still_work_for_one_release():
     """The 0.2 API shape: the SNN argument is ``snn`` everywhere and options are keyword-only;
     the old spellings still run, each with a DeprecationWarning naming the new one."""

@@ -133,6 +133,7 @@ def test_a_checkpoint_without_manifest_is_refused_until_sealed(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, restored.params, state.params)
 
 
+@pytest.mark.long  # minutes of .ci/run's budget: run with pytest -q -m long
 @pytest.mark.slow
 def test_a_process_killed_while_saving_leaves_a_loadable_checkpoint(tmp_path):
     """Kill -9 a process in the middle of its checkpoint writes, several times: the checkpoint

@@ -317,16 +317,16 @@ class GraphWriter:
             raise ValueError(f"to_nir: the site {equation.params['path']} is not fed by the input")
         if bias is not None:  # the data_bias current, added before the neurons integrate
             signal = signal.replace(bias=signal.bias + np.broadcast_to(np.asarray(bias, np.float64), signal.shape))
-        theta = float(np.asarray(theta))
+        theta = np.broadcast_to(np.asarray(theta, np.float64), signal.shape)  # one per site or per channel
         v_init = _nir_layout(np.asarray(v0, np.float64), signal)
         shape = v_init.shape
         metadata = {"reset": "subtract", "v_init": v_init, "fire": "v >= v_threshold", **self.site_metadata}
         node = self.nir.IF(
-            r=np.ones(shape), v_threshold=np.full(shape, theta), v_reset=np.zeros(shape), metadata=metadata
+            r=np.ones(shape), v_threshold=_nir_layout(theta, signal), v_reset=np.zeros(shape), metadata=metadata
         )
         sources = self.materialize(signal, where)
         name = self.add(equation.params["path"], node, sources, signal)
-        return signal.replace(terms=[(name, np.full(signal.shape, theta))], bias=np.zeros(signal.shape))
+        return signal.replace(terms=[(name, np.array(theta))], bias=np.zeros(signal.shape))
 
     def conv(self, equation, signal: _Signal, kernel: np.ndarray, where: str) -> _Signal:
         params = equation.params

@@ -217,7 +217,7 @@ class GraphNetwork(nn.Module):
                 site = self.activation(name=name)
                 y = site(y)
                 if not isinstance(site, LiteralIF):  # an offsetjax site emits theta * s, NIR's IF node s
-                    y = y / self.get_variable("params", name)["threshold"].astype(y.dtype)
+                    y = y / jnp.broadcast_to(self.get_variable("params", name)["threshold"].astype(y.dtype), y.shape)
             values[name] = y
         return values["output"]
 
@@ -332,9 +332,10 @@ def _network(
             params[name] = {"node": {key: np.asarray(value) for key, value in arrays.items()}}
         elif isinstance(node, nir.IF):
             theta, r = np.asarray(node.v_threshold), np.asarray(node.r)
-            if np.any(r != 1) or np.any(theta != theta.flat[0]):
-                raise ValueError(f"from_nir runs IF nodes with r = 1 and one threshold per node; {name} has other")
-            params[name] = {"threshold": theta.flat[0]}
+            if np.any(r != 1):
+                raise ValueError(f"from_nir runs IF nodes with r = 1; {name} has other")
+            # one threshold per node, or per neuron (a per-channel network's, in the node's layout)
+            params[name] = {"threshold": theta.flat[0] if np.all(theta == theta.flat[0]) else theta}
             potentials[name] = {"v0": np.asarray(node.metadata["v_init"])}
         elif not isinstance(node, nir.Output):
             raise ValueError(f"from_nir does not run {kind} nodes ({name})")
