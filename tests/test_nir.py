@@ -276,3 +276,67 @@ def test_an_unflatten_is_refused_naming_the_shape():
     snn_variables = oj.convert_variables(snn, net.init(jax.random.key(0), images))
     with pytest.raises(ValueError, match=r"reshapes neurons \(32,\) to \(4, 4, 2\)"):
         to_nir(snn, snn_variables, (8, 8, 2))
+
+
+def _avg_pool(x):
+    with jax.numpy_dtype_promotion("standard"):  # flax's avg_pool divides by an int (tests run strict)
+        return nn.avg_pool(x, (2, 2), (2, 2))
+
+
+def _head(x):
+    return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+class _Shapes(nn.Module):
+    """Hand-written networks whose paths NIR holds only with a copied or a diagonal node."""
+
+    case: str
+
+    @nn.compact
+    def __call__(self, x):
+        relu, conv = jax.nn.relu, lambda: nn.Conv(4, (3, 3))
+        norm = lambda: nn.BatchNorm(use_running_average=True)  # noqa: E731
+        if self.case == "conv read by a site and a scaled residual":
+            c = conv()(x)  # the site's bias current folds into it; the residual reads it unfolded
+            return _head(relu(conv()(relu(c)) + 0.5 * c))
+        if self.case == "a site fed by a sum of sites":  # its bias current: a diagonal node
+            s = relu(relu(conv()(x)) + relu(conv()(x)))
+            return _head(s)
+        a = relu(conv()(x))
+        if self.case == "batch norm after a pool, identity residual":
+            return _head(relu(norm()(_avg_pool(conv()(a))) + _avg_pool(a)))
+        if self.case == "batch norm before a pool, identity residual":
+            return _head(relu(_avg_pool(norm()(conv()(a))) + _avg_pool(a)))
+        return _head(relu(_avg_pool(norm()(a)) + _avg_pool(a)))  # batch norm on spikes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "case",
+    [
+        "conv read by a site and a scaled residual",
+        "a site fed by a sum of sites",
+        "batch norm after a pool, identity residual",
+        "batch norm before a pool, identity residual",
+        "batch norm on spikes, identity residual",
+    ],
+)
+def test_paths_written_by_hand_export_and_run_as_simulated(case):
+    """Each converts (from_jax), simulates, runs step by step to the same logits and exports,
+    with and without data_bias currents, the round trip equal to simulate."""
+    images = jax.random.uniform(jax.random.key(1), (4, 8, 8, 2))
+    net = _Shapes(case)
+    variables = net.init(jax.random.key(0), images)
+    if "batch_stats" in variables:  # batch norm with an offset
+        params = {
+            k: {**v, "bias": v["bias"] + 0.2} if k.startswith("BatchNorm") else v
+            for k, v in variables["params"].items()
+        }
+        variables = {"params": params, "batch_stats": jax.tree.map(lambda v: v + 0.3, variables["batch_stats"])}
+    model, converted = oj.from_jax(net.apply, variables, images)
+    snn = oj.spiking_model(model, num_steps=4)
+    for snn_variables in (oj.convert_variables(snn, converted), oj.data_bias(snn, converted, images)):
+        logits = oj.simulate(snn, snn_variables, images)
+        np.testing.assert_array_equal(oj.run_step_by_step(snn, snn_variables, images).logits, logits)
+        graph = to_nir(snn, snn_variables, (8, 8, 2))
+        np.testing.assert_allclose(run_nir(graph, images), logits, rtol=1e-5, atol=1e-5)

@@ -85,6 +85,9 @@ class GraphWriter:
         self.linear: set[str] = set()  # nodes with weights a scale or offset can be folded into
         self.used: set[str] = set()  # nodes with an outgoing edge
         self.folded: set[str] = set()  # linear nodes that absorbed their output's scale or offset
+        self.inputs: dict[str, list[str]] = {}  # each node's sources
+        self.originals: dict[str, Any] = {}  # a folded node as it was before its first fold
+        self.copies: dict[str, str] = {}  # a folded node -> its unfolded copy, for its other readers
 
     # -- nodes and edges -------------------------------------------------------------------
 
@@ -96,34 +99,67 @@ class GraphWriter:
         base, count = name, 1
         while name in self.nodes:
             name, count = f"{base}_{count}", count + 1
+        # A node whose weights absorbed the scale or offset its first reader wanted is read by the
+        # others as it was: an unfolded copy (the same weights, the same inputs).
+        sources = [
+            self._unfolded(source) if source in self.folded and source in self.used else source for source in sources
+        ]
         for source in sources:
-            if source in self.folded and source in self.used:
-                raise ValueError(
-                    f"to_nir: the output of {source} feeds more than one layer and a scale or offset of one "
-                    "of them was folded into its weights: NIR cannot express this"
-                )
             self.used.add(source)
             self.edges.append((source, name))
         self.nodes[name] = node
+        self.inputs[name] = list(sources)
         if layout is not None:
             self.layouts[name] = layout.replace(terms=[(name, np.ones(layout.shape))], bias=np.zeros(layout.shape))
         return name
 
     def materialize(self, signal: _Signal, where: str) -> list[str]:
-        """Nodes whose summed outputs are ``signal`` (every scale 1, no offset left)."""
+        """Nodes whose summed outputs are ``signal`` (every scale 1, no offset left). An offset
+        goes into the bias of a convolution or dense layer among them that nothing else reads
+        yet, else into a diagonal node (an identity 1x1 convolution or dense layer) on one of them."""
         sources = [self._unscaled(node, scale) for node, scale in signal.terms]
         if np.any(signal.bias != 0):
-            target = next((node for node in sources if self._foldable(node)), None)
-            bias = _nir_channels(signal.bias, signal) if target else None
+            bias = _nir_channels(signal.bias, signal)
             if bias is None:
                 raise ValueError(
-                    f"to_nir: a constant offset added to spikes in {where or 'the network'} has no convolution or "
-                    "dense layer right before it to fold into (or varies over space within a channel): NIR "
-                    "cannot express it"
+                    f"to_nir: a constant offset added in {where or 'the network'} varies over space within a "
+                    "channel: NIR's convolutions and dense layers hold one bias per output channel"
                 )
-            self.nodes[target].bias = self.nodes[target].bias + bias
-            self.folded.add(target)
+            target = next((node for node in sources if self._foldable(node)), None)
+            if target is None:  # e.g. the bias current of a site fed by a sum of sites
+                sources[0] = self._diagonal(sources[0], np.ones(len(bias)), bias)
+            else:
+                self._fold(target)
+                self.nodes[target].bias = self.nodes[target].bias + bias
         return sources
+
+    def _fold(self, node: str) -> None:
+        """Mark ``node`` (a linear node nothing reads yet) as about to absorb a scale or offset,
+        keeping it as it was for any later reader (:meth:`_unfolded`)."""
+        self.originals.setdefault(node, dataclasses.replace(self.nodes[node]))
+        self.folded.add(node)
+
+    def _unfolded(self, node: str) -> str:
+        """A copy of the folded ``node`` as it was before folding, reading the same inputs."""
+        if node not in self.copies:
+            self.copies[node] = self.add(
+                f"{node}_unfolded", dataclasses.replace(self.originals[node]), self.inputs[node]
+            )
+            self.layouts[self.copies[node]] = self.layouts[node].replace(
+                terms=[(self.copies[node], np.ones(self.layouts[node].shape))]
+            )
+        return self.copies[node]
+
+    def _diagonal(self, node: str, channels: np.ndarray, bias: np.ndarray) -> str:
+        """``node``'s output times ``channels`` plus ``bias`` (one each per channel) as a diagonal
+        1x1 convolution or dense layer (sinabs and norse read no Scale node)."""
+        layout = self.layouts[node]
+        diagonal = np.diag(channels)
+        if len(layout.shape) == 3:
+            diagonal = self._conv(layout.shape[:2], diagonal[:, :, None, None], 1, 0, 1, 1, bias)
+        else:
+            diagonal = self.nir.Affine(weight=diagonal, bias=bias)
+        return self.add(f"{node}_scale", diagonal, [node], layout)
 
     def _foldable(self, node: str) -> bool:
         return node in self.linear and node not in self.used
@@ -139,19 +175,13 @@ class GraphWriter:
         if channels is None:  # a scale per neuron: only NIR's Scale node holds it
             return self.add(f"{node}_scale", self.nir.Scale(scale=_nir_layout(scale, layout)), [node], layout)
         if self._foldable(node):
+            self._fold(node)
             weights = self.nodes[node]
             weights.weight = weights.weight * channels.reshape(-1, *([1] * (weights.weight.ndim - 1)))
             weights.bias = weights.bias * channels
-            self.folded.add(node)
             return node
-        # A scale per channel as a diagonal 1x1 convolution or dense layer: sinabs and norse
-        # read no Scale node (an identity shortcut's theta is one).
-        diagonal, zeros = np.diag(channels), np.zeros(len(channels))
-        if len(layout.shape) == 3:
-            diagonal = self._conv(layout.shape[:2], diagonal[:, :, None, None], 1, 0, 1, 1, zeros)
-        else:
-            diagonal = self.nir.Affine(weight=diagonal, bias=zeros)
-        return self.add(f"{node}_scale", diagonal, [node], layout)
+        # A scale per channel (an identity shortcut's theta is one) as a diagonal node.
+        return self._diagonal(node, channels, np.zeros(len(channels)))
 
     def common_scale(self, signal: _Signal, per_channel: bool) -> tuple[list[str], np.ndarray]:
         """The signal as nodes times one scale for all (per channel if ``per_channel``), and no
