@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -15,9 +17,31 @@ from experiments.results import STEPS, progress_bar
 from offsetjax import evaluate, parallel
 from offsetjax.training import data
 
+#: Each method's predicted class of every test image at every T, beside ``results.json``.
+PREDICTIONS = "predictions.npz"
 
-def evaluate_all(config: ExperimentConfig, model, variables, train_split, test_split) -> dict:
-    """ANN accuracy, every method's accuracy at each T, and Table-3 statistics at T = L."""
+
+class Evaluated(NamedTuple):
+    """What :func:`evaluate_all` measured: ``results`` (the ``results.json`` schema) and
+    ``predictions``, per method the predicted class of every test image after t = 1..T steps
+    ``[T, N]`` (``predictions.npz``: what names the images whose prediction moved)."""
+
+    results: dict
+    predictions: dict[str, np.ndarray]
+
+
+def predictions_file(predictions: dict[str, np.ndarray], num_classes: int) -> bytes:
+    """``predictions`` as the bytes of a compressed ``.npz``, one ``[T, N]`` array per method,
+    in the smallest integer type that holds ``num_classes`` classes."""
+    dtype = np.uint8 if num_classes <= 256 else np.uint16
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{name: array.astype(dtype) for name, array in predictions.items()})
+    return buffer.getvalue()
+
+
+def evaluate_all(config: ExperimentConfig, model, variables, train_split, test_split) -> Evaluated:
+    """ANN accuracy, every method's accuracy at each T, and Table-3 statistics at T = L; each
+    method's predictions at each T."""
     began = time.perf_counter()
     mesh = parallel.data_mesh()
     count = data.num_examples(test_split)
@@ -41,6 +65,7 @@ def evaluate_all(config: ExperimentConfig, model, variables, train_split, test_s
     if any(method.calibration for method in rows.values()):
         images = calibration_set(config, train_split)
     calibrated = {}  # (calibration, T) -> SNN variables, shared by rows
+    predictions: dict[str, np.ndarray] = {}
 
     def calibration(method: Method, num_steps: int) -> dict:
         """The method's data-level calibration for T = ``num_steps`` (made once, shared by rows)."""
@@ -81,11 +106,16 @@ def evaluate_all(config: ExperimentConfig, model, variables, train_split, test_s
                 evaluation = run(num_steps, statistics=at_levels, operations=True, progress=bar.update)
                 stats = evaluation.statistics if at_levels else stats
                 for t in range(1, num_steps + 1) if not method.calibration else [num_steps]:
-                    per_step[t] = (evaluation.accuracy[t - 1], evaluation.operations.at(t))
+                    per_step[t] = (
+                        evaluation.accuracy[t - 1],
+                        evaluation.operations.at(t),
+                        evaluation.predictions[t - 1],
+                    )
         if stats is None:
             stats = run(config.levels, statistics=True).statistics
         results["wall_time_seconds"][name] = time.perf_counter() - began
         steps = sorted(per_step)
+        predictions[name] = np.stack([per_step[t][2] for t in steps])
         results["snn"][name] = {
             "family": method.family,
             "presim_steps": method.schedule.presim_steps + method.schedule.srp_steps,
@@ -129,4 +159,4 @@ def evaluate_all(config: ExperimentConfig, model, variables, train_split, test_s
     # when each output appears on a chip (offsetjax.step_by_step): per method, per layer delay
     image_shape = data.take(test_split, np.arange(1))[0].shape[1:]
     results["latency_ticks"] = latency_ticks(model, variables, rows, image_shape)
-    return results
+    return Evaluated(results, predictions)

@@ -28,7 +28,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from experiments import cli
+from experiments.evaluation import PREDICTIONS
 from experiments.results import OUTPUTS, ROOT, RunError, load_results, results_directory
 
 #: Fields that differ between two runs of the same command by design.
@@ -134,6 +137,33 @@ def within_tolerance(committed: dict, new: dict, found: list[str]) -> tuple[list
     return beyond, within
 
 
+def moved_images(workdir: Path, scratch: Path, moved: list[str], shown: int = 10) -> list[str]:
+    """For each accuracy in ``moved`` (``snn.NAME.accuracy.T`` fields), the test images whose
+    prediction changed between the committed ``predictions.npz`` and the new one (the first
+    ``shown`` indices, in the test split's order), or why they cannot be named."""
+    cells = sorted(
+        {
+            (parts[1], int(parts[3]))
+            for parts in (line.partition(": ")[0].split(".") for line in moved)
+            if len(parts) == 4 and parts[0] == "snn" and parts[2] == "accuracy"
+        }
+    )
+    if not cells:
+        return []
+    if not (workdir / PREDICTIONS).is_file():
+        return [f"no {PREDICTIONS} committed with this run: the images whose prediction moved cannot be named"]
+    with np.load(workdir / PREDICTIONS) as old, np.load(scratch / PREDICTIONS) as new:
+        lines = []
+        for name, t in cells:
+            if name not in old.files or t > old[name].shape[0]:
+                lines.append(f"{name} T={t}: not in the committed {PREDICTIONS}")
+                continue
+            changed = np.flatnonzero(old[name][t - 1] != new[name][t - 1])
+            listed = ", ".join(map(str, changed[:shown])) + (" ..." if changed.size > shown else "")
+            lines.append(f"{name} T={t}: {changed.size} images moved: {listed}")
+        return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -159,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{workdir}: {verdict}")
         print("\n".join(f"  {line}" for line in found))
         print("\n".join(f"  within tolerance: {line}" for line in within))
+        print("\n".join(f"  {line}" for line in moved_images(workdir, scratch, found + within)))
         failed |= bool(found)
         if args.keep:
             print(f"  new run kept in {scratch}")

@@ -47,7 +47,7 @@ from experiments.config import (
     validate,
 )
 from experiments.datasets import check_data, load_splits
-from experiments.evaluation import evaluate_all
+from experiments.evaluation import PREDICTIONS, evaluate_all, predictions_file
 from experiments.report import REPORT_FILES, write_markdown, write_plots
 from experiments.results import (
     LOCK,
@@ -227,13 +227,15 @@ def _run_locked(config: ExperimentConfig, workdir: Path, primary: bool, command_
         state = train_ann(config, model, train_split, test_split, workdir)
     # every epoch's logged seconds, those of earlier sessions of a resumed run included
     train_seconds = sum(row["seconds"] for row in read_train_log(workdir / "train_log.jsonl"))
-    results = evaluate_all(config, model, state.variables, train_split, test_split)
+    results, predictions = evaluate_all(config, model, state.variables, train_split, test_split)
     results["wall_time_seconds"]["train"] = train_seconds
     results["wall_time_seconds"]["total"] = time.perf_counter() - began
     results["command"] = command_line
     if primary:  # only after the evaluation succeeded, each file whole or not at all
         write_output(workdir, "results.json", json.dumps(results, indent=2))
         write_output(workdir, "results.md", write_markdown(results))
+        num_classes = data.NUM_CLASSES[config.dataset]
+        write_output(workdir, PREDICTIONS, predictions_file(predictions, num_classes))
         record(workdir, *write_plots(results, workdir))
         if config.eval_only:
             write_output(workdir, "config.json", config_text)

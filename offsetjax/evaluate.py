@@ -39,11 +39,14 @@ class SNNEvaluation(NamedTuple):
         with L = T), or ``None`` when not requested.
       operations: :class:`offsetjax.operations.OperationsPerImage`, the operations per image for
         runs of t = 1..T steps (``.at(t)`` for one), or ``None`` when not requested.
+      predictions: ``[T, N]`` int32, each image's predicted class after t = 1..T steps, in the
+        split's order (what names the images whose prediction moved between two runs).
     """
 
     accuracy: np.ndarray
     statistics: dict | None
     operations: OperationsPerImage | None = None
+    predictions: np.ndarray | None = None
 
 
 def predict(model: nn.Module, variables: Any, images: Float[ArrayLike, "B ..."]) -> Float[Array, "B C"]:
@@ -126,11 +129,12 @@ def evaluate_snn(
       progress: optional callable ``progress(num_samples)`` after each batch.
 
     Returns:
-      :class:`SNNEvaluation` with ``accuracy`` ``[T]`` (after t = 1..T steps) and, when asked,
-      ``statistics`` and ``operations``.
+      :class:`SNNEvaluation` with ``accuracy`` ``[T]`` (after t = 1..T steps), ``predictions``
+      ``[T, N]`` and, when asked, ``statistics`` and ``operations``.
     """
     num_steps = schedule(snn).num_steps
     correct = np.zeros(num_steps, np.int64)
+    predictions: list[np.ndarray] = []
     totals: dict[str, OffsetStatistics] = {}
     events = {name: np.zeros(num_steps) for name in ("spikes", "synops", "effective_acs", "effective_macs")}
     events |= {"presim_spikes": 0.0, "presim_synops": 0.0}
@@ -157,7 +161,9 @@ def evaluate_snn(
                 events[name] = events[name] + sum(site[name] for site in sites.values()) @ weight
             events["effective_acs"] = events["effective_acs"] + layers["accumulates"] @ weight
             events["effective_macs"] = events["effective_macs"] + layers["multiply_accumulates"] @ weight
-        correct += np.sum((logits.argmax(-1) == labels[None]) & mask[None], axis=1)
+        predicted = logits.argmax(-1)  # [T, B]
+        predictions.append(predicted[:, mask].astype(np.int32))
+        correct += np.sum((predicted == labels[None]) & mask[None], axis=1)
         if progress is not None:
             progress(int(mask.sum()))
     count = num_examples(split)
@@ -166,7 +172,9 @@ def evaluate_snn(
         summary = OperationsPerImage.from_sums(
             events, count, input_macs=float(input_macs), dense_macs=float(dense_macs)
         )
-    return SNNEvaluation(correct / count, summarize(totals) if statistics else None, summary)
+    return SNNEvaluation(
+        correct / count, summarize(totals) if statistics else None, summary, np.concatenate(predictions, axis=1)
+    )
 
 
 # The named tuples' generated constructors name a module of their own; point them at this one,

@@ -54,6 +54,9 @@ def test_results_schema_and_outputs(tmp_path):
         assert synops == sorted(synops) and synops[0] > 0  # cumulative over steps
         assert row["energy_j"]["4"] < on_disk["ann_energy_j"] and row["dense_macs"] > row["input_macs"] > 0
     assert "Operations per image" in (tmp_path / "results.md").read_text()
+    with np.load(tmp_path / "predictions.npz") as predictions:  # every method's predictions at every T
+        assert sorted(predictions.files) == sorted(on_disk["snn"])
+        assert predictions["qcfs"].shape == (len(on_disk["snn"]["qcfs"]["accuracy"]), on_disk["num_test_examples"])
     # small_vgg has 6 sites in a chain: COS (rho = 4, k) outputs t at tick 6 * (4k + d) + t
     latency = on_disk["latency_ticks"]
     assert list(latency) == list(on_disk["snn"])
@@ -454,3 +457,30 @@ def test_from_weights_tolerates_only_data_level_rows_within_the_measured_bound()
     beyond, within = within_tolerance(committed, moved, differences(committed, moved))
     assert sorted(p.split(":")[0] for p in within) == ["operations.data_v0.synops.1", "snn.data_v0.accuracy.1"]
     assert sorted(p.split(":")[0] for p in beyond) == ["snn.data_v0.accuracy.2", "snn.qcfs.accuracy.1"]
+
+
+def test_reproduce_names_the_images_whose_prediction_moved(tmp_path):
+    """An accuracy that moves is explained by the images whose prediction changed, read from
+    the committed and the new predictions.npz; a run without one says it cannot name them."""
+    from experiments.evaluation import PREDICTIONS, predictions_file
+    from experiments.reproduce import moved_images
+
+    committed, new = tmp_path / "committed", tmp_path / "new"
+    committed.mkdir(), new.mkdir()
+    before = {"qcfs": np.zeros((2, 30), np.int32), "cos_k1": np.ones((2, 30), np.int32)}
+    after = {name: array.copy() for name, array in before.items()}
+    after["qcfs"][1, [3, 17]] = 5
+    after["cos_k1"][0, list(range(12))] = 2
+    moved = ["snn.qcfs.accuracy.2: 0.5 -> 0.4", "snn.cos_k1.accuracy.1: 0.5 -> 0.1", "offset.qcfs.mse: 1.0 -> 2.0"]
+    assert moved_images(committed, new, moved) == [
+        f"no {PREDICTIONS} committed with this run: the images whose prediction moved cannot be named"
+    ]
+    (committed / PREDICTIONS).write_bytes(predictions_file(before, 10))
+    (new / PREDICTIONS).write_bytes(predictions_file(after, 10))
+    assert moved_images(committed, new, moved) == [
+        "cos_k1 T=1: 12 images moved: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 ...",
+        "qcfs T=2: 2 images moved: 3, 17",
+    ]
+    assert moved_images(committed, new, ["offset.qcfs.mse: 1.0 -> 2.0"]) == []
+    with np.load(committed / PREDICTIONS) as stored:
+        assert stored["qcfs"].dtype == np.uint8 and stored["qcfs"].shape == (2, 30)
