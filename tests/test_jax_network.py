@@ -56,6 +56,17 @@ def _network(relu: str = "nn.relu", concat: bool = True):
     return net, variables
 
 
+def _relu_outputs(model, variables) -> dict:
+    """Each site's ReLU output on IMAGES, by site name."""
+    _, state = model.apply(
+        variables,
+        IMAGES,
+        capture_intermediates=lambda module, method: isinstance(module, ANNSite),
+        mutable=["intermediates"],
+    )
+    return {name: outputs["__call__"][0] for name, outputs in state["intermediates"].items()}
+
+
 @pytest.mark.parametrize("spelling", sorted(SPELLINGS))
 def test_every_relu_spelling_becomes_a_site(spelling):
     net, variables = _network(spelling)
@@ -74,14 +85,7 @@ def test_thresholds_are_the_measured_statistics_of_each_sites_relu():
     net, variables = _network()
     model, by_max = oj.from_jax(net.apply, variables, IMAGES, threshold="max")
     _, by_percentile = oj.from_jax(net.apply, variables, IMAGES, threshold="99.9%", batch_size=4)  # 2 batches
-    _, state = model.apply(
-        by_max,
-        IMAGES,
-        capture_intermediates=lambda module, method: isinstance(module, ANNSite),
-        mutable=["intermediates"],
-    )
-    for name, outputs in state["intermediates"].items():
-        (relu,) = outputs["__call__"]
+    for name, relu in _relu_outputs(model, by_max).items():
         assert float(by_max["params"][name]["threshold"]) == pytest.approx(float(jnp.max(relu)), rel=1e-6)
         want = np.percentile(np.asarray(relu).reshape(-1), 99.9)
         assert float(by_percentile["params"][name]["threshold"]) == pytest.approx(want, rel=1e-6)
@@ -98,14 +102,7 @@ def test_per_channel_thresholds_are_each_channels_statistic_and_equal_ones_are_t
     net, variables = _network()
     model, by_max = oj.from_jax(net.apply, variables, IMAGES, threshold="max", per_channel=True)
     _, by_percentile = oj.from_jax(net.apply, variables, IMAGES, threshold="99%", per_channel=True, batch_size=4)
-    _, state = model.apply(
-        by_max,
-        IMAGES,
-        capture_intermediates=lambda module, method: isinstance(module, ANNSite),
-        mutable=["intermediates"],
-    )
-    for name, outputs in state["intermediates"].items():
-        (relu,) = outputs["__call__"]
+    for name, relu in _relu_outputs(model, by_max).items():
         per_channel = np.asarray(relu).reshape(-1, relu.shape[-1])
         layer_max = per_channel.max()
         want = np.where(per_channel.max(axis=0) > 0, per_channel.max(axis=0), layer_max)  # silent: the layer's
@@ -117,7 +114,9 @@ def test_per_channel_thresholds_are_each_channels_statistic_and_equal_ones_are_t
     snn = oj.spiking_model(model, num_steps=4, presim_steps=2, iterations=1)
     scalar = {**by_max, "params": {**by_max["params"]}}
     vector = {**by_max, "params": {**by_max["params"]}}
-    for name in state["intermediates"]:
+    for name in by_max["params"]:
+        if name == "network":
+            continue
         channels = by_max["params"][name]["threshold"].shape
         scalar["params"][name] = {"threshold": jnp.float32(0.75)}
         vector["params"][name] = {"threshold": jnp.full(channels, 0.75, jnp.float32)}
