@@ -8,9 +8,10 @@ compares the new ``results.json`` with the committed one field by field, every f
 bit; only wall times and the command itself (which names the other directory) may differ.
 Prints each differing field and exits with status 1 if there is one.
 
-``--from-weights`` evaluates the run's committed checkpoint again (its command with
-``--eval-only``; the checkpoint, ``config.json`` and ``train_log.jsonl`` copied first) and
-compares every post-training field: this is what reproduces on any machine (docs/results.md,
+``--from-weights`` evaluates the run's committed weights again (its command with
+``--eval-only``, the checkpoint, ``config.json`` and ``train_log.jsonl`` copied first; for
+``experiments.relu_fashion``, whose run keeps ``weights.npz``, the file copied, which the script
+evaluates instead of training) and compares every post-training field: this is what reproduces on any machine (docs/results.md,
 "What reproduces where"). Without it the command runs as recorded, training included:
 training reproduces bit for bit only on the CPU and XLA build that made the run; elsewhere
 XLA's kernels sum in another order and the network departs within a few epochs, so a retrained
@@ -34,8 +35,12 @@ from experiments import cli
 from experiments.evaluation import PREDICTIONS
 from experiments.results import OUTPUTS, ROOT, RunError, load_results, results_directory
 
-#: Fields that differ between two runs of the same command by design.
-UNCOMPARED = ("wall_time_seconds", "command")
+#: Fields that differ between two runs of the same command by design (``train_seconds``: a run
+#: that finds its weights loads them instead of training).
+UNCOMPARED = ("wall_time_seconds", "train_seconds", "command")
+#: The files a run may keep its weights in: an experiment run's checkpoints (evaluated again with
+#: ``--eval-only``), or the weights ``experiments.relu_fashion`` writes and evaluates when it finds them.
+CHECKPOINTS, WEIGHTS_FILE = "checkpoints", "weights.npz"
 
 
 def differences(committed, new, path: str = "") -> list[str]:
@@ -67,7 +72,11 @@ def check_reproducible(workdir: Path, *, from_weights: bool) -> list[str]:
     words = shlex.split(command) if isinstance(command, str) else []
     if len(words) < 3 or words[:2] != ["python", "-m"] or not words[2].startswith("experiments."):
         raise RunError(f"{workdir}/results.json records no experiments command ({command!r}): it cannot be re-run")
-    if (from_weights or "--eval-only" in words) and not (workdir / "checkpoints").is_dir():
+    if from_weights and not ((workdir / CHECKPOINTS).is_dir() or (workdir / WEIGHTS_FILE).is_file()):
+        raise RunError(
+            f"{workdir} holds no weights ({CHECKPOINTS}/ or {WEIGHTS_FILE}): it cannot be evaluated again from them here"
+        )
+    if "--eval-only" in words and not (workdir / CHECKPOINTS).is_dir():
         raise RunError(f"{workdir} holds no checkpoints: it cannot be evaluated again from its weights here")
     return words
 
@@ -80,12 +89,17 @@ def rerun(workdir: Path, scratch: Path, *, from_weights: bool = False) -> dict:
     if "--workdir" in arguments:
         index = arguments.index("--workdir")
         del arguments[index : index + 2]
-    if from_weights and "--eval-only" not in arguments:
-        arguments.append("--eval-only")
-    if "--eval-only" in arguments:
-        shutil.copytree(workdir / "checkpoints", scratch / "checkpoints")
-        for name in ("config.json", "train_log.jsonl", OUTPUTS):
-            shutil.copy2(workdir / name, scratch / name)
+    if from_weights and (workdir / WEIGHTS_FILE).is_file() and not (workdir / CHECKPOINTS).is_dir():
+        for name in (WEIGHTS_FILE, "train_log.jsonl"):  # found there, the weights are evaluated, not trained
+            if (workdir / name).is_file():
+                shutil.copy2(workdir / name, scratch / name)
+    else:
+        if from_weights and "--eval-only" not in arguments:
+            arguments.append("--eval-only")
+        if "--eval-only" in arguments:
+            shutil.copytree(workdir / CHECKPOINTS, scratch / CHECKPOINTS)
+            for name in ("config.json", "train_log.jsonl", OUTPUTS):
+                shutil.copy2(workdir / name, scratch / name)
     command = [sys.executable, "-m", words[2], *arguments, "--workdir", str(scratch)]
     print("running", " ".join(command[1:]), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)

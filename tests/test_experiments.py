@@ -484,3 +484,42 @@ def test_reproduce_names_the_images_whose_prediction_moved(tmp_path):
     assert moved_images(committed, new, ["offset.qcfs.mse: 1.0 -> 2.0"]) == []
     with np.load(committed / PREDICTIONS) as stored:
         assert stored["qcfs"].dtype == np.uint8 and stored["qcfs"].shape == (2, 30)
+
+
+def test_from_weights_evaluates_each_kind_of_kept_weights_and_refuses_a_run_without(tmp_path, monkeypatch):
+    """An experiment run's checkpoints are evaluated with --eval-only (config, log and record of
+    outputs copied beside them); relu_fashion's weights.npz is copied, and the script, finding it,
+    evaluates instead of training; a run keeping neither is refused before anything runs."""
+    from experiments import reproduce
+    from experiments.results import OUTPUTS, RunError
+
+    ran = []
+
+    def fake_run(command, **kwargs):
+        scratch = Path(command[command.index("--workdir") + 1])
+        ran.append((command, sorted(p.relative_to(scratch).as_posix() for p in scratch.rglob("*") if p.is_file())))
+        (scratch / "results.json").write_text("{}")
+
+    monkeypatch.setattr(reproduce.subprocess, "run", fake_run)
+    checkpointed, npz, bare = tmp_path / "checkpointed", tmp_path / "npz", tmp_path / "bare"
+    for run, module in ((checkpointed, "quickstart"), (npz, "relu_fashion"), (bare, "quickstart")):
+        run.mkdir()
+        command = f"python -m experiments.{module} --workdir {run} --epochs 3"
+        (run / "results.json").write_text(json.dumps({"command": command}))
+        (run / "train_log.jsonl").write_text("{}\n")
+    (checkpointed / "checkpoints" / "latest").mkdir(parents=True)
+    (checkpointed / "checkpoints" / "latest" / "meta.json").write_text("{}")
+    for name in ("config.json", OUTPUTS):
+        (checkpointed / name).write_text("{}")
+    (npz / "weights.npz").write_bytes(b"weights")
+    for run in (checkpointed, npz):
+        scratch = tmp_path / f"scratch-{run.name}"
+        scratch.mkdir()
+        reproduce.rerun(run, scratch, from_weights=True)
+    (command, copied), (npz_command, npz_copied) = ran
+    assert command[-3:] == ["--eval-only", "--workdir", str(tmp_path / "scratch-checkpointed")]
+    assert str(checkpointed) not in command and "--epochs" in command
+    assert copied == sorted([OUTPUTS, "checkpoints/latest/meta.json", "config.json", "train_log.jsonl"])
+    assert "--eval-only" not in npz_command and npz_copied == ["train_log.jsonl", "weights.npz"]
+    with pytest.raises(RunError, match=r"holds no weights \(checkpoints/ or weights.npz\)"):
+        reproduce.check_reproducible(bare, from_weights=True)
