@@ -44,11 +44,18 @@ class Method:
         return self.schedule.latency_steps - self.schedule.num_steps
 
 
-def method(family: str, max_steps: int, calibration: Callable | None = None, **schedule) -> Method:
-    """A :class:`Method` of ``family`` evaluated up to T = ``max_steps``; ``schedule``: the
-    :class:`offsetjax.Schedule` fields other than T."""
-    num_steps = max(max_steps, schedule.get("presim_steps", 0))
-    return Method(family, max_steps, oj.Schedule(num_steps=num_steps, **schedule), calibration)
+def method(
+    family: str,
+    max_steps: int,
+    calibration: Callable | None = None,
+    *,
+    presim_steps: int = oj.Schedule.presim_steps,
+    **fields,
+) -> Method:
+    """A :class:`Method` of ``family`` evaluated up to T = ``max_steps``; ``presim_steps`` and
+    ``fields``: the :class:`offsetjax.Schedule` fields other than T."""
+    num_steps = max(max_steps, presim_steps)
+    return Method(family, max_steps, oj.Schedule(num_steps=num_steps, presim_steps=presim_steps, **fields), calibration)
 
 
 def methods(config: ExperimentConfig) -> dict[str, Method]:
