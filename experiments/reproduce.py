@@ -2,11 +2,16 @@
 
     python -m experiments.reproduce --from-weights results/digits/quickstart [RUN ...]   # any machine
     python -m experiments.reproduce results/digits/quickstart [RUN ...] [--keep]         # retrains
+    python -m experiments.reproduce --from-weights --studies results/fashion_mnist/small_vgg  # + its studies
 
 Reads ``results.json``'s ``command``, runs it with ``--workdir`` pointing to a new directory and
 compares the new ``results.json`` with the committed one field by field, every float bit for
 bit; only wall times and the command itself (which names the other directory) may differ.
-Prints each differing field and exits with status 1 if there is one.
+Prints each differing field and exits with status 1 if there is one. ``--studies`` then runs
+again, on the re-made run, each study whose report the run's directory holds (``nir.json``,
+``latency.json``, ``levels_sweep.json``, ``calibration_sweep.json``, ...: any JSON report
+recording an experiments command with ``--workdir``) and compares its report the same way
+(calibration timings aside).
 
 ``--from-weights`` evaluates the run's committed weights again (its command with
 ``--eval-only``, the checkpoint, ``config.json`` and ``train_log.jsonl`` copied first; for
@@ -21,6 +26,7 @@ run is compared with the seed spread instead (docs/results.md).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shlex
 import shutil
@@ -85,10 +91,7 @@ def rerun(workdir: Path, scratch: Path, *, from_weights: bool = False) -> dict:
     """Run ``workdir``'s recorded command into ``scratch`` (with ``--eval-only`` from its
     checkpoint when ``from_weights``); returns the new results."""
     words = check_reproducible(workdir, from_weights=from_weights)
-    arguments = [word for word in words[3:] if word not in DIRECTORY_FLAGS]
-    if "--workdir" in arguments:
-        index = arguments.index("--workdir")
-        del arguments[index : index + 2]
+    arguments = words[3:]
     if from_weights and (workdir / WEIGHTS_FILE).is_file() and not (workdir / CHECKPOINTS).is_dir():
         for name in (WEIGHTS_FILE, "train_log.jsonl"):  # found there, the weights are evaluated, not trained
             if (workdir / name).is_file():
@@ -100,10 +103,58 @@ def rerun(workdir: Path, scratch: Path, *, from_weights: bool = False) -> dict:
             shutil.copytree(workdir / CHECKPOINTS, scratch / CHECKPOINTS)
             for name in ("config.json", "train_log.jsonl", OUTPUTS):
                 shutil.copy2(workdir / name, scratch / name)
+    run_into(words[:3] + arguments, scratch)
+    return load_results(scratch)
+
+
+def run_into(words: list[str], scratch: Path) -> None:
+    """Run a recorded ``python -m experiments.X ...`` command with ``--workdir scratch`` (its own
+    ``--workdir`` and directory flags dropped)."""
+    arguments = [word for word in words[3:] if word not in DIRECTORY_FLAGS]
+    if "--workdir" in arguments:
+        index = arguments.index("--workdir")
+        del arguments[index : index + 2]
     command = [sys.executable, "-m", words[2], *arguments, "--workdir", str(scratch)]
     print("running", " ".join(command[1:]), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
-    return load_results(scratch)
+
+
+#: Fields of a study's report that are timings, not results.
+REPORT_TIMINGS = ("calibration_seconds",)
+
+
+def studies(workdir: Path) -> dict[str, list[str]]:
+    """The reports other scripts wrote into a run's directory from the finished run (``nir.json``,
+    ``latency.json``, ``levels_sweep.json``, ...): file name -> the recorded command's words, for
+    each JSON report whose ``command`` is an experiments script run with ``--workdir``."""
+    found = {}
+    for path in sorted(workdir.glob("*.json")):
+        if path.name in ("results.json", "config.json", OUTPUTS):
+            continue
+        try:
+            report = json.loads(path.read_text())
+        except ValueError:
+            continue
+        command = report.get("command") if isinstance(report, dict) else None
+        words = shlex.split(command) if isinstance(command, str) else []
+        if len(words) > 3 and words[:2] == ["python", "-m"] and words[2].startswith("experiments."):
+            if "--workdir" in words:
+                found[path.name] = words
+    return found
+
+
+def restudy(workdir: Path, scratch: Path) -> dict[str, list[str]]:
+    """Run each of :func:`studies` again on the re-made run in ``scratch`` and compare its report
+    with the committed one: report name -> the fields that differ (timings aside)."""
+    compared = {}
+    for name, words in studies(workdir).items():
+        run_into(words, scratch)
+        committed, new = (json.loads((directory / name).read_text()) for directory in (workdir, scratch))
+        for report in (committed, new):
+            for field in REPORT_TIMINGS:
+                report.pop(field, None)
+        compared[name] = differences(committed, new)
+    return compared
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("runs", nargs="+", type=results_directory, help="committed runs (holding results.json)")
     parser.add_argument(
         "--from-weights", action="store_true", help="evaluate the committed checkpoint again instead of retraining"
+    )
+    parser.add_argument(
+        "--studies",
+        action="store_true",
+        help="also run again the studies whose reports the run holds (nir.json, latency.json, levels_sweep.json, ...)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directories (printed)")
     return parser
@@ -205,6 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(f"  within tolerance: {line}" for line in within))
         print("\n".join(f"  {line}" for line in moved_images(workdir, scratch, found + within)))
         failed |= bool(found)
+        if args.studies:
+            for name, moved in restudy(workdir, scratch).items():
+                print(
+                    f"{workdir}/{name}: " + (f"{len(moved)} fields differ" if moved else "every compared field equal")
+                )
+                print("\n".join(f"  {line}" for line in moved))
+                failed |= bool(moved)
         if args.keep:
             print(f"  new run kept in {scratch}")
         else:

@@ -3,6 +3,7 @@
 import dataclasses
 import hashlib
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -523,3 +524,45 @@ def test_from_weights_evaluates_each_kind_of_kept_weights_and_refuses_a_run_with
     assert "--eval-only" not in npz_command and npz_copied == ["train_log.jsonl", "weights.npz"]
     with pytest.raises(RunError, match=r"holds no weights \(checkpoints/ or weights.npz\)"):
         reproduce.check_reproducible(bare, from_weights=True)
+
+
+def test_studies_are_found_by_their_recorded_command_and_compared_without_timings(tmp_path, monkeypatch):
+    """--studies re-runs each JSON report recording an experiments command with --workdir (not
+    results.json, config.json, or a report without a command) on the re-made run and names the
+    fields that moved; calibration timings are not results."""
+    from experiments import reproduce
+
+    run, scratch = tmp_path / "run", tmp_path / "scratch"
+    run.mkdir(), scratch.mkdir()
+    (run / "results.json").write_text(json.dumps({"command": "python -m experiments.quickstart --workdir run"}))
+    (run / "config.json").write_text("{}")
+    (run / "notes.json").write_text(json.dumps({"text": "no command"}))
+    studied = {
+        "levels_sweep.json": {"command": f"python -m experiments.levels_sweep --workdir {run}", "accuracy": [0.5, 0.9]},
+        "calibration_sweep.json": {
+            "command": f"python -m experiments.calibration_sweep --workdir {run} --sizes 16",
+            "accuracy": {"16": 0.7},
+            "calibration_seconds": {"16": 3.0},
+        },
+    }
+    for name, report in studied.items():
+        (run / name).write_text(json.dumps(report))
+    assert reproduce.studies(run) == {name: shlex.split(report["command"]) for name, report in sorted(studied.items())}
+    remade = {
+        "levels_sweep": {**studied["levels_sweep.json"], "accuracy": [0.5, 0.875]},
+        "calibration_sweep": {**studied["calibration_sweep.json"], "calibration_seconds": {"16": 9.0}},
+    }
+    commands = []
+
+    def fake_run(command, **kwargs):
+        commands.append(command[1:])
+        assert command[command.index("--workdir") + 1] == str(scratch) and str(run) not in command
+        module = command[2].removeprefix("experiments.")
+        (scratch / f"{module}.json").write_text(json.dumps({**remade[module], "command": " ".join(command)}))
+
+    monkeypatch.setattr(reproduce.subprocess, "run", fake_run)
+    assert reproduce.restudy(run, scratch) == {
+        "calibration_sweep.json": [],
+        "levels_sweep.json": ["accuracy.1: 0.9 -> 0.875"],
+    }
+    assert ["-m", "experiments.calibration_sweep", "--sizes", "16", "--workdir", str(scratch)] in commands
