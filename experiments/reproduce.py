@@ -176,9 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
 #: sums of 256 images, whose outcome XLA's CPU kernels can move (docs/results.md, "What
 #: reproduces where"). Their rows are compared within :data:`CALIBRATION_TOLERANCE`.
 CALIBRATED_FAMILIES = ("data_v0", "data_bias", "warm_cos")
-#: The tolerance of those rows, from weights, measured under XLA's CPU settings (docs/results.md):
-#: accuracies may move by this many test images, operation counts by this relative amount.
-CALIBRATION_TOLERANCE = {"images": 3, "relative_operations": 5e-3}
+#: The tolerance of those rows, from weights (docs/results.md, "What reproduces where"): an
+#: accuracy may move by ``images`` test images or by ``test_fraction`` of the test split, whichever
+#: is more (measured: at most 2 of 359 digits images under XLA's CPU settings, 6 of 10 000
+#: Fashion-MNIST images under a changed compiled calibration), an operation count by
+#: ``relative_operations``.
+CALIBRATION_TOLERANCE = {"images": 3, "test_fraction": 1e-3, "relative_operations": 5e-3}
+
+
+def tolerated_images(num_test_images: int) -> float:
+    """How many test images a data-level row's accuracy may move by, from weights."""
+    return max(CALIBRATION_TOLERANCE["images"], CALIBRATION_TOLERANCE["test_fraction"] * num_test_images)
 
 
 def within_tolerance(committed: dict, new: dict, found: list[str]) -> tuple[list[str], list[str]]:
@@ -199,7 +207,7 @@ def within_tolerance(committed: dict, new: dict, found: list[str]) -> tuple[list
             except ValueError:
                 old = moved = None
             if old is not None and parts[0] == "snn" and parts[2] == "accuracy":
-                tolerated = abs(moved - old) * count <= CALIBRATION_TOLERANCE["images"] + 1e-9
+                tolerated = abs(moved - old) * count <= tolerated_images(count) + 1e-9
             elif old is not None and parts[0] == "operations":
                 scale = max(abs(old), 1e-12)
                 tolerated = abs(moved - old) / scale <= CALIBRATION_TOLERANCE["relative_operations"]
