@@ -195,3 +195,63 @@ def test_the_experiments_use_only_public_names():
         ):
             private.append(f"{where}: {module_name}.{name}")
     assert not private, "experiments reach names outside the public API:\n" + "\n".join(private)
+
+
+def _dev_requirements() -> set[str]:
+    """The distributions ``pip install -e '.[dev]'`` asks for, offsetjax's own extras followed
+    (normalized names)."""
+    from importlib import metadata
+
+    def normal(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    wanted, seen, found = ["dev"], set(), set()
+    requirements = metadata.requires("offsetjax") or []
+    while wanted:
+        extra = wanted.pop()
+        seen.add(extra)
+        for line in requirements:
+            requirement, _, marker = line.partition(";")
+            applies = not marker.strip() if extra is None else f'extra == "{extra}"' in marker
+            if not applies:
+                continue
+            name = normal(re.match(r"[A-Za-z0-9._-]+", requirement).group())
+            if name == "offsetjax":
+                inner = re.search(r"\[(.*)\]", requirement)
+                wanted += [e.strip() for e in inner.group(1).split(",") if e.strip() not in seen] if inner else []
+            else:
+                found.add(name)
+        if extra is not None and None not in seen:
+            wanted.append(None)  # the core's own requirements
+    return found
+
+
+def test_test_modules_import_optional_packages_only_through_importorskip():
+    """A package outside what the README's install gives (``.[dev]``) is imported by a test
+    module only through ``pytest.importorskip``: imported at module level, its absence would be
+    a collection error of the whole README test command instead of a skip."""
+    import ast
+    from importlib import metadata
+
+    installed = metadata.packages_distributions()
+    allowed = _dev_requirements()
+    local = {"offsetjax", "experiments", "tests"}
+    unguarded = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top in local:
+                    continue
+                distributions = {re.sub(r"[-_.]+", "-", d).lower() for d in installed.get(top, ())}
+                if not distributions & allowed:
+                    unguarded.append(f"{path.name}:{node.lineno}: {name}")
+    assert not unguarded, "optional packages imported at module level (use pytest.importorskip):\n" + "\n".join(
+        unguarded
+    )

@@ -18,11 +18,12 @@ import pytest
 
 import offsetjax as oj
 
+# each optional module this file uses, skipped (not a collection error) where it cannot be imported
 torch = pytest.importorskip("torch")
-pytest.importorskip("spikingjelly")
-from spikingjelly.activation_based import functional, neuron  # noqa: E402
-from spikingjelly.activation_based.ann2snn.converter import Converter  # noqa: E402
-from spikingjelly.activation_based.ann2snn.recipes.rate_coding import RateCodingRecipe  # noqa: E402
+functional = pytest.importorskip("spikingjelly.activation_based.functional")
+neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
+Converter = pytest.importorskip("spikingjelly.activation_based.ann2snn.converter").Converter
+RateCodingRecipe = pytest.importorskip("spikingjelly.activation_based.ann2snn.recipes.rate_coding").RateCodingRecipe
 
 pytestmark = pytest.mark.slow
 STEPS = (1, 2, 4, 8, 16, 32)
