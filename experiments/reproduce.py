@@ -41,9 +41,10 @@ from experiments import cli
 from experiments.evaluation import PREDICTIONS
 from experiments.results import OUTPUTS, ROOT, RunError, load_results, results_directory
 
-#: Fields that differ between two runs of the same command by design (``train_seconds``: a run
-#: that finds its weights loads them instead of training).
-UNCOMPARED = ("wall_time_seconds", "train_seconds", "command")
+#: Fields that differ between two runs of the same command by design: timings (``train_seconds``: a
+#: run that finds its weights loads them instead of training; ``calibration_seconds``: a
+#: calibration sweep's) and the command itself.
+UNCOMPARED = ("wall_time_seconds", "train_seconds", "calibration_seconds", "command")
 #: The files a run may keep its weights in: an experiment run's checkpoints (evaluated again with
 #: ``--eval-only``), or the weights ``experiments.relu_fashion`` writes and evaluates when it finds them.
 CHECKPOINTS, WEIGHTS_FILE = "checkpoints", "weights.npz"
@@ -71,12 +72,21 @@ def differences(committed, new, path: str = "") -> list[str]:
 DIRECTORY_FLAGS = ("--overwrite", "--resume", "--no-overwrite", "--no-resume")
 
 
+def experiments_command(command) -> list[str]:
+    """The words of a recorded ``python -m experiments.NAME ...`` command, or ``[]`` where
+    ``command`` is none."""
+    words = shlex.split(command) if isinstance(command, str) else []
+    if len(words) < 3 or words[:2] != ["python", "-m"] or not words[2].startswith("experiments."):
+        return []
+    return words
+
+
 def check_reproducible(workdir: Path, *, from_weights: bool) -> list[str]:
     """The recorded command's module and arguments, or a :class:`RunError` saying why the run in
     ``workdir`` cannot be re-run here."""
     command = load_results(workdir).get("command")
-    words = shlex.split(command) if isinstance(command, str) else []
-    if len(words) < 3 or words[:2] != ["python", "-m"] or not words[2].startswith("experiments."):
+    words = experiments_command(command)
+    if not words:
         raise RunError(f"{workdir}/results.json records no experiments command ({command!r}): it cannot be re-run")
     if from_weights and not ((workdir / CHECKPOINTS).is_dir() or (workdir / WEIGHTS_FILE).is_file()):
         raise RunError(
@@ -119,10 +129,6 @@ def run_into(words: list[str], scratch: Path) -> None:
     subprocess.run(command, check=True, cwd=ROOT)
 
 
-#: Fields of a study's report that are timings, not results.
-REPORT_TIMINGS = ("calibration_seconds",)
-
-
 def studies(workdir: Path) -> dict[str, list[str]]:
     """The reports other scripts wrote into a run's directory from the finished run (``nir.json``,
     ``latency.json``, ``levels_sweep.json``, ...): file name -> the recorded command's words, for
@@ -135,11 +141,9 @@ def studies(workdir: Path) -> dict[str, list[str]]:
             report = json.loads(path.read_text())
         except ValueError:
             continue
-        command = report.get("command") if isinstance(report, dict) else None
-        words = shlex.split(command) if isinstance(command, str) else []
-        if len(words) > 3 and words[:2] == ["python", "-m"] and words[2].startswith("experiments."):
-            if "--workdir" in words:
-                found[path.name] = words
+        words = experiments_command(report.get("command") if isinstance(report, dict) else None)
+        if "--workdir" in words:
+            found[path.name] = words
     return found
 
 
@@ -150,9 +154,6 @@ def restudy(workdir: Path, scratch: Path) -> dict[str, list[str]]:
     for name, words in studies(workdir).items():
         run_into(words, scratch)
         committed, new = (json.loads((directory / name).read_text()) for directory in (workdir, scratch))
-        for report in (committed, new):
-            for field in REPORT_TIMINGS:
-                report.pop(field, None)
         compared[name] = differences(committed, new)
     return compared
 
