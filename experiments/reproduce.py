@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shlex
 import shutil
 import subprocess
@@ -39,7 +40,7 @@ import numpy as np
 
 from experiments import cli
 from experiments.evaluation import PREDICTIONS
-from experiments.results import OUTPUTS, ROOT, RunError, load_results, results_directory
+from experiments.results import OUTPUTS, ROOT, RunError, load_results
 
 #: Fields that differ between two runs of the same command by design: timings (``train_seconds``: a
 #: run that finds its weights loads them instead of training; ``calibration_seconds``: a
@@ -158,9 +159,26 @@ def restudy(workdir: Path, scratch: Path) -> dict[str, list[str]]:
     return compared
 
 
+def committed_run(value: str) -> Path:
+    """An ``argparse`` type: a directory holding the ``results.json`` of any experiments script
+    (the experiment runs' and ``experiments.relu_fashion``'s, whose fields differ), a JSON object."""
+    path = Path(value)
+    if not (path / "results.json").is_file():
+        raise argparse.ArgumentTypeError(
+            f"{value} holds no results.json (not a finished run of offsetjax's experiments)"
+        )
+    try:
+        results = json.loads((path / "results.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(f"{value}/results.json cannot be read ({error})") from None
+    if not isinstance(results, dict):
+        raise argparse.ArgumentTypeError(f"{value}/results.json is not a run's results (a JSON object)")
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("runs", nargs="+", type=results_directory, help="committed runs (holding results.json)")
+    parser.add_argument("runs", nargs="+", type=committed_run, help="committed runs (holding results.json)")
     parser.add_argument(
         "--from-weights", action="store_true", help="evaluate the committed checkpoint again instead of retraining"
     )
@@ -190,28 +208,48 @@ def tolerated_images(num_test_images: int) -> float:
     return max(CALIBRATION_TOLERANCE["images"], CALIBRATION_TOLERANCE["test_fraction"] * num_test_images)
 
 
+#: A data-level accuracy in ``experiments.relu_fashion``'s results: ``modes.THRESHOLD.METHOD.T.accuracy``
+#: (a threshold such as ``99.9%`` holds dots, so the method and T are read from the right).
+RELU_FASHION_ACCURACY = re.compile(r"modes\.(?P<threshold>.+)\.(?P<method>[a-z0-9_]+)\.(?P<steps>\d+)\.accuracy")
+
+
+def calibrated_field(committed: dict, path: str) -> str | None:
+    """``"accuracy"`` or ``"operations"`` where the field at ``path`` (as :func:`differences` names
+    it) belongs to a row of a data-level calibration, else ``None``. Reads both kinds of results:
+    the experiment runs' (``snn.NAME.accuracy.T``, ``operations.NAME...``, rows named by their
+    ``family``) and ``experiments.relu_fashion``'s (:data:`RELU_FASHION_ACCURACY`)."""
+    if "snn" not in committed:
+        match = RELU_FASHION_ACCURACY.fullmatch(path)
+        return "accuracy" if match and match["method"] in CALIBRATED_FAMILIES else None
+    parts = path.split(".")
+    row = committed["snn"].get(parts[1]) if len(parts) >= 4 else None
+    if not isinstance(row, dict) or row.get("family") not in CALIBRATED_FAMILIES:
+        return None
+    if parts[0] == "snn" and parts[2] == "accuracy":
+        return "accuracy"
+    return "operations" if parts[0] == "operations" else None
+
+
 def within_tolerance(committed: dict, new: dict, found: list[str]) -> tuple[list[str], list[str]]:
     """Split the differing fields of a from-weights comparison into (beyond the tolerance,
-    within it): only the data-level rows' accuracies and operations may move, and only by
-    :data:`CALIBRATION_TOLERANCE`."""
-    calibrated = {name for name, row in committed["snn"].items() if row.get("family") in CALIBRATED_FAMILIES}
-    count = committed["num_test_examples"]
+    within it): only the data-level rows' accuracies and operations may move
+    (:func:`calibrated_field`), and only by :data:`CALIBRATION_TOLERANCE`."""
+    count = committed["num_test_examples"] if "snn" in committed else committed["num_test_images"]
     beyond, within = [], []
     for line in found:
         path, _, change = line.partition(": ")
-        parts = path.split(".")
         old, _, moved = change.partition(" -> ")
-        tolerated = False
-        if len(parts) >= 4 and parts[1] in calibrated and parts[0] in ("snn", "operations"):
-            try:
-                old, moved = float(old), float(moved)
-            except ValueError:
-                old = moved = None
-            if old is not None and parts[0] == "snn" and parts[2] == "accuracy":
-                tolerated = abs(moved - old) * count <= tolerated_images(count) + 1e-9
-            elif old is not None and parts[0] == "operations":
-                scale = max(abs(old), 1e-12)
-                tolerated = abs(moved - old) / scale <= CALIBRATION_TOLERANCE["relative_operations"]
+        try:
+            old, moved = float(old), float(moved)
+        except ValueError:
+            old = moved = None
+        kind = calibrated_field(committed, path) if old is not None else None
+        if kind == "accuracy":
+            tolerated = abs(moved - old) * count <= tolerated_images(count) + 1e-9
+        elif kind == "operations":
+            tolerated = abs(moved - old) / max(abs(old), 1e-12) <= CALIBRATION_TOLERANCE["relative_operations"]
+        else:
+            tolerated = False
         (within if tolerated else beyond).append(line)
     return beyond, within
 

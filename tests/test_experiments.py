@@ -466,6 +466,23 @@ def test_from_weights_tolerates_only_data_level_rows_within_the_measured_bound()
         assert ("snn.data_v0.accuracy.2" in "".join(within)) is tolerated
 
 
+def test_from_weights_tolerance_reads_relu_fashion_results_too():
+    """experiments.relu_fashion's results name their rows modes.THRESHOLD.METHOD.T (a threshold
+    such as 99.9% holds dots): its data-level rows get the same tolerance, the others none."""
+    from experiments.reproduce import differences, within_tolerance
+
+    rows = {"none": {"4": {"accuracy": 0.5}}, "data_bias": {"4": {"accuracy": 0.5}}}
+    committed = {"num_test_images": 2000, "modes": {"max": rows, "99.9%": json.loads(json.dumps(rows))}}
+    for images, tolerated in ((4, True), (5, False)):  # 0.2 % of 2000: four images
+        moved = json.loads(json.dumps(committed))
+        moved["modes"]["99.9%"]["data_bias"]["4"]["accuracy"] += images / 2000
+        moved["modes"]["max"]["none"]["4"]["accuracy"] += 1 / 2000
+        beyond, within = within_tolerance(committed, moved, differences(committed, moved))
+        assert [line.split(":")[0] for line in within] == (["modes.99.9%.data_bias.4.accuracy"] if tolerated else [])
+        assert "modes.max.none.4.accuracy" in "".join(beyond)
+    assert len(beyond) == 2 - tolerated
+
+
 def test_reproduce_names_the_images_whose_prediction_moved(tmp_path):
     """An accuracy that moves is explained by the images whose prediction changed, read from
     the committed and the new predictions.npz; a run without one says it cannot name them."""
@@ -496,7 +513,8 @@ def test_reproduce_names_the_images_whose_prediction_moved(tmp_path):
 def test_from_weights_evaluates_each_kind_of_kept_weights_and_refuses_a_run_without(tmp_path, monkeypatch):
     """An experiment run's checkpoints are evaluated with --eval-only (config, log and record of
     outputs copied beside them); relu_fashion's weights.npz is copied, and the script, finding it,
-    evaluates instead of training; a run keeping neither is refused before anything runs."""
+    evaluates instead of training (the command line takes its run, whose results have no arch or
+    snn); a run keeping neither is refused before anything runs."""
     from experiments import reproduce
     from experiments.results import OUTPUTS, RunError
 
@@ -530,6 +548,8 @@ def test_from_weights_evaluates_each_kind_of_kept_weights_and_refuses_a_run_with
     assert "--eval-only" not in npz_command and npz_copied == ["train_log.jsonl", "weights.npz"]
     with pytest.raises(RunError, match=r"holds no weights \(checkpoints/ or weights.npz\)"):
         reproduce.check_reproducible(bare, from_weights=True)
+    (npz / "results.json").write_text(json.dumps({"num_test_images": 2, "modes": {}, "command": "python -m x"}))
+    assert reproduce.build_parser().parse_args(["--from-weights", str(npz)]).runs == [npz]
 
 
 def test_studies_are_found_by_their_recorded_command_and_compared_without_timings(tmp_path, monkeypatch):
