@@ -40,7 +40,7 @@ import numpy as np
 
 from experiments import cli
 from experiments.evaluation import PREDICTIONS
-from experiments.results import OUTPUTS, ROOT, RunError, load_results
+from experiments.results import OUTPUTS, ROOT, RunError, load_results, read_results_argument
 
 #: Fields that differ between two runs of the same command by design: timings (``train_seconds``: a
 #: run that finds its weights loads them instead of training; ``calibration_seconds``: a
@@ -162,15 +162,7 @@ def restudy(workdir: Path, scratch: Path) -> dict[str, list[str]]:
 def committed_run(value: str) -> Path:
     """An ``argparse`` type: a directory holding the ``results.json`` of any experiments script
     (the experiment runs' and ``experiments.relu_fashion``'s, whose fields differ), a JSON object."""
-    path = Path(value)
-    if not (path / "results.json").is_file():
-        raise argparse.ArgumentTypeError(
-            f"{value} holds no results.json (not a finished run of offsetjax's experiments)"
-        )
-    try:
-        results = json.loads((path / "results.json").read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise argparse.ArgumentTypeError(f"{value}/results.json cannot be read ({error})") from None
+    path, results = read_results_argument(value)
     if not isinstance(results, dict):
         raise argparse.ArgumentTypeError(f"{value}/results.json is not a run's results (a JSON object)")
     return path

@@ -172,17 +172,23 @@ def load_results(workdir: Path) -> dict:
     return json.loads((Path(workdir) / "results.json").read_text())
 
 
-def results_directory(value: str) -> Path:
-    """An ``argparse`` type: a directory holding a run's ``results.json``."""
+def read_results_argument(value: str) -> tuple[Path, object]:
+    """The directory named by a command-line argument and its ``results.json``, read; an
+    ``argparse`` error saying why not."""
     path = Path(value)
     if not (path / "results.json").is_file():
         raise argparse.ArgumentTypeError(
             f"{value} holds no results.json (not a finished run of offsetjax's experiments)"
         )
     try:
-        results = json.loads((path / "results.json").read_text())
+        return path, json.loads((path / "results.json").read_text())
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise argparse.ArgumentTypeError(f"{value}/results.json cannot be read ({error}): make the run again") from None
+
+
+def results_directory(value: str) -> Path:
+    """An ``argparse`` type: a directory holding an experiment run's ``results.json``."""
+    path, results = read_results_argument(value)
     if not isinstance(results, dict) or not {"dataset", "arch", "snn"} <= set(results):
         raise argparse.ArgumentTypeError(f"{value}/results.json is not a run's results (no dataset, arch, snn)")
     return path
