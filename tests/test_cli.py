@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from experiments import cli
 from experiments.config import build_parser as config_parser
+from experiments.reproduce import committed_run
 from experiments.results import ROOT, results_directory
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -107,7 +108,7 @@ def bad_values(action: argparse.Action, tmp: Path) -> st.SearchStrategy[str]:
         return st.sampled_from([str(tmp), str(tmp / "missing" / "out"), ""])
     if isinstance(kind, cli.PathText):
         return st.sampled_from(["a\nb", "a\0b"])
-    if kind is results_directory:
+    if kind in (results_directory, committed_run):  # an experiment run's, any experiments script's
         (tmp / "empty").mkdir(exist_ok=True)
         (tmp / "truncated").mkdir(exist_ok=True)
         (tmp / "truncated" / "results.json").write_text('{"dataset": "digits", "arch"')
