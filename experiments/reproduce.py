@@ -17,10 +17,10 @@ recording an experiments command with ``--workdir``) and compares its report the
 ``--eval-only``, the checkpoint, ``config.json`` and ``train_log.jsonl`` copied first; for
 ``experiments.relu_fashion``, whose run keeps ``weights.npz``, the file copied, which the script
 evaluates instead of training) and compares every post-training field: this is what reproduces
-on any machine (docs/results.md, "What reproduces where"). Without it the command runs as recorded, training included:
-training reproduces bit for bit only on the CPU and XLA build that made the run; elsewhere
-XLA's kernels sum in another order and the network departs within a few epochs, so a retrained
-run is compared with the seed spread instead (docs/results.md).
+on any machine (docs/results.md, "What reproduces where"). Without it the command runs as
+recorded, training included: training reproduces bit for bit only on the CPU and XLA build that
+made the run; elsewhere XLA's kernels sum in another order and the network departs within a few
+epochs, so a retrained run is compared with the seed spread instead (docs/results.md).
 """
 
 from __future__ import annotations

@@ -197,13 +197,15 @@ def test_the_experiments_use_only_public_names():
     assert not private, "experiments reach names outside the public API:\n" + "\n".join(private)
 
 
+def _normalized(distribution: str) -> str:
+    """A distribution's name as packaging compares it (PEP 503: runs of -_. as one -, lower case)."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
 def _dev_requirements() -> set[str]:
     """The distributions ``pip install -e '.[dev]'`` asks for, offsetjax's own extras followed
     (normalized names)."""
     from importlib import metadata
-
-    def normal(name: str) -> str:
-        return re.sub(r"[-_.]+", "-", name).lower()
 
     wanted, seen, found = ["dev"], set(), set()
     requirements = metadata.requires("offsetjax") or []
@@ -215,7 +217,7 @@ def _dev_requirements() -> set[str]:
             applies = not marker.strip() if extra is None else f'extra == "{extra}"' in marker
             if not applies:
                 continue
-            name = normal(re.match(r"[A-Za-z0-9._-]+", requirement).group())
+            name = _normalized(re.match(r"[A-Za-z0-9._-]+", requirement).group())
             if name == "offsetjax":
                 inner = re.search(r"\[(.*)\]", requirement)
                 wanted += [e.strip() for e in inner.group(1).split(",") if e.strip() not in seen] if inner else []
@@ -249,7 +251,7 @@ def test_test_modules_import_optional_packages_only_through_importorskip():
                 top = name.split(".")[0]
                 if top in sys.stdlib_module_names or top in local:
                     continue
-                distributions = {re.sub(r"[-_.]+", "-", d).lower() for d in installed.get(top, ())}
+                distributions = {_normalized(d) for d in installed.get(top, ())}
                 if not distributions & allowed:
                     unguarded.append(f"{path.name}:{node.lineno}: {name}")
     assert not unguarded, "optional packages imported at module level (use pytest.importorskip):\n" + "\n".join(
