@@ -205,12 +205,18 @@ def tolerated_images(num_test_images: int) -> float:
 RELU_FASHION_ACCURACY = re.compile(r"modes\.(?P<threshold>.+)\.(?P<method>[a-z0-9_]+)\.(?P<steps>\d+)\.accuracy")
 
 
+def is_relu_fashion(results: dict) -> bool:
+    """Whether ``results`` were written by ``experiments.relu_fashion`` (rows under ``modes``, no
+    ``snn`` table) rather than by an experiment run."""
+    return "snn" not in results
+
+
 def calibrated_field(committed: dict, path: str) -> str | None:
     """``"accuracy"`` or ``"operations"`` where the field at ``path`` (as :func:`differences` names
     it) belongs to a row of a data-level calibration, else ``None``. Reads both kinds of results:
     the experiment runs' (``snn.NAME.accuracy.T``, ``operations.NAME...``, rows named by their
     ``family``) and ``experiments.relu_fashion``'s (:data:`RELU_FASHION_ACCURACY`)."""
-    if "snn" not in committed:
+    if is_relu_fashion(committed):
         match = RELU_FASHION_ACCURACY.fullmatch(path)
         return "accuracy" if match and match["method"] in CALIBRATED_FAMILIES else None
     parts = path.split(".")
@@ -222,11 +228,11 @@ def calibrated_field(committed: dict, path: str) -> str | None:
     return "operations" if parts[0] == "operations" else None
 
 
-def within_tolerance(committed: dict, new: dict, found: list[str]) -> tuple[list[str], list[str]]:
+def within_tolerance(committed: dict, found: list[str]) -> tuple[list[str], list[str]]:
     """Split the differing fields of a from-weights comparison into (beyond the tolerance,
     within it): only the data-level rows' accuracies and operations may move
     (:func:`calibrated_field`), and only by :data:`CALIBRATION_TOLERANCE`."""
-    count = committed["num_test_examples"] if "snn" in committed else committed["num_test_images"]
+    count = committed["num_test_images"] if is_relu_fashion(committed) else committed["num_test_examples"]
     beyond, within = [], []
     for line in found:
         path, _, change = line.partition(": ")
@@ -288,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         found = differences(committed, rerun(workdir, scratch, from_weights=args.from_weights))
         within = []
         if args.from_weights:
-            found, within = within_tolerance(committed, load_results(scratch), found)
+            found, within = within_tolerance(committed, found)
         if not found and not within:
             verdict = "every compared field equal"
         elif not found:

@@ -456,13 +456,13 @@ def test_from_weights_tolerates_only_data_level_rows_within_the_measured_bound()
     moved["snn"]["data_v0"]["accuracy"]["2"] = 304 / 359  # four images: beyond
     moved["operations"]["data_v0"]["synops"]["1"] = 1004.0  # 0.4 %: within
     moved["snn"]["qcfs"]["accuracy"]["1"] = 0.5 + 1 / 359  # an uncalibrated row: never tolerated
-    beyond, within = within_tolerance(committed, moved, differences(committed, moved))
+    beyond, within = within_tolerance(committed, differences(committed, moved))
     assert sorted(p.split(":")[0] for p in within) == ["operations.data_v0.synops.1", "snn.data_v0.accuracy.1"]
     assert sorted(p.split(":")[0] for p in beyond) == ["snn.data_v0.accuracy.2", "snn.qcfs.accuracy.1"]
     committed["num_test_examples"] = 10_000  # 0.2 %: twenty images
     for images, tolerated in ((20, True), (21, False)):
         moved["snn"]["data_v0"]["accuracy"]["2"] = committed["snn"]["data_v0"]["accuracy"]["2"] + images / 10_000
-        beyond, within = within_tolerance(committed, moved, differences(committed, moved))
+        beyond, within = within_tolerance(committed, differences(committed, moved))
         assert ("snn.data_v0.accuracy.2" in "".join(within)) is tolerated
 
 
@@ -477,7 +477,7 @@ def test_from_weights_tolerance_reads_relu_fashion_results_too():
         moved = json.loads(json.dumps(committed))
         moved["modes"]["99.9%"]["data_bias"]["4"]["accuracy"] += images / 2000
         moved["modes"]["max"]["none"]["4"]["accuracy"] += 1 / 2000
-        beyond, within = within_tolerance(committed, moved, differences(committed, moved))
+        beyond, within = within_tolerance(committed, differences(committed, moved))
         assert [line.split(":")[0] for line in within] == (["modes.99.9%.data_bias.4.accuracy"] if tolerated else [])
         assert "modes.max.none.4.accuracy" in "".join(beyond) and len(beyond) == (1 if tolerated else 2)
 
