@@ -591,3 +591,23 @@ def test_studies_are_found_by_their_recorded_command_and_compared_without_timing
         "levels_sweep.json": ["accuracy.1: 0.9 -> 0.875"],
     }
     assert ["-m", "experiments.calibration_sweep", "--sizes", "16", "--workdir", str(scratch)] in commands
+
+
+@pytest.mark.slow
+def test_warm_start_probe_separates_the_saturation_rule_on_committed_weights(tmp_path):
+    """``experiments.probes.warm_start_saturation`` from the committed digits VGG: a one-step warm
+    start under "hold" predicts as the committed data_v0 row, under "fire" as the committed
+    warm_cos_r1 row (each within the from-weights tolerance of data-level rows)."""
+    from experiments.probes import warm_start_saturation
+    from experiments.reproduce import tolerated_images
+
+    workdir = ROOT / "results" / "digits" / "small_vgg"
+    argv = ["--workdir", str(workdir), "--steps", "2", "--images", "10", "--out", str(tmp_path / "probe")]
+    (row,) = warm_start_saturation.main(argv)["rows"]
+    tolerance = tolerated_images(json.loads((workdir / "results.json").read_text())["num_test_examples"])
+    assert row["hold"]["differing_from_committed_data_v0"] <= tolerance
+    assert row["fire"]["differing_from_committed_warm_cos_r1"] <= tolerance
+    assert set(row["fire"]["moved_on_first_images"]) == {
+        f"{name}_act" for name in ("conv0", "conv1", "conv2", "conv3", "conv4", "fc0")
+    }
+    assert json.loads((tmp_path / "probe.json").read_text())["rows"] == [row]

@@ -10,8 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import offsetjax as oj
+from offsetjax.activation import at_least_float32
 from tests import reference
-from tests.strategies import DTYPES, NUM_NEURONS, STEPS, currents_and_theta, precision
+from tests.strategies import DTYPES, GRID, NUM_NEURONS, STEPS, currents_and_theta, precision
 
 EPS = 1e-3
 
@@ -182,6 +183,28 @@ def test_saturated_neuron_fires_at_every_step_of_any_run(num_steps, theta, later
         currents, theta, 0.5 * theta, presim_steps=presim_steps, iterations=1, eps=EPS, saturated="hold"
     )
     np.testing.assert_array_equal(held, 0.5 * theta)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(currents_and_theta(), st.integers(-32, 40))
+def test_one_step_presimulation_moves_only_saturated_neurons(dtype, data, v0_units):
+    """With rho = 1 the COS rules reach only neurons with v(1) >= theta, all of which fired at
+    their one step: "hold" leaves every v(0) as it is, "fire" lifts exactly those neurons by
+    (1001 + eps) theta. Any v(0) (a data-level start may lie anywhere): why ``warm_cos_r1``
+    departs from ``data_v0`` only through the saturation rule (``docs/method.md``, section 8)."""
+    currents, theta = data
+    with precision(dtype):
+        currents = jnp.asarray(currents, dtype)
+        v0 = jnp.full(currents.shape[1:], v0_units * theta / GRID, at_least_float32(dtype))
+        _, state = if_simulate(currents[:1], theta, v0)
+        reaches = np.asarray(state.v) >= theta
+        for rule in oj.offset.SATURATION_RULES:
+            calibrated = np.asarray(
+                calibrate_initial_potential(currents, theta, v0, presim_steps=1, iterations=1, eps=EPS, saturated=rule)
+            )
+            moved = calibrated != np.asarray(v0)
+            np.testing.assert_array_equal(moved, reaches if rule == "fire" else False)
+            np.testing.assert_allclose(calibrated[moved] - np.asarray(v0)[moved], (1001 + EPS) * theta, rtol=1e-6)
 
 
 def test_without_accumulated_shift_a_corrected_neuron_is_corrected_again():

@@ -1,1 +1,2 @@
-"""Measurements behind design choices (docs/performance.md): each runs as ``python -m experiments.probes.NAME``."""
+"""Measurements behind design choices and findings (docs/performance.md, docs/results.md): each runs as
+``python -m experiments.probes.NAME``."""
