@@ -7,8 +7,10 @@ Every run evaluated since the step-by-step executor exists records ``latency_tic
 network's t-th output appears (:func:`offsetjax.step_by_step`, ``docs/method.md`` section 9).
 The ticks depend on the network's graph and the method's schedule, not on the weights, so for
 a run evaluated before, this script computes them from its configuration (the network built
-with fresh weights) and writes ``latency.json`` (stamped with the run's id), ``latency.md``
-and ``latency.png``: accuracy (from ``results.json``) against the tick it is available at.
+with fresh weights). It writes ``latency.json`` (stamped with the run's id and its command: the
+ticks where ``results.json`` lacks them, and ``accuracy_by_tick``, the tables below, which
+``experiments.reproduce --studies`` compares), ``latency.md`` and ``latency.png``: accuracy
+(from ``results.json``) against the tick it is available at.
 """
 
 from __future__ import annotations
@@ -154,14 +156,15 @@ def main(argv: list[str] | None = None) -> dict:
             config = load_config(workdir)
             results = load_results(workdir)
             ticks = results.get("latency_ticks")
+            report = {"run": identity, "command": command(__spec__.name, argv)}
             if ticks is None:  # from the network's graph and the schedules: fresh weights do
                 model = oj.models.ARCHITECTURES[config.arch](data.NUM_CLASSES[config.dataset])
                 image_shape = data.take(load_splits(config)[1], np.arange(1))[0].shape[1:]
                 ann_variables = model.init(jax.random.key(0), jnp.zeros((1, *image_shape)))
                 rows = {name: method for name, method in methods(config).items() if name in results["snn"]}
-                ticks = latency_ticks(model, ann_variables, rows, image_shape)
-                report = {"run": identity, "command": command(__spec__.name, argv), "latency_ticks": ticks}
-                write_output(workdir, "latency.json", json.dumps(report, indent=2), overwrite=args.overwrite)
+                report["latency_ticks"] = ticks = latency_ticks(model, ann_variables, rows, image_shape)
+            report["accuracy_by_tick"] = {f"d{delay}": by_budget(results, ticks, f"d{delay}") for delay in DELAYS}
+            write_output(workdir, "latency.json", json.dumps(report, indent=2), overwrite=args.overwrite)
             write_output(workdir, "latency.md", markdown(results, ticks), overwrite=args.overwrite)
             if plot(results, ticks, workdir / "latency.png", overwrite=args.overwrite):
                 record(workdir, workdir / "latency.png")

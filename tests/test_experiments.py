@@ -611,3 +611,31 @@ def test_warm_start_probe_separates_the_saturation_rule_on_committed_weights(tmp
         f"{name}_act" for name in ("conv0", "conv1", "conv2", "conv3", "conv4", "fc0")
     }
     assert json.loads((tmp_path / "probe.json").read_text())["rows"] == [row]
+
+
+def test_latency_report_holds_the_tables_that_reproduce_compares(tmp_path):
+    """``experiments.latency`` on a run whose results.json carries its ticks writes latency.json
+    with its command and the accuracy at each tick budget (no second copy of the ticks): each
+    cell is the accuracy at the last T whose output has appeared by that tick."""
+    import shutil
+
+    from experiments import latency
+    from experiments.reproduce import studies
+
+    run = tmp_path / "run"
+    shutil.copytree(ROOT / "results" / "digits" / "small_vgg", run)
+    latency.main(["--workdir", str(run)])
+    report = json.loads((run / "latency.json").read_text())
+    results = json.loads((run / "results.json").read_text())
+    assert "latency_ticks" not in report and report["command"].startswith("python -m experiments.latency")
+    assert set(report["accuracy_by_tick"]) == {"d0", "d1"}
+    for delay, table in report["accuracy_by_tick"].items():
+        assert set(table) == set(results["snn"])
+        for name, cells in table.items():
+            ticks = results["latency_ticks"][name][delay]
+            for budget, accuracy in cells.items():
+                last = max(int(t) for t, tick in ticks.items() if tick <= int(budget))
+                assert accuracy == results["snn"][name]["accuracy"][str(last)]
+            unseen = [b for b in latency.BUDGETS if str(b) not in cells]
+            assert all(b < min(ticks.values()) for b in unseen)  # no cell before the first output
+    assert "latency.json" in studies(run)
