@@ -150,10 +150,14 @@ def studies(workdir: Path) -> dict[str, list[str]]:
 
 def restudy(workdir: Path, scratch: Path) -> dict[str, list[str]]:
     """Run each of :func:`studies` again on the re-made run in ``scratch`` and compare its report
-    with the committed one: report name -> the fields that differ (timings aside)."""
+    with the committed one: report name -> the fields that differ (timings aside), or one line
+    saying the study wrote no such report this time."""
     compared = {}
     for name, words in studies(workdir).items():
         run_into(words, scratch)
+        if not (scratch / name).is_file():
+            compared[name] = [f"{name}: not written again by {' '.join(words[2:3])}"]
+            continue
         committed, new = (json.loads((directory / name).read_text()) for directory in (workdir, scratch))
         compared[name] = differences(committed, new)
     return compared

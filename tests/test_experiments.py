@@ -591,6 +591,13 @@ def test_studies_are_found_by_their_recorded_command_and_compared_without_timing
         "levels_sweep.json": ["accuracy.1: 0.9 -> 0.875"],
     }
     assert ["-m", "experiments.calibration_sweep", "--sizes", "16", "--workdir", str(scratch)] in commands
+    # a study that writes no report this time is named, not a crash
+    monkeypatch.setattr(reproduce.subprocess, "run", lambda command, **kwargs: None)
+    for name in studied:
+        (scratch / name).unlink()
+    assert reproduce.restudy(run, scratch)["levels_sweep.json"] == [
+        "levels_sweep.json: not written again by experiments.levels_sweep"
+    ]
 
 
 @pytest.mark.slow
