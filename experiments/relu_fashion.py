@@ -12,7 +12,9 @@ measured on ``--calibration-images`` training images) offsetjax's SNN is evaluat
 T = 1..64 with no calibration, COS (rho = 4, k = 1), data_v0, data_bias (calibrated per T on the
 same images) and SRP (tau = 4), and SpikingJelly's conversion (rate-coding recipe, v(0) = 0)
 on the same weights. Accuracy on the first ``--test-limit`` test images, with total steps
-(T + rho*k for COS, T + tau for SRP). Writes ``results.json`` and ``results.md``.
+(T + rho*k for COS, T + tau for SRP). Writes ``results.json``, ``results.md`` and
+``predictions.npz`` (per ``MODE.METHOD``, the predicted class of every test image after each
+step ``[64, N]``; :data:`NOT_RUN` at a T the row does not run).
 """
 
 from __future__ import annotations
@@ -30,12 +32,17 @@ import optax
 import offsetjax as oj
 from experiments import cli
 from experiments.cli import COUNT, SEED, STEPS, Directory
+from experiments.evaluation import PREDICTIONS, predictions_file
 from experiments.results import command, progress_bar, write_output
 from offsetjax.training import data
 
 STEPS_REPORTED = (1, 2, 4, 8, 16, 32, 64)
 PRESIM_STEPS, SRP_STEPS = 4, 4
 MODES = ("max", "99.9%")
+#: Fashion-MNIST's classes; in ``predictions.npz`` the class number :data:`NOT_RUN` (one past the
+#: last) marks a T at which a row was not evaluated (data_v0 and data_bias run only the reported T).
+NUM_CLASSES = 10
+NOT_RUN = NUM_CLASSES
 SHAPES = {
     "conv1.weight": (32, 1, 3, 3),
     "conv1.bias": (32,),
@@ -116,9 +123,14 @@ def train(params, images, labels, *, epochs: int, seed: int, log) -> dict:
     return params
 
 
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Accuracy after each step, ``[T]``, from running-mean logits ``[T, B, classes]``."""
-    return (np.asarray(logits).argmax(-1) == labels[None]).mean(axis=1)
+def accuracy(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Accuracy after each step, ``[T]``, from the predicted classes ``[T, B]``."""
+    return (predictions == labels[None]).mean(axis=1)
+
+
+def not_run(num_steps: int, count: int) -> np.ndarray:
+    """A ``[T, N]`` predictions array before any T is run: :data:`NOT_RUN` everywhere."""
+    return np.full((num_steps, count), NOT_RUN, np.int32)
 
 
 def simulate_batched(snn, variables, images, batch_size=500) -> np.ndarray:
@@ -128,35 +140,40 @@ def simulate_batched(snn, variables, images, batch_size=500) -> np.ndarray:
     )
 
 
-def evaluate_offsetjax(model, variables, calibration, images, labels, bar) -> dict:
-    rows = {}
+def evaluate_offsetjax(model, variables, calibration, images, labels, bar) -> tuple[dict, dict[str, np.ndarray]]:
+    """offsetjax's rows of one threshold mode, and each row's predictions ``[max T, N]``
+    (:data:`NOT_RUN` at the T a data-level row does not run)."""
+    rows, predictions = {}, {}
     top = max(STEPS_REPORTED)
     schedules = {"none": {}, "cos_k1": {"presim_steps": PRESIM_STEPS, "iterations": 1}, "srp": {"srp_steps": SRP_STEPS}}
     for name, schedule in schedules.items():
         snn = oj.spiking_model(model, num_steps=top, **schedule)
-        per_t = accuracy(simulate_batched(snn, oj.convert_variables(snn, variables), images), labels)
+        predictions[name] = simulate_batched(snn, oj.convert_variables(snn, variables), images).argmax(-1)
+        per_t = accuracy(predictions[name], labels)
         extra = oj.schedule(snn).latency_steps - top
         rows[name] = {str(t): {"accuracy": float(per_t[t - 1]), "total_steps": t + extra} for t in STEPS_REPORTED}
         bar.update(1)
     for name, calibrate in (("data_v0", oj.data_potential), ("data_bias", oj.data_bias)):
-        rows[name] = {}
+        rows[name], predictions[name] = {}, not_run(top, len(images))
         for t in STEPS_REPORTED:
             snn = oj.spiking_model(model, num_steps=t)
-            per_t = accuracy(simulate_batched(snn, calibrate(snn, variables, calibration), images), labels)
-            rows[name][str(t)] = {"accuracy": float(per_t[t - 1]), "total_steps": t}
+            predicted = simulate_batched(snn, calibrate(snn, variables, calibration), images).argmax(-1)
+            predictions[name][t - 1] = predicted[t - 1]
+            rows[name][str(t)] = {"accuracy": float(accuracy(predicted, labels)[t - 1]), "total_steps": t}
             bar.update(1)
-    return rows
+    return rows, predictions
 
 
-def evaluate_spikingjelly(params, mode: str, calibration, images, labels) -> dict | str:
-    """SpikingJelly's rate-coding conversion of the same weights: its accuracy at each T, or why not."""
+def evaluate_spikingjelly(params, mode: str, calibration, images, labels) -> tuple[dict | str, np.ndarray | None]:
+    """SpikingJelly's rate-coding conversion of the same weights: its accuracy at each T (or why
+    it did not run) and its predictions ``[max T, N]`` (None when it did not)."""
     try:
         import torch
         from spikingjelly.activation_based import functional
         from spikingjelly.activation_based.ann2snn.converter import Converter
         from spikingjelly.activation_based.ann2snn.recipes.rate_coding import RateCodingRecipe
     except ImportError as error:
-        return f"not run: {error}"
+        return f"not run: {error}", None
 
     class TorchCNN(torch.nn.Module):
         def __init__(self):
@@ -176,16 +193,17 @@ def evaluate_spikingjelly(params, mode: str, calibration, images, labels) -> dic
     sj_mode = "Max" if mode == "max" else mode
     snn = Converter(RateCodingRecipe(dataloader=[torch.from_numpy(calibration)], mode=sj_mode)).convert(net).eval()
     top = max(STEPS_REPORTED)
-    correct = np.zeros(top)
+    predictions = []
     with torch.no_grad():
         for start in range(0, len(images), 500):
             functional.reset_net(snn)
             x = torch.from_numpy(images[start : start + 500])
             outputs = np.stack([snn(x).numpy() for _ in range(top)])
             running = np.cumsum(outputs, axis=0) / np.arange(1, top + 1)[:, None, None]
-            correct += (running.argmax(-1) == labels[start : start + 500][None]).sum(axis=1)
-    per_t = correct / len(images)
-    return {str(t): {"accuracy": float(per_t[t - 1]), "total_steps": t} for t in STEPS_REPORTED}
+            predictions.append(running.argmax(-1))
+    predicted = np.concatenate(predictions, axis=1)
+    per_t = accuracy(predicted, labels)
+    return {str(t): {"accuracy": float(per_t[t - 1]), "total_steps": t} for t in STEPS_REPORTED}, predicted
 
 
 def markdown(report: dict) -> str:
@@ -263,16 +281,21 @@ def main(argv: list[str] | None = None) -> dict:
         "modes": {},
         "train_seconds": train_seconds,
     }
+    predictions = {}  # "MODE.METHOD" -> [max T, N]
     with progress_bar(total=len(MODES) * (3 + 2 * len(STEPS_REPORTED)), desc="SNN", unit="run") as bar:
         for mode in MODES:
             model, variables = oj.from_jax(cnn, params, calibration, threshold=mode)
-            rows = evaluate_offsetjax(model, variables, calibration, test_images, test_labels, bar)
-            rows["spikingjelly"] = evaluate_spikingjelly(params, mode, calibration, test_images, test_labels)
+            rows, predicted = evaluate_offsetjax(model, variables, calibration, test_images, test_labels, bar)
+            rows["spikingjelly"], predicted["spikingjelly"] = evaluate_spikingjelly(
+                params, mode, calibration, test_images, test_labels
+            )
             report["modes"][mode] = rows
+            predictions.update({f"{mode}.{method}": p for method, p in predicted.items() if p is not None})
     report["wall_time_seconds"] = time.perf_counter() - began
     report["command"] = command(__spec__.name, argv)
     write_output(args.workdir, "results.json", json.dumps(report, indent=2), overwrite=args.overwrite)
     write_output(args.workdir, "results.md", markdown(report), overwrite=args.overwrite)
+    write_output(args.workdir, PREDICTIONS, predictions_file(predictions, NOT_RUN + 1), overwrite=args.overwrite)
     print(markdown(report))
     return report
 

@@ -256,17 +256,24 @@ def within_tolerance(committed: dict, found: list[str]) -> tuple[list[str], list
     return beyond, within
 
 
+def prediction_cell(path: str) -> tuple[str, int] | None:
+    """The ``predictions.npz`` array and T of an accuracy field (as :func:`differences` names it):
+    ``snn.NAME.accuracy.T`` -> ``(NAME, T)``, relu_fashion's ``modes.THRESHOLD.METHOD.T.accuracy``
+    -> ``("THRESHOLD.METHOD", T)``; ``None`` for any other field."""
+    match = RELU_FASHION_ACCURACY.fullmatch(path)
+    if match:
+        return f"{match['threshold']}.{match['method']}", int(match["steps"])
+    parts = path.split(".")
+    if len(parts) == 4 and parts[0] == "snn" and parts[2] == "accuracy" and parts[3].isdigit():
+        return parts[1], int(parts[3])
+    return None
+
+
 def moved_images(workdir: Path, scratch: Path, moved: list[str], shown: int = 10) -> list[str]:
-    """For each accuracy in ``moved`` (``snn.NAME.accuracy.T`` fields), the test images whose
-    prediction changed between the committed ``predictions.npz`` and the new one (the first
-    ``shown`` indices, in the test split's order), or why they cannot be named."""
-    cells = sorted(
-        {
-            (parts[1], int(parts[3]))
-            for parts in (line.partition(": ")[0].split(".") for line in moved)
-            if len(parts) == 4 and parts[0] == "snn" and parts[2] == "accuracy"
-        }
-    )
+    """For each accuracy in ``moved`` (:func:`prediction_cell`), the test images whose prediction
+    changed between the committed ``predictions.npz`` and the new one (the first ``shown``
+    indices, in the test split's order), or why they cannot be named."""
+    cells = sorted({cell for line in moved if (cell := prediction_cell(line.partition(": ")[0])) is not None})
     if not cells:
         return []
     if not (workdir / PREDICTIONS).is_file():

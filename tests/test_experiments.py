@@ -507,6 +507,14 @@ def test_reproduce_names_the_images_whose_prediction_moved(tmp_path):
     assert moved_images(committed, new, ["offset.qcfs.mse: 1.0 -> 2.0"]) == []
     with np.load(committed / PREDICTIONS) as stored:
         assert stored["qcfs"].dtype == np.uint8 and stored["qcfs"].shape == (2, 30)
+    # relu_fashion's rows: modes.THRESHOLD.METHOD.T.accuracy, its arrays named THRESHOLD.METHOD
+    before = {"99.9%.data_v0": np.zeros((4, 30), np.int32)}
+    after = {"99.9%.data_v0": np.where(np.arange(30) == 7, 3, 0)[None].repeat(4, 0)}
+    (committed / PREDICTIONS).write_bytes(predictions_file(before, 11))
+    (new / PREDICTIONS).write_bytes(predictions_file(after, 11))
+    assert moved_images(committed, new, ["modes.99.9%.data_v0.4.accuracy: 0.5 -> 0.4"]) == [
+        "99.9%.data_v0 T=4: 1 images moved: 7"
+    ]
 
 
 def test_from_weights_evaluates_each_kind_of_kept_weights_and_refuses_a_run_without(tmp_path, monkeypatch):
