@@ -413,6 +413,22 @@ def test_a_derived_report_of_another_run_is_refused_and_the_committed_ones_are_t
             assert stamped == hashlib.sha256(log).hexdigest()[:16], report
 
 
+def test_every_file_of_a_committed_run_is_recorded_as_written_by_offsetjax():
+    """Each committed run's record of outputs (``.offsetjax-outputs.json``) lists every file in
+    its directory with the file's digest: a study or re-evaluation installed by copying files in
+    without recording them would make the next run of a study there refuse them as edited by
+    hand. (Hidden files, the record and the lock, and ``checkpoints/`` are not outputs.)"""
+    from experiments.results import digest, recorded_outputs
+
+    runs = sorted(path.parent for path in (ROOT / "results").rglob("results.json"))
+    assert runs
+    for run in runs:
+        recorded = recorded_outputs(run)
+        files = sorted(p.name for p in run.iterdir() if p.is_file() and not p.name.startswith("."))
+        assert [name for name in files if name not in recorded] == [], run
+        assert [name for name in files if digest(run / name) != recorded[name]] == [], run
+
+
 def test_reproduce_names_every_differing_field_and_ignores_wall_times():
     from experiments.reproduce import differences
 
