@@ -3,6 +3,7 @@
     python -m experiments.reproduce --from-weights results/digits/quickstart [RUN ...]   # any machine
     python -m experiments.reproduce results/digits/quickstart [RUN ...] [--keep]         # retrains
     python -m experiments.reproduce --from-weights --studies results/fashion_mnist/small_vgg  # + its studies
+    python -m experiments.reproduce --studies-only results/fashion_mnist/small_vgg  # its studies alone
 
 Reads ``results.json``'s ``command``, runs it with ``--workdir`` pointing to a new directory and
 compares the new ``results.json`` with the committed one field by field, every float bit for
@@ -11,7 +12,9 @@ Prints each differing field and exits with status 1 if there is one. ``--studies
 again, on the re-made run, each study whose report the run's directory holds (``nir.json``,
 ``latency.json``, ``levels_sweep.json``, ``calibration_sweep.json``, ...: any JSON report
 recording an experiments command with ``--workdir``) and compares its report the same way
-(calibration timings aside).
+(calibration timings aside). ``--studies-only`` runs the studies alone, on a copy of the
+committed run (its committed ``results.json``, checkpoint and predictions, the studies' own
+outputs removed): for a run whose ``results.json`` was already checked from its weights.
 
 ``--from-weights`` evaluates the run's committed weights again (its command with
 ``--eval-only``, the checkpoint, ``config.json`` and ``train_log.jsonl`` copied first; for
@@ -163,6 +166,26 @@ def restudy(workdir: Path, scratch: Path) -> dict[str, list[str]]:
     return compared
 
 
+def copy_for_studies(workdir: Path, scratch: Path) -> None:
+    """Copy the committed run in ``workdir`` into the empty ``scratch``, without the outputs of
+    its :func:`studies` (each report and its ``.md`` / ``.png``), which :func:`restudy` makes again."""
+    shutil.copytree(workdir, scratch, dirs_exist_ok=True)
+    for name in studies(workdir):
+        for path in scratch.glob(name.removesuffix(".json") + ".*"):
+            path.unlink()
+
+
+def print_studies(workdir: Path, scratch: Path) -> bool:
+    """:func:`restudy` with its verdicts printed; whether any report differs."""
+    compared = restudy(workdir, scratch)
+    if not compared:
+        print(f"{workdir}: holds no study reports")
+    for name, moved in compared.items():
+        print(f"{workdir}/{name}: " + (f"{len(moved)} fields differ" if moved else "every compared field equal"))
+        print("\n".join(f"  {line}" for line in moved))
+    return any(compared.values())
+
+
 def committed_run(value: str) -> Path:
     """An ``argparse`` type: a directory holding the ``results.json`` of any experiments script
     (the experiment runs' and ``experiments.relu_fashion``'s, whose fields differ), a JSON object."""
@@ -182,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--studies",
         action="store_true",
         help="also run again the studies whose reports the run holds (nir.json, latency.json, levels_sweep.json, ...)",
+    )
+    parser.add_argument(
+        "--studies-only",
+        action="store_true",
+        help="run again only the studies, on a copy of the committed run (its results.json as committed)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directories (printed)")
     return parser
@@ -293,6 +321,8 @@ def moved_images(workdir: Path, scratch: Path, moved: list[str], shown: int = 10
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.studies_only and args.from_weights:
+        parser.error("--studies-only evaluates nothing again: it takes no --from-weights")
     for workdir in args.runs:  # every run checked before any is re-run
         try:
             check_reproducible(workdir, from_weights=args.from_weights)
@@ -301,6 +331,11 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for workdir in args.runs:
         scratch = Path(tempfile.mkdtemp(prefix="offsetjax-reproduce-"))
+        if args.studies_only:
+            copy_for_studies(workdir, scratch)
+            failed |= print_studies(workdir, scratch)
+            finish(scratch, keep=args.keep)
+            continue
         committed = load_results(workdir)
         found = differences(committed, rerun(workdir, scratch, from_weights=args.from_weights))
         within = []
@@ -318,17 +353,17 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(f"  {line}" for line in moved_images(workdir, scratch, found + within)))
         failed |= bool(found)
         if args.studies:
-            for name, moved in restudy(workdir, scratch).items():
-                print(
-                    f"{workdir}/{name}: " + (f"{len(moved)} fields differ" if moved else "every compared field equal")
-                )
-                print("\n".join(f"  {line}" for line in moved))
-                failed |= bool(moved)
-        if args.keep:
-            print(f"  new run kept in {scratch}")
-        else:
-            shutil.rmtree(scratch)
+            failed |= print_studies(workdir, scratch)
+        finish(scratch, keep=args.keep)
     return int(failed)
+
+
+def finish(scratch: Path, *, keep: bool) -> None:
+    """Keep ``scratch`` (saying where) or remove it."""
+    if keep:
+        print(f"  new run kept in {scratch}")
+    else:
+        shutil.rmtree(scratch)
 
 
 if __name__ == "__main__":

@@ -624,6 +624,38 @@ def test_studies_are_found_by_their_recorded_command_and_compared_without_timing
     ]
 
 
+def test_studies_only_reruns_the_studies_on_a_copy_of_the_committed_run(tmp_path, monkeypatch, capsys):
+    """--studies-only evaluates nothing: the run is copied (results, checkpoint, other files) without
+    its studies' outputs, each study runs on the copy, and a moved report fails the command."""
+    from experiments import reproduce
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "weights").write_text("w")
+    (run / "results.json").write_text(json.dumps({"command": "python -m experiments.quickstart --workdir run"}))
+    for name in ("levels_sweep.json", "nir.json"):
+        module = name.removesuffix(".json").replace("nir", "nir_export")
+        (run / name).write_text(json.dumps({"command": f"python -m experiments.{module} --workdir {run}", "a": 1}))
+    (run / "nir.md").write_text("table")
+    seen = []
+
+    def fake_run(command, **kwargs):
+        scratch = Path(command[command.index("--workdir") + 1])
+        seen.append(sorted(p.relative_to(scratch).as_posix() for p in scratch.rglob("*") if p.is_file()))
+        name = "nir.json" if command[2] == "experiments.nir_export" else "levels_sweep.json"
+        (scratch / name).write_text(json.dumps({"command": " ".join(command), "a": 2 if name == "nir.json" else 1}))
+
+    monkeypatch.setattr(reproduce.subprocess, "run", fake_run)
+    assert reproduce.main(["--studies-only", str(run)]) == 1
+    assert seen[0] == ["checkpoints/weights", "results.json"]  # no study output left to refuse or compare
+    out = capsys.readouterr().out
+    assert f"{run}/levels_sweep.json: every compared field equal" in out
+    assert f"{run}/nir.json: 1 fields differ" in out and "a: 1 -> 2" in out
+    with pytest.raises(SystemExit):
+        reproduce.main(["--studies-only", "--from-weights", str(run)])
+    assert "takes no --from-weights" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_warm_start_probe_separates_the_saturation_rule_on_committed_weights(tmp_path):
     """``experiments.probes.warm_start_saturation`` from the committed digits VGG: a one-step warm
