@@ -159,7 +159,7 @@ def restudy(workdir: Path, scratch: Path) -> dict[str, list[str]]:
     for name, words in studies(workdir).items():
         run_into(words, scratch)
         if not (scratch / name).is_file():
-            compared[name] = [f"{name}: not written again by {' '.join(words[2:3])}"]
+            compared[name] = [f"{name}: not written again by {words[2]}"]
             continue
         committed, new = (json.loads((directory / name).read_text()) for directory in (workdir, scratch))
         compared[name] = differences(committed, new)
