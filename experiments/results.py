@@ -120,6 +120,22 @@ def write_output(workdir: Path, name: str, text: str | bytes, *, overwrite: bool
     return path
 
 
+def report_names(out: Path) -> list[str]:
+    """The files of a probe's report at ``out`` (a path without suffix): ``<out>.json``, ``<out>.md``."""
+    return [out.name + ".json", out.name + ".md"]
+
+
+def check_report(out: Path, *, overwrite: bool = False) -> None:
+    """:func:`check_outputs` for the report at ``out`` (:func:`report_names`), before any measurement."""
+    check_outputs(out.parent, report_names(out), overwrite=overwrite)
+
+
+def write_report(out: Path, data: str, markdown: str, *, overwrite: bool = False) -> None:
+    """Write the report at ``out``: ``data`` (JSON text) to ``<out>.json``, ``markdown`` to ``<out>.md``."""
+    for name, text in zip(report_names(out), (data, markdown), strict=True):
+        write_output(out.parent, name, text, overwrite=overwrite)
+
+
 def command(module: str | None = None, argv: list[str] | None = None) -> str:
     """The command that reproduces this process's output, ``python -m MODULE ARGS``: ``module``
     (default: the one run as ``__main__``) with ``argv`` (default: the process's arguments)."""

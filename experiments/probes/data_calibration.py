@@ -138,11 +138,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     import jax
 
-    from experiments.results import RunError, check_outputs, command, write_output
+    from experiments.results import RunError, check_report, command, write_output
 
     out = Path(args.out)
     try:  # before any measurement
-        check_outputs(out.parent, [out.name + ".json", out.name + ".md"], overwrite=args.overwrite)
+        check_report(out, overwrite=args.overwrite)
     except RunError as error:
         parser.error(str(error))
     path = out.with_suffix(".json")

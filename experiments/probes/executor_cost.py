@@ -22,7 +22,7 @@ import jax
 import offsetjax as oj
 from experiments import cli
 from experiments.cli import Ints, NewFile
-from experiments.results import RunError, check_outputs, command, machine, write_output
+from experiments.results import RunError, check_report, command, machine, write_report
 
 NETWORKS = {"small_vgg": (8, 8, 1), "small_resnet": (28, 28, 1)}
 SCHEDULES = {"qcfs": {}, "cos_k1": {"presim_steps": 4, "iterations": 1}}
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:  # before any measurement
-        check_outputs(out.parent, [out.name + ".json", out.name + ".md"], overwrite=args.overwrite)
+        check_report(out, overwrite=args.overwrite)
     except RunError as error:
         parser.error(str(error))
     records = []
@@ -85,7 +85,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
             )
             print(json.dumps(records[-1]), flush=True)
     report = {"command": command(__spec__.name, argv), "machine": machine(), "records": records}
-    write_output(out.parent, out.name + ".json", json.dumps(report, indent=2), overwrite=args.overwrite)
     lines = [
         "| network | method | batch | simulate: first s, again s | step by step: first s, again s "
         "| step by step / simulate: first, again |",
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"| {r['first_ratio']:.1f}, {r['again_ratio']:.1f} |"
         )
     text = "\n".join(lines) + f"\n\nReproduce: `{report['command']}`\n"
-    write_output(out.parent, out.name + ".md", text, overwrite=args.overwrite)
+    write_report(out, json.dumps(report, indent=2), text, overwrite=args.overwrite)
     print("\n".join(lines))
     return records
 

@@ -24,7 +24,7 @@ import jax
 import offsetjax as oj
 from experiments import benchmark, cli
 from experiments.cli import STEPS, Ints, NewFile
-from experiments.results import RunError, check_outputs, write_output
+from experiments.results import RunError, check_report, write_report
 from offsetjax import simulation
 
 PRESIM_STEPS, ITERATIONS = 4, 1
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:  # before any measurement
-        check_outputs(args.out.parent, [args.out.name + ".json", args.out.name + ".md"], overwrite=args.overwrite)
+        check_report(args.out, overwrite=args.overwrite)
     except RunError as error:
         parser.error(str(error))
     records = []
@@ -115,12 +115,11 @@ def main(argv: list[str] | None = None):
         "jax": jax.__version__,
     }
     text = json.dumps({"meta": meta, "records": records}, indent=1) + "\n"
-    write_output(args.out.parent, args.out.name + ".json", text, overwrite=args.overwrite)
     header = (
         f"Backend {meta['backend']} ({meta['machine']}), jax {meta['jax']}, batch {args.batch}, "
         f"rho = {PRESIM_STEPS}, k = {ITERATIONS}.\n\n"
     )
-    write_output(args.out.parent, args.out.name + ".md", header + table(records), overwrite=args.overwrite)
+    write_report(args.out, text, header + table(records), overwrite=args.overwrite)
     print(header + table(records))
 
 

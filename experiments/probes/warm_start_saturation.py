@@ -27,7 +27,7 @@ from experiments import cli
 from experiments.cli import STEPS, Ints, NewFile
 from experiments.datasets import calibration_set
 from experiments.evaluation import PREDICTIONS
-from experiments.results import RunError, check_outputs, command, results_directory, write_output
+from experiments.results import RunError, check_report, command, results_directory, write_report
 from experiments.runs import load_finished
 from offsetjax.training import data
 
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:  # before any measurement
-        check_outputs(out.parent, [out.name + ".json", out.name + ".md"], overwrite=args.overwrite)
+        check_report(out, overwrite=args.overwrite)
         committed = committed_predictions(args.workdir, args.steps)
     except RunError as error:
         parser.error(str(error))
@@ -153,8 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
                     f"- T = {row['T']}, {site}: {count['moved_per_image']:.1f} per image, "
                     f"{100 * count['started_at_or_above_theta']:.0f}% of them started at v(0) >= theta"
                 )
-    write_output(out.parent, out.name + ".json", json.dumps(report, indent=2), overwrite=args.overwrite)
-    write_output(out.parent, out.name + ".md", "\n".join(lines) + "\n", overwrite=args.overwrite)
+    write_report(out, json.dumps(report, indent=2), "\n".join(lines) + "\n", overwrite=args.overwrite)
     print("\n".join(lines))
     return report
 
