@@ -248,14 +248,14 @@ def calibrated_field(committed: dict, path: str) -> str | None:
     it) belongs to a row of a data-level calibration, else ``None``. Reads both kinds of results:
     the experiment runs' (``snn.NAME.accuracy.T``, ``operations.NAME...``, rows named by their
     ``family``) and ``experiments.relu_fashion``'s (:data:`RELU_FASHION_ACCURACY`)."""
+    accuracy = prediction_cell(path)
     if is_relu_fashion(committed):
-        match = RELU_FASHION_ACCURACY.fullmatch(path)
-        return "accuracy" if match and match["method"] in CALIBRATED_FAMILIES else None
+        return "accuracy" if accuracy and accuracy[0].rpartition(".")[2] in CALIBRATED_FAMILIES else None
     parts = path.split(".")
     row = committed["snn"].get(parts[1]) if len(parts) >= 4 else None
     if not isinstance(row, dict) or row.get("family") not in CALIBRATED_FAMILIES:
         return None
-    if parts[0] == "snn" and parts[2] == "accuracy":
+    if accuracy:
         return "accuracy"
     return "operations" if parts[0] == "operations" else None
 
